@@ -1,0 +1,132 @@
+"""Reading the action out of a model's free-form answer.
+
+The contract shared by every task (card tasks and ALFWorld alike):
+
+* the action is the value of the ``"action"`` key of a JSON-like object, the key in any case;
+* the object may sit inside a Markdown code fence or among other text, use single quotes, carry a
+  trailing comma, or hold an unquoted number (``"action": 10``);
+* when the answer holds several ``action`` keys, the last one wins (the final answer comes last);
+* the action is valid when, stripped and lower-cased, it equals one legal action of the task.
+
+Everything here is linear in the length of the text (no nested quantifiers), so a 1 MB answer is
+parsed in bounded time, and nothing is ever evaluated as code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Iterable, Mapping
+
+# A quoted key "action" / 'action' (any case), then a colon.
+_QUOTED_KEY = re.compile(r"""["']action["']\s*:\s*""", re.IGNORECASE)
+# A bare key: action: ... (YAML-ish or unquoted JSON5-ish answers).
+_BARE_KEY = re.compile(r"""(?<![\w"'])action\s*:\s*""", re.IGNORECASE)
+_DOUBLE_QUOTED = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
+_SINGLE_QUOTED = re.compile(r"'((?:[^'\\\n]|\\.)*)'")
+_BARE_VALUE = re.compile(r"[^,}\n]*")
+
+
+def extract_action(text: str) -> str | None:
+    """The raw value of the ``"action"`` key in ``text``, or None when there is none.
+
+    The value is returned as written (not yet normalised); numbers come back as their text.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"the answer to parse must be a str, got {type(text).__name__}")
+    fast = _from_strict_json(text)
+    if fast is not None:
+        return fast
+    return _from_loose_text(text)
+
+
+def normalize(value: str) -> str:
+    """The form in which actions are compared: stripped and lower-cased."""
+    return value.strip().lower()
+
+
+def match_action(value: str | None, legal: Iterable[str]) -> str | None:
+    """The canonical legal action equal to ``value`` after normalisation, or None."""
+    if value is None:
+        return None
+    wanted = normalize(value)
+    for action in legal:
+        if normalize(action) == wanted:
+            return action
+    return None
+
+
+def parse_action(text: str, legal: Iterable[str] | Mapping[str, str]) -> str | None:
+    """Extracts and matches in one call: the canonical legal action the text names, or None.
+
+    ``legal`` may also be a mapping from normalised form to canonical action (faster for long lists).
+    """
+    value = extract_action(text)
+    if value is None:
+        return None
+    if isinstance(legal, Mapping):
+        return legal.get(normalize(value))
+    return match_action(value, legal)
+
+
+def _from_strict_json(text: str) -> str | None:
+    """Fast path: the whole answer (maybe fenced) is one valid JSON object."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`").strip()
+        if body[:4].lower() == "json":
+            body = body[4:]
+    if not body.startswith("{"):
+        return None
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    found = None
+    for key, value in obj.items():
+        if isinstance(key, str) and key.strip().lower() == "action":
+            found = value
+    return _scalar_to_text(found)
+
+
+def _scalar_to_text(value: object) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return None
+
+
+def _from_loose_text(text: str) -> str | None:
+    """Tolerant path: find the last ``action`` key anywhere and read the value after it."""
+    last = None
+    for last in _QUOTED_KEY.finditer(text):
+        pass
+    if last is None:
+        for last in _BARE_KEY.finditer(text):
+            pass
+    if last is None:
+        return None
+    start = last.end()
+    for pattern in (_DOUBLE_QUOTED, _SINGLE_QUOTED):
+        quoted = pattern.match(text, start)
+        if quoted:
+            return _unescape(quoted.group(1))
+    bare = _BARE_VALUE.match(text, start)
+    value = bare.group(0).strip() if bare else ""
+    return value or None
+
+
+def _unescape(value: str) -> str:
+    if "\\" not in value:
+        return value
+    try:
+        return json.loads(f'"{value}"')
+    except ValueError:
+        return value

@@ -1,0 +1,271 @@
+"""The base class of every task: an image observation and an action written as text.
+
+A task (one of ours, or a user's own) subclasses :class:`TextActionEnv` and writes only its rules,
+its legal actions and its drawing; the base class does the rest the same way for every task:
+
+* the action space: ``Text`` by default, so ``env.step(model_output)`` takes a model's raw answer;
+  ``action_mode="discrete"`` gives ``Discrete(len(legal_actions))`` in the task's index order;
+* parsing the answer with :mod:`gym_vlm_cards.parsing` and reporting ``info["parsed_action"]`` and
+  ``info["action_is_valid"]``;
+* what an unparseable answer does (``invalid_action="penalize"`` or ``"random"``);
+* the step limit, ``info["is_success"]`` at the end of an episode (read by SB3's Monitor);
+* the prompts and the text description of the state in ``info``;
+* rendering: ``render_mode="rgb_array"`` returns the frame, ``"human"`` shows it in a pygame window.
+
+See ``examples/custom_task.py`` for a complete task written this way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from gym_vlm_cards.parsing import extract_action, normalize
+from gym_vlm_cards.rendering import WHITE, Canvas, Color
+
+ACTION_MODES = ("text", "discrete")
+INVALID_ACTION_POLICIES = ("penalize", "random")
+#: Longest answer the ``Text`` action space advertises; longer strings are still parsed.
+MAX_ANSWER_CHARS = 8192
+#: Reward for an answer that names no legal action when ``invalid_action="penalize"``.
+INVALID_ACTION_REWARD = -1.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one legal action did: the reward, whether the episode ended, and whether it was won."""
+
+    reward: float
+    terminated: bool = False
+    truncated: bool = False
+    success: bool = False
+
+
+class TextActionEnv(gym.Env):
+    """Base class for tasks with an RGB image observation and a text action.
+
+    Subclasses implement the hooks below (the methods that raise ``NotImplementedError``) and pass
+    their legal actions to ``__init__``. All randomness must come from ``self.np_random``.
+
+    Args:
+        legal_actions: every action of the task, canonical spelling, in discrete index order.
+        image_size: side of the square observation in pixels, or ``(height, width)``.
+        action_mode: ``"text"`` (default) or ``"discrete"``.
+        invalid_action: ``"penalize"`` (default: reward -1, state unchanged, the step counts) or
+            ``"random"`` (a random legal action is taken instead, as in the paper's training runs).
+        render_mode: ``None``, ``"rgb_array"`` or ``"human"``.
+        max_episode_steps: truncate after this many steps (None: the task's own rules only).
+    """
+
+    metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 4}
+    #: Background of the observation; tasks drawn on a card table override it.
+    background: Color = WHITE
+    #: The chain-of-thought prompt (JSON answer with "thoughts" then "action").
+    prompt: str = ""
+    #: The same task asking for the action only (the paper's no-CoT ablation).
+    action_only_prompt: str = ""
+
+    def __init__(
+        self,
+        legal_actions: Sequence[str],
+        *,
+        image_size: int | tuple[int, int] = 300,
+        action_mode: str = "text",
+        invalid_action: str = "penalize",
+        render_mode: str | None = None,
+        max_episode_steps: int | None = None,
+    ) -> None:
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
+        if invalid_action not in INVALID_ACTION_POLICIES:
+            raise ValueError(f"invalid_action must be one of {INVALID_ACTION_POLICIES}, got {invalid_action!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        if len(legal_actions) == 0 or len(set(map(normalize, legal_actions))) != len(legal_actions):
+            raise ValueError(f"legal_actions must be non-empty and distinct after lower-casing: {legal_actions!r}")
+        self.height, self.width = _image_shape(image_size)
+        self.legal_actions: tuple[str, ...] = tuple(legal_actions)
+        self._lookup = {normalize(a): a for a in self.legal_actions}
+        self.action_mode = action_mode
+        self.invalid_action = invalid_action
+        self.render_mode = render_mode
+        self.max_episode_steps = max_episode_steps
+        self.observation_space = spaces.Box(0, 255, (self.height, self.width, 3), dtype=np.uint8)
+        if action_mode == "text":
+            import string
+
+            self.action_space: spaces.Space = spaces.Text(max_length=MAX_ANSWER_CHARS, charset=string.printable)
+        else:
+            self.action_space = spaces.Discrete(len(self.legal_actions))
+        self.elapsed_steps = 0
+        self._window = None
+        self._clock = None
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def _start_episode(self, options: dict[str, Any] | None) -> None:
+        """Sets up a new episode (from ``self.np_random``, or from ``options``; bad options: ValueError)."""
+        raise NotImplementedError
+
+    def _apply(self, action: str) -> Outcome:
+        """Plays one legal action (its canonical spelling) and says what happened."""
+        raise NotImplementedError
+
+    def _draw(self, canvas: Canvas) -> None:
+        """Draws the current state onto a fresh canvas of the task's background colour."""
+        raise NotImplementedError
+
+    def symbolic_state(self) -> dict[str, Any]:
+        """The state as plain data, for ``info`` (keys as in the reference gym_cards)."""
+        raise NotImplementedError
+
+    def describe_state(self) -> str:
+        """The state in words, for text-only agents."""
+        raise NotImplementedError
+
+    def oracle_action(self) -> str:
+        """The action an expert takes now (canonical spelling)."""
+        raise NotImplementedError
+
+    def oracle_thoughts(self) -> dict[str, Any]:
+        """The answer fields that come before "thoughts"/"action" in the prompt's JSON, plus "thoughts"."""
+        return {"thoughts": f"The best move here is {self.oracle_action()}."}
+
+    def action_mask(self) -> np.ndarray:
+        """Which legal actions make sense now (for MaskablePPO); by default all of them."""
+        return np.ones(len(self.legal_actions), dtype=bool)
+
+    # ------------------------------------------------------------------ Gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"options must be a dict, got {type(options).__name__}")
+        self._start_episode(options or None)
+        self.elapsed_steps = 0
+        if self.render_mode == "human":
+            self.render()
+        return self._observation(), self._info()
+
+    def step(self, action: Any):
+        parsed = self._parse(action)
+        self.elapsed_steps += 1
+        executed = parsed
+        if parsed is None and self.invalid_action == "random":
+            executed = self._random_legal_action()
+        if executed is None:
+            outcome = Outcome(INVALID_ACTION_REWARD)
+        else:
+            outcome = self._apply(executed)
+        truncated = outcome.truncated
+        if self.max_episode_steps is not None and self.elapsed_steps >= self.max_episode_steps:
+            truncated = truncated or not outcome.terminated
+        info = self._info(parsed_action=parsed, action_is_valid=parsed is not None, executed_action=executed)
+        if outcome.terminated or truncated:
+            info["is_success"] = bool(outcome.success)
+        if self.render_mode == "human":
+            self.render()
+        return self._observation(), float(outcome.reward), bool(outcome.terminated), bool(truncated), info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode is None:
+            gym.logger.warn("render() was called without a render_mode; pass render_mode='rgb_array' or 'human'")
+            return None
+        frame = self._observation()
+        if self.render_mode == "rgb_array":
+            return frame
+        self._show(frame)
+        return None
+
+    def close(self) -> None:
+        if self._window is not None:
+            import pygame
+
+            pygame.display.quit()
+            self._window = None
+
+    # ------------------------------------------------------------------ helpers
+    def action_masks(self) -> np.ndarray:
+        """Alias read by sb3-contrib's MaskablePPO."""
+        return self.action_mask()
+
+    def oracle_answer(self, chain_of_thought: bool = True) -> str:
+        """The expert's answer in the prompt's JSON format (thoughts then action), for SFT data."""
+        action = self.oracle_action()
+        if not chain_of_thought:
+            return json.dumps({"action": action})
+        fields = dict(self.oracle_thoughts())
+        fields["action"] = action
+        return json.dumps(fields)
+
+    def legal_action_index(self, action: str) -> int:
+        """Index of a canonical action in the discrete action space."""
+        return self.legal_actions.index(action)
+
+    def _parse(self, action: Any) -> str | None:
+        if self.action_mode == "discrete":
+            if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+                if isinstance(action, np.ndarray) and action.shape == () and np.issubdtype(action.dtype, np.integer):
+                    action = int(action)
+                else:
+                    raise TypeError(
+                        f"in discrete mode the action must be an int in [0, {len(self.legal_actions)}), "
+                        f"got {type(action).__name__}"
+                    )
+            if not 0 <= int(action) < len(self.legal_actions):
+                raise ValueError(f"action index {int(action)} is out of range [0, {len(self.legal_actions)})")
+            return self.legal_actions[int(action)]
+        if not isinstance(action, str):
+            raise TypeError(
+                "in text mode the action must be the model's answer as a str, e.g. "
+                f"'{{\"thoughts\": \"...\", \"action\": \"{self.legal_actions[0]}\"}}', got {type(action).__name__}"
+            )
+        value = extract_action(action)
+        return None if value is None else self._lookup.get(normalize(value))
+
+    def _random_legal_action(self) -> str:
+        mask = self.action_mask()
+        choices = np.flatnonzero(mask) if mask.any() else np.arange(len(self.legal_actions))
+        return self.legal_actions[int(self.np_random.choice(choices))]
+
+    def _observation(self) -> np.ndarray:
+        canvas = Canvas(self.height, self.width, self.background)
+        self._draw(canvas)
+        return canvas.pixels
+
+    def _info(self, **extra: Any) -> dict[str, Any]:
+        info = self.symbolic_state()
+        info["text_state"] = self.describe_state()
+        info["prompt"] = self.prompt
+        info["action_only_prompt"] = self.action_only_prompt
+        info.update(extra)
+        return info
+
+    def _show(self, frame: np.ndarray) -> None:
+        import pygame
+
+        if self._window is None:
+            pygame.display.init()  # display only: pygame.init() would also open the audio device
+            pygame.display.set_caption(type(self).__name__)
+            self._window = pygame.display.set_mode((self.width, self.height))
+            self._clock = pygame.time.Clock()
+        surface = pygame.surfarray.make_surface(np.ascontiguousarray(frame.swapaxes(0, 1)))
+        self._window.blit(surface, (0, 0))
+        pygame.event.pump()
+        pygame.display.flip()
+        self._clock.tick(self.metadata["render_fps"])
+
+
+def _image_shape(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        height = width = int(image_size)
+    elif isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        height, width = (int(v) for v in image_size)
+    else:
+        raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
+    if height < 32 or width < 32:
+        raise ValueError(f"image_size must be at least 32x32 pixels, got {height}x{width}")
+    return height, width
