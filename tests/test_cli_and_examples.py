@@ -1,0 +1,59 @@
+import importlib.util
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from gym_vlm_cards import evaluate, play
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_evaluate_prints_a_table(capsys):
+    assert evaluate.main(["--env", "gym_cards/EZPoints-v0", "--episodes", "20", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "seeds 3..22" in lines[0]
+    assert lines[1].split("|")[0].strip() == "agent"
+    oracle = next(line for line in lines if line.strip().startswith("oracle"))
+    assert "100.0%" in oracle
+
+
+def test_evaluate_rejects_unknown_ids():
+    with pytest.raises(SystemExit):
+        evaluate.main(["--env", "gym_cards/Nope-v0"])
+
+
+def test_play_reads_typed_actions_until_the_episode_ends(capsys):
+    typed = iter(["+", '{"action": "+"}', "+", "+", "+", "+"])
+    total = play.play("gym_cards/NumberLine-v0", seed=1, window=False, read=lambda _: next(typed))
+    out = capsys.readouterr().out
+    assert "Episode over: won" in out and total == 1.0
+
+
+def test_play_with_a_window_draws_through_pygame():
+    typed = iter(["stand"])
+    play.play("gym_cards/Blackjack-v0", seed=0, window=True, read=lambda _: next(typed))
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("custom_task", ROOT / "examples" / "custom_task.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_custom_task_example_registers_and_plays():
+    module = _load_example()
+    env = gym.make("my_tasks/ColourName-v0")
+    check_env(env.unwrapped)
+    _, info = env.reset(options={"colour": "green"})
+    _, r, terminated, _, info = env.step('{"action": "GREEN"}')
+    assert (r, terminated, info["is_success"]) == (1.0, True, True)
+    env.reset(options={"colour": "blue"})
+    assert env.step('{"action": "red"}')[1] == -1.0
+    assert env.unwrapped.oracle_answer().endswith('"action": "blue"}')
+    with pytest.raises(ValueError, match="colour"):
+        env.reset(options={"colour": "pink"})
+    assert isinstance(env.unwrapped, module.ColourNameEnv)

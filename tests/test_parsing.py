@@ -1,0 +1,90 @@
+import json
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gym_vlm_cards.parsing import extract_action, match_action, parse_action
+
+LEGAL = ("1", "2", "10", "+", "-", "*", "/", "(", ")", "=", "stand", "hit")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"thoughts": "go right", "action": "+"}', "+"),
+        ('{"Action": "hit"}', "hit"),
+        ('{"ACTION": " Stand "}', "stand"),
+        ('```json\n{"thoughts": "x", "action": "-"}\n```', "-"),
+        ("```\n{'thoughts': 'x', 'action': '='}\n```", "="),
+        ("Sure! Here is my answer: {\"thoughts\": \"...\", \"action\": \"hit\",} Good luck.", "hit"),
+        ('{"thoughts": "use ten", "action": 10}', "10"),
+        ("{'action': 2, }", "2"),
+        ('{"thoughts": "the action: hit is risky", "action": "stand"}', "stand"),
+        ("action: hit", "hit"),
+        ('{"action": "+"} then later {"action": "-"}', "-"),
+        ('{"thoughts": "I pick \\"hit\\"", "action": "hit"}', "hit"),
+    ],
+)
+def test_extracts_the_action_value(text, expected):
+    assert parse_action(text, LEGAL) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "hit",  # no action key at all
+        '{"thoughts": "hmm"}',
+        '{"action": "hit me"}',
+        '{"action": "++"}',
+        '{"action": "11"}',
+        '{"action": null}',
+        '{"action": true}',
+        '{"action": ["hit"]}',
+        '{"action": ""}',
+        "{\"action\": 'unterminated",
+    ],
+)
+def test_rejects_answers_without_exactly_one_legal_action(text):
+    assert parse_action(text, LEGAL) is None
+
+
+def test_non_string_answer_is_a_type_error():
+    with pytest.raises(TypeError, match="str"):
+        extract_action(b'{"action": "+"}')
+
+
+def test_a_one_megabyte_answer_parses_in_bounded_time():
+    for body in ('"action": ' * 100_000, "action:" * 150_000, "{" * 1_000_000, "'" + "a" * 1_000_000):
+        start = time.perf_counter()
+        parse_action(body, LEGAL)
+        assert time.perf_counter() - start < 2.0
+
+
+def test_match_action_returns_the_canonical_spelling():
+    assert match_action("  HIT ", LEGAL) == "hit"
+    assert match_action(None, LEGAL) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(thoughts=st.text(max_size=200), action=st.sampled_from(LEGAL), key=st.sampled_from(["action", "Action", "ACTION"]))
+def test_any_json_answer_round_trips(thoughts, action, key):
+    answer = json.dumps({"thoughts": thoughts, key: action})
+    assert parse_action(answer, LEGAL) == action
+    fenced = f"Here you go:\n```json\n{answer}\n```\nDone."
+    assert parse_action(fenced, LEGAL) == action
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=500))
+def test_arbitrary_text_never_raises_and_yields_legal_or_none(text):
+    assert parse_action(text, LEGAL) in (None, *LEGAL)
+
+
+@settings(max_examples=200, deadline=None)
+@given(action=st.sampled_from(LEGAL), padding=st.text(alphabet=" \t", max_size=3), upper=st.booleans())
+def test_whitespace_and_case_do_not_matter(action, padding, upper):
+    value = padding + (action.upper() if upper else action) + padding
+    assert parse_action(json.dumps({"action": value}), LEGAL) == action
