@@ -69,6 +69,21 @@ def parse_action(text: str, legal: Iterable[str] | Mapping[str, str]) -> str | N
     return match_action(value, legal)
 
 
+def action_key_start(text: str) -> int | None:
+    """Index of the first character of the ``action`` key that :func:`extract_action` reads, or None.
+
+    Everything before it is the chain of thought; policies use it to weight thought and action
+    tokens differently without knowing any token ids.
+    """
+    last = None
+    for last in _QUOTED_KEY.finditer(text):
+        pass
+    if last is None:
+        for last in _BARE_KEY.finditer(text):
+            pass
+    return None if last is None else last.start()
+
+
 def _from_strict_json(text: str) -> str | None:
     """Fast path: the whole answer (maybe fenced) is one valid JSON object."""
     body = text.strip()

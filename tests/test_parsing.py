@@ -88,3 +88,24 @@ def test_arbitrary_text_never_raises_and_yields_legal_or_none(text):
 def test_whitespace_and_case_do_not_matter(action, padding, upper):
     value = padding + (action.upper() if upper else action) + padding
     assert parse_action(json.dumps({"action": value}), LEGAL) == action
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('{"thoughts": "a", "action": "+"}', '"action"'),
+        ('{"thoughts": "the \\"action\\": is +", "action": "+"}', '"action": "+"'),
+        ("thoughts then action: hit", "action: hit"),
+    ],
+)
+def test_action_key_start_points_at_the_key_that_is_read(text, key):
+    from gym_vlm_cards.parsing import action_key_start
+
+    start = action_key_start(text)
+    assert text[start:].startswith(key)
+
+
+def test_action_key_start_is_none_without_a_key():
+    from gym_vlm_cards.parsing import action_key_start
+
+    assert action_key_start("just thinking") is None

@@ -1,0 +1,177 @@
+"""The env side of the bridge between text-action envs and SB3's PPO.
+
+SB3 accepts only Box / Discrete / MultiDiscrete / MultiBinary actions, so :class:`TokenActionWrapper`
+exposes the generated token ids as ``MultiDiscrete([vocab] * max_new_tokens)`` and decodes them with
+the model's tokenizer into the text the task parses. The per-step text the prompt needs (the task
+prompt; for ALFWorld the admissible commands too) travels in the observation, as UTF-8 bytes,
+beside the image and a fingerprint of the tokenizer that the policy checks against its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from vlm_policy.logprobs import answer_ids
+
+PROMPT_STYLES = ("cot", "action_only")
+DEFAULT_MAX_PROMPT_BYTES = 4096
+
+
+def tokenizer_fingerprint(tokenizer) -> int:
+    """A 24-bit digest of the vocabulary (exact in float32, which SB3's buffers use)."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    digest = hashlib.sha256(repr(vocab).encode()).digest()
+    return int.from_bytes(digest[:3], "big")
+
+
+def end_token_ids(tokenizer, extra: Any = None) -> tuple[int, ...]:
+    """The ids that end an answer: the tokenizer's EOS plus any the generation config adds."""
+    ids = set()
+    for value in (tokenizer.eos_token_id, extra):
+        if value is None:
+            continue
+        ids.update([int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)])
+    if not ids:
+        raise ValueError("the tokenizer has no end-of-sequence token; set tokenizer.eos_token")
+    return tuple(sorted(ids))
+
+
+def encode_prompt(text: str, max_bytes: int) -> np.ndarray:
+    """UTF-8 bytes zero-padded to ``max_bytes``; a longer prompt is an error, never cut silently."""
+    data = text.encode("utf-8")
+    if len(data) > max_bytes:
+        raise ValueError(
+            f"the prompt is {len(data)} bytes, more than max_prompt_bytes={max_bytes}; pass a larger "
+            "max_prompt_bytes to make_vlm_vec_env"
+        )
+    if b"\x00" in data:
+        raise ValueError("prompts must not contain NUL characters")
+    buffer = np.zeros(max_bytes, dtype=np.uint8)
+    buffer[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return buffer
+
+
+def decode_prompt(buffer: np.ndarray) -> str:
+    data = np.asarray(buffer).astype(np.uint8).tobytes()
+    return data.rstrip(b"\x00").decode("utf-8", errors="replace")
+
+
+class TokenActionWrapper(gym.Wrapper):
+    """Wraps a text-action env so that actions are token ids and observations carry the prompt.
+
+    Observation: ``Dict(image=Box(H, W, 3, uint8), prompt=Box(uint8 bytes), tokenizer=Box(1,))``.
+    Action: ``MultiDiscrete([len(tokenizer)] * max_new_tokens)``, decoded up to the first end token.
+    ``info["generated_text"]`` holds the decoded answer.
+
+    Args:
+        env: an env with an RGB image observation whose ``info["prompt"]`` (or
+            ``info["action_only_prompt"]``) holds the task prompt.
+        tokenizer: the model's tokenizer (the policy checks it is the same one).
+        max_new_tokens: the longest answer.
+        prompt_style: ``"cot"`` (thoughts then action) or ``"action_only"``.
+        max_prompt_bytes: room for the prompt in the observation.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        tokenizer,
+        max_new_tokens: int = 64,
+        prompt_style: str = "cot",
+        max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
+        end_ids: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__(env)
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+        image_space = env.observation_space
+        if not (isinstance(image_space, spaces.Box) and image_space.dtype == np.uint8 and len(image_space.shape) == 3
+                and image_space.shape[-1] == 3):
+            raise ValueError(f"the env must observe an RGB uint8 image (H, W, 3), its space is {image_space}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        self.tokenizer = tokenizer
+        self.max_new_tokens = int(max_new_tokens)
+        self.prompt_key = "prompt" if prompt_style == "cot" else "action_only_prompt"
+        self.max_prompt_bytes = int(max_prompt_bytes)
+        self.end_ids = end_ids or end_token_ids(tokenizer)
+        fingerprint = tokenizer_fingerprint(tokenizer)
+        self.observation_space = spaces.Dict(
+            {
+                "image": image_space,
+                "prompt": spaces.Box(0, 255, (self.max_prompt_bytes,), dtype=np.uint8),
+                "tokenizer": spaces.Box(fingerprint, fingerprint, (1,), dtype=np.int64),
+            }
+        )
+        self.action_space = spaces.MultiDiscrete([len(tokenizer)] * self.max_new_tokens)
+        self._fingerprint = np.array([fingerprint], dtype=np.int64)
+
+    def _observe(self, image: np.ndarray, info: dict[str, Any]) -> dict[str, np.ndarray]:
+        if self.prompt_key not in info:
+            raise KeyError(f"the env's info has no {self.prompt_key!r}: TokenActionWrapper needs the prompt there")
+        return {"image": image, "prompt": encode_prompt(info[self.prompt_key], self.max_prompt_bytes),
+                "tokenizer": self._fingerprint}
+
+    def decode(self, action: Any) -> str:
+        """The text of a token-id action, up to the first end token."""
+        tokens = np.asarray(action).reshape(-1)
+        if tokens.shape[0] != self.max_new_tokens:
+            raise ValueError(f"expected {self.max_new_tokens} token ids, got {tokens.shape[0]}")
+        ids = answer_ids(np.rint(tokens).astype(np.int64).tolist(), self.end_ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def reset(self, **kwargs: Any):
+        image, info = self.env.reset(**kwargs)
+        return self._observe(image, info), info
+
+    def step(self, action: Any):
+        text = self.decode(action)
+        image, reward, terminated, truncated, info = self.env.step(text)
+        info["generated_text"] = text
+        return self._observe(image, info), reward, terminated, truncated, info
+
+
+def make_vlm_vec_env(
+    env_id: str | Callable[[], gym.Env],
+    n_envs: int = 1,
+    model: str = "tiny",
+    seed: int | None = None,
+    max_new_tokens: int = 64,
+    prompt_style: str = "cot",
+    env_kwargs: dict[str, Any] | None = None,
+    max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
+    vec_env_cls: Any = None,
+    monitor_dir: str | None = None,
+):
+    """A vectorised env for ``PPO(VLMPolicy, env)``: each copy wrapped in Monitor and TokenActionWrapper.
+
+    ``model`` names the model whose tokenizer decodes the actions (the same string as the policy's
+    ``model``); the frames are rendered at the model's image size unless ``env_kwargs`` sets
+    ``image_size``. Episode ``i`` of env ``k`` is reproducible from ``seed``.
+    """
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from vlm_policy.loading import load_processor, preferred_image_size
+
+    processor = load_processor(model)
+    env_kwargs = dict(env_kwargs or {})
+    if isinstance(env_id, str):
+        size = preferred_image_size(processor)
+        if size is not None and "image_size" not in env_kwargs and _accepts_image_size(env_id):
+            env_kwargs["image_size"] = size
+
+    def wrap(env: gym.Env) -> gym.Env:
+        return TokenActionWrapper(env, processor.tokenizer, max_new_tokens, prompt_style, max_prompt_bytes)
+
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, wrapper_class=wrap,
+                        vec_env_cls=vec_env_cls, monitor_dir=monitor_dir)
+
+
+def _accepts_image_size(env_id: str) -> bool:
+    """gym_cards tasks and ALFWorld take ``image_size``; other envs are left alone."""
+    return env_id.startswith(("gym_cards/", "alfworld/"))

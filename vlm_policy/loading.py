@@ -1,0 +1,180 @@
+"""Loading a vision-language model and its processor: the embedded tiny one or a real checkpoint.
+
+``load_vlm("tiny")`` builds the embedded default; any other string is a local directory or a model
+id already in the Hugging Face cache (nothing is downloaded: ``local_files_only``). Supported
+families: LLaVA / LLaVA-NeXT (the paper's), Idefics3 / SmolVLM, Qwen2-VL and Qwen2.5-VL.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY = "tiny"
+FAMILIES = {
+    "llava": "llava",
+    "llava_next": "llava",
+    "idefics3": "idefics3",
+    "smolvlm": "idefics3",
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_vl",
+}
+# Module-name fragments that mark the vision side (tower and projector) in the supported families.
+VISION_MODULE_MARKERS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "connector", "merger")
+
+
+@dataclass
+class VLMBundle:
+    """A loaded model with everything needed to prompt it."""
+
+    model: Any
+    processor: Any
+    source: str  # "tiny" or the path / cache id it came from
+    family: str  # "llava", "idefics3" or "qwen2_vl"
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """``"auto"``: bfloat16 on CUDA, float32 elsewhere (CPUs gain nothing from bf16 here)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {dtype!r}") from None
+
+
+def family_of(model_type: str) -> str:
+    try:
+        return FAMILIES[model_type]
+    except KeyError:
+        raise ValueError(
+            f"model type {model_type!r} is not supported; supported: {sorted(FAMILIES)}"
+        ) from None
+
+
+def load_processor(source: str):
+    """The processor alone (what the env side needs to decode actions)."""
+    if source == TINY:
+        from vlm_policy.tiny import build_tiny_processor
+
+        return build_tiny_processor()
+    path = _check_source(source)
+    from transformers import AutoConfig
+
+    family = family_of(AutoConfig.from_pretrained(path, local_files_only=True).model_type)
+    return _processor_for(path, family)
+
+
+def load_vlm(
+    source: str,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "cpu",
+    load_in_4bit: bool = False,
+    seed: int = 0,
+) -> VLMBundle:
+    """Loads ``"tiny"`` (built from ``seed``) or a checkpoint directory / HF cache id."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            f"model must be 'tiny' or a path / Hugging Face cache id (a str), got {type(source).__name__}; "
+            "model objects are not accepted so that saved agents stay loadable"
+        )
+    source = os.fspath(source)
+    if source == TINY:
+        from vlm_policy.tiny import build_tiny_model, build_tiny_processor
+
+        model = build_tiny_model(seed=seed).to(resolve_dtype(dtype, device))
+        return VLMBundle(model=model, processor=build_tiny_processor(), source=TINY, family="llava")
+    path = _check_source(source)
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    family = family_of(config.model_type)
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, device), "local_files_only": True}
+    if load_in_4bit:
+        kwargs.update(_four_bit_kwargs(device))
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    return VLMBundle(model=model.eval(), processor=_processor_for(path, family), source=source, family=family)
+
+
+def _check_source(source: str) -> str:
+    """A local directory, or a cache id that resolves offline; otherwise an error naming it."""
+    if Path(source).is_dir():
+        if not (Path(source) / "config.json").is_file():
+            raise FileNotFoundError(f"model directory {source!r} has no config.json: it is not a saved model")
+        return source
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(source, local_files_only=True)
+    except Exception as error:  # the hub client raises several types for "not in the cache"
+        raise FileNotFoundError(
+            f"model {source!r} is neither 'tiny', a local directory, nor a model in the Hugging Face cache "
+            f"({error.__class__.__name__}); nothing is downloaded here"
+        ) from None
+
+
+def _processor_for(path: str, family: str):
+    from transformers import AutoProcessor, AutoTokenizer
+
+    if family != "qwen2_vl":
+        return AutoProcessor.from_pretrained(path, local_files_only=True)
+    # Qwen's stock processor builds a video processor that needs torchvision; images need none.
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                            chat_template=tokenizer.chat_template)
+
+
+def _four_bit_kwargs(device: str | torch.device) -> dict[str, Any]:
+    if torch.device(device).type != "cuda":
+        raise ValueError("load_in_4bit needs a CUDA device (bitsandbytes' 4-bit kernels run on GPUs only)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ImportError("load_in_4bit needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16,
+                                                       bnb_4bit_quant_type="nf4"), "device_map": {"": 0}}
+
+
+def preferred_image_size(processor) -> int | None:
+    """The square side the vision tower works at, to render env frames at that size (None: keep)."""
+    image_processor = getattr(processor, "image_processor", None)
+    for attribute in ("crop_size", "size"):
+        size = getattr(image_processor, attribute, None)
+        if size is None:
+            continue
+        if isinstance(size, int):
+            return size
+        size = dict(size)
+        if "height" in size and size.get("height") == size.get("width"):
+            return int(size["height"])
+        if "shortest_edge" in size and len(size) == 1:
+            return int(size["shortest_edge"])
+    return None
+
+
+def vision_and_language_linears(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the Linear layers on the vision side and on the language side (lm_head excluded)."""
+    vision, language = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or name.endswith("lm_head"):
+            continue
+        (vision if any(marker in name for marker in VISION_MODULE_MARKERS) else language).append(name)
+    return vision, language

@@ -1,0 +1,46 @@
+"""Turning (image, task prompt) pairs into model inputs with the processor's own chat template."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlm_policy.loading import VLMBundle
+
+
+def user_message(prompt: str) -> list[dict[str, Any]]:
+    """One user turn holding the image first, then the task prompt."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+
+
+def chat_text(bundle: VLMBundle, prompt: str, answer: str | None = None) -> str:
+    """The templated prompt, ending where the assistant starts to answer (or with ``answer`` appended)."""
+    messages = user_message(prompt)
+    text = bundle.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text if answer is None else text + answer
+
+
+def build_inputs(
+    bundle: VLMBundle, images: Sequence[np.ndarray], prompts: Sequence[str], device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Left-padded batch of templated prompts with their images, on ``device``.
+
+    Left padding puts every prompt's last token at the same position, so generated tokens line up
+    across the batch; the attention mask and position ids make the padding invisible.
+    """
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    texts = [chat_text(bundle, prompt) for prompt in prompts]
+    pil_images = [Image.fromarray(np.asarray(image, dtype=np.uint8)) for image in images]
+    tokenizer = bundle.tokenizer
+    tokenizer.padding_side = "left"
+    image_argument: Any = [[image] for image in pil_images] if bundle.family == "idefics3" else pil_images
+    batch = bundle.processor(text=texts, images=image_argument, padding=True, return_tensors="pt")
+    inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
+    dtype = next(bundle.model.parameters()).dtype
+    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    return inputs
