@@ -131,13 +131,33 @@ def _processor_for(path: str, family: str):
     if family != "qwen2_vl":
         return AutoProcessor.from_pretrained(path, local_files_only=True)
     # Qwen's stock processor builds a video processor that needs torchvision; images need none.
-    from transformers import Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
-    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                            chat_template=tokenizer.chat_template)
+    return qwen_image_processor_class()(image_processor=image_processor, tokenizer=tokenizer,
+                                        chat_template=tokenizer.chat_template)
+
+
+def qwen_image_processor_class():
+    """A Qwen2-VL / Qwen2.5-VL processor for images only.
+
+    The stock one insists on a video processor, which needs torchvision (which breaks the CPU torch
+    build used here); the processor's attributes come from its ``__init__`` signature, so this
+    subclass simply leaves the video processor out.
+    """
+    from transformers import Qwen2VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class QwenImageProcessor(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return QwenImageProcessor
 
 
 def _four_bit_kwargs(device: str | torch.device) -> dict[str, Any]:

@@ -218,6 +218,7 @@ class VLMPolicy(ActorCriticPolicy):
         tokens, scores, prompt_hidden = self._generate(inputs, deterministic)
         log_prob, _ = self._score(tokens, scores)
         values = self.value_head(prompt_hidden)
+        _check_finite(values=values, log_prob=log_prob)
         return tokens, values, log_prob
 
     def evaluate_actions(self, obs: dict[str, torch.Tensor], actions: torch.Tensor):
@@ -226,11 +227,9 @@ class VLMPolicy(ActorCriticPolicy):
         tokens = actions.round().long().to(self.device)
         scores, prompt_hidden = self._teacher_forced(inputs, tokens)
         log_prob, entropy = self._score(tokens, scores)
-        if not torch.isfinite(log_prob).all():
-            raise FloatingPointError(
-                "the policy produced a non-finite log-probability; lower the learning rate or check the model"
-            )
-        return self.value_head(prompt_hidden), log_prob, entropy
+        values = self.value_head(prompt_hidden)
+        _check_finite(values=values, log_prob=log_prob)
+        return values, log_prob, entropy
 
     def predict_values(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Values from one forward over the prompts (no generation)."""
@@ -370,7 +369,10 @@ class VLMPolicy(ActorCriticPolicy):
                 f"checkpoint does not match this VLMPolicy (model {self.model_source!r}): "
                 f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
             )
-        return super().load_state_dict(state_dict, strict=False, assign=assign)
+        try:
+            return super().load_state_dict(state_dict, strict=False, assign=assign)
+        except RuntimeError as error:  # e.g. a LoRA rank or value head of another size
+            raise RuntimeError(f"checkpoint does not match this VLMPolicy (model {self.model_source!r}): {error}") from None
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Writes the adapter (peft, safetensors), the value head (safetensors) and the base's reference.
@@ -414,6 +416,16 @@ class VLMPolicy(ActorCriticPolicy):
             trained = AutoModelForImageTextToText.from_pretrained(directory / "model", local_files_only=True)
             self.vlm.load_state_dict(trained.state_dict())
         self.value_head.load_state_dict(load_file(str(directory / VALUE_HEAD_FILE)))
+
+
+def _check_finite(**tensors: torch.Tensor) -> None:
+    """Stops training at the first NaN/inf instead of letting PPO average it into every weight."""
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise FloatingPointError(
+                f"the policy produced a non-finite {name} (NaN or inf); training stopped before it reached the "
+                "weights. Lower the learning rate, raise max_grad_norm clipping, or check the model's dtype"
+            )
 
 
 def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:

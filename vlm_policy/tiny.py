@@ -67,29 +67,42 @@ def tiny_vocabulary() -> tuple[str, ...]:
     return tuple(vocab)
 
 
-def build_tiny_tokenizer():
-    """The tiny model's fast tokenizer; identical on every machine (no training, no randomness)."""
+def build_tiny_tokenizer(
+    special_tokens: tuple[str, ...] = SPECIAL_TOKENS,
+    eos_token: str = "</s>",
+    pad_token: str = "<pad>",
+    chat_template: str = TINY_CHAT_TEMPLATE,
+    image_token: str = IMAGE_TOKEN,
+):
+    """The tiny model's fast tokenizer; identical on every machine (no training, no randomness).
+
+    The special tokens are replaceable so that tiny test models of other families (Qwen2-VL,
+    Idefics3) get their own markers with the same text vocabulary.
+    """
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
-    vocab = tiny_vocabulary()
+    vocab = list(special_tokens) + [t for t in tiny_vocabulary()[len(SPECIAL_TOKENS):] if t not in special_tokens]
     # Unigram picks the segmentation with the best total score; every token scoring -1 means the
     # fewest tokens win, and any ASCII string stays encodable character by character.
     scored = [(token, -1.0) for token in vocab]
-    core = Tokenizer(models.Unigram(scored, unk_id=SPECIAL_TOKENS.index("<unk>")))
+    unk = "<unk>" if "<unk>" in special_tokens else None
+    core = Tokenizer(models.Unigram(scored, unk_id=special_tokens.index(unk) if unk else None))
     core.decoder = decoders.Fuse()
+    named = {"eos_token": eos_token, "pad_token": pad_token}
+    if "<s>" in special_tokens:
+        named["bos_token"] = "<s>"
+    if unk:
+        named["unk_token"] = unk
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        extra_special_tokens={"image_token": image_token},
         padding_side="left",
         clean_up_tokenization_spaces=False,
+        **named,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.add_special_tokens({"additional_special_tokens": [t for t in special_tokens if t not in named.values()]})
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
