@@ -25,7 +25,7 @@ from vlm_policy.env_bridge import decode_prompt, end_token_ids, tokenizer_finger
 from vlm_policy.loading import TINY, VLMBundle, load_vlm, vision_and_language_linears
 from vlm_policy.logprobs import banned_token_mask, process_logits, token_logprobs, token_masks, weighted_sum
 from vlm_policy.optim import ScaledLRAdamW
-from vlm_policy.prompting import build_inputs
+from vlm_policy.prompting import build_inputs, forward_kwargs, with_answer
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 # Arguments SB3's algorithms pass to every ActorCriticPolicy; they shape heads VLMPolicy does not build.
@@ -234,7 +234,7 @@ class VLMPolicy(ActorCriticPolicy):
     def predict_values(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Values from one forward over the prompts (no generation)."""
         inputs = self._model_inputs(obs)
-        outputs = self.vlm(**self._forward_kwargs(inputs), output_hidden_states=True, logits_to_keep=1)
+        outputs = self.vlm(**forward_kwargs(inputs, self.family), output_hidden_states=True, logits_to_keep=1)
         return self.value_head(outputs.hidden_states[-1][:, -1])
 
     def _predict(self, observation: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
@@ -267,14 +267,6 @@ class VLMPolicy(ActorCriticPolicy):
             if not bool((fingerprints == expected).all()):
                 raise ValueError("the observation was made for another tokenizer than this policy's model")
         return list(images_np), [decode_prompt(row) for row in prompt_bytes]
-
-    def _forward_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        kwargs = dict(inputs)
-        if self.family != "qwen2_vl":
-            # The same positions generate() uses under left padding (Qwen computes its 3-D ones itself).
-            mask = kwargs["attention_mask"]
-            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        return kwargs
 
     @torch.no_grad()
     def _generate(self, inputs: dict[str, torch.Tensor], deterministic: bool):
@@ -317,20 +309,8 @@ class VLMPolicy(ActorCriticPolicy):
         return tokens, scores, prompt_hidden
 
     def _teacher_forced(self, inputs: dict[str, torch.Tensor], tokens: torch.Tensor):
-        kwargs = self._forward_kwargs(inputs)
         prompt_length = inputs["input_ids"].shape[1]
-        batch = tokens.shape[0]
-        ones = torch.ones((batch, tokens.shape[1]), dtype=kwargs["attention_mask"].dtype, device=tokens.device)
-        kwargs["input_ids"] = torch.cat([inputs["input_ids"], tokens], dim=1)
-        kwargs["attention_mask"] = torch.cat([inputs["attention_mask"], ones], dim=1)
-        if "position_ids" in kwargs:
-            mask = kwargs["attention_mask"]
-            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        if "mm_token_type_ids" in kwargs:  # Qwen: generated tokens are text (type 0) in every forward
-            zeros = torch.zeros_like(tokens, dtype=kwargs["mm_token_type_ids"].dtype)
-            kwargs["mm_token_type_ids"] = torch.cat([kwargs["mm_token_type_ids"], zeros], dim=1)
-        if "token_type_ids" in kwargs:
-            kwargs["token_type_ids"] = torch.cat([kwargs["token_type_ids"], torch.zeros_like(tokens)], dim=1)
+        kwargs = with_answer(inputs, tokens, self.family)
         outputs = self.vlm(**kwargs, output_hidden_states=True, logits_to_keep=tokens.shape[1] + 1)
         logits = outputs.logits[:, :-1]  # position P-1+j predicts answer token j
         scores = process_logits(logits, self.temperature, self.banned_tokens)

@@ -44,3 +44,33 @@ def build_inputs(
     if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     return inputs
+
+
+def forward_kwargs(inputs: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    """Model kwargs for a forward over ``inputs`` with the positions ``generate`` would use.
+
+    Under left padding ``generate`` numbers positions from the first real token; a plain forward
+    would count the padding too, so the same positions are passed explicitly. Qwen computes its 3-D
+    (M-RoPE) positions itself from ``mm_token_type_ids``.
+    """
+    kwargs = dict(inputs)
+    if family != "qwen2_vl":
+        mask = kwargs["attention_mask"]
+        kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return kwargs
+
+
+def with_answer(inputs: dict[str, torch.Tensor], tokens: torch.Tensor, family: str) -> dict[str, torch.Tensor]:
+    """Forward kwargs for prompt + answer tokens (teacher forcing), positions as in generation.
+
+    Answer tokens are text: their ``mm_token_type_ids`` (Qwen) are zero. Tokens after an answer's
+    end are attended to but never scored, so they need no mask.
+    """
+    extended = dict(inputs)
+    ones = torch.ones_like(tokens, dtype=inputs["attention_mask"].dtype)
+    extended["input_ids"] = torch.cat([inputs["input_ids"], tokens], dim=1)
+    extended["attention_mask"] = torch.cat([inputs["attention_mask"], ones], dim=1)
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in inputs:
+            extended[key] = torch.cat([inputs[key], torch.zeros_like(tokens, dtype=inputs[key].dtype)], dim=1)
+    return forward_kwargs(extended, family)
