@@ -1,0 +1,110 @@
+"""Success rate of a VLM policy on held-out seeds, with batched generation across episodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from gym_vlm_cards.evaluate import EvalResult
+from vlm_policy.env_bridge import TokenActionWrapper
+
+
+@dataclass
+class EpisodeRecord:
+    """Frames and answers of one episode, for the frame strip."""
+
+    frames: list[np.ndarray] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    success: bool = False
+
+
+def standalone_policy(model: str, env: TokenActionWrapper, **policy_kwargs: Any):
+    """A VLMPolicy outside PPO (for evaluation), on the spaces of ``env``."""
+    from vlm_policy.policy import VLMPolicy
+
+    policy = VLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, **policy_kwargs)
+    policy.set_training_mode(False)
+    return policy
+
+
+def evaluate_vlm(
+    policy,
+    make_env: Callable[[], gym.Env],
+    episodes: int,
+    seed: int,
+    parallel: int = 8,
+    deterministic: bool = True,
+    name: str = "policy",
+    record_first: bool = False,
+    progress: bool = False,
+) -> tuple[EvalResult, EpisodeRecord | None]:
+    """Plays episodes ``seed .. seed+episodes-1`` (episode i reset with seed + i), ``parallel`` at a time.
+
+    ``make_env`` builds one TokenActionWrapper env. Returns the summary and, with ``record_first``, the
+    frames and answers of the first episode.
+    """
+    envs = [make_env() for _ in range(min(parallel, episodes))]
+    next_episode = 0
+    slots: list[dict[str, Any] | None] = [None] * len(envs)
+    totals = {"success": 0, "return": 0.0, "invalid": 0, "steps": 0, "done": 0}
+    record = EpisodeRecord() if record_first else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=episodes, desc=f"eval {name}", unit="ep", leave=False)
+
+    def start(slot: int) -> None:
+        nonlocal next_episode
+        obs, _ = envs[slot].reset(seed=seed + next_episode)
+        slots[slot] = {"obs": obs, "episode": next_episode}
+        if record is not None and next_episode == 0:
+            record.frames.append(obs["image"])
+        next_episode += 1
+
+    for slot in range(len(envs)):
+        start(slot)
+    while any(s is not None for s in slots):
+        active = [i for i, s in enumerate(slots) if s is not None]
+        batch = {key: torch.as_tensor(np.stack([slots[i]["obs"][key] for i in active])) for key in slots[active[0]]["obs"]}
+        with torch.no_grad():
+            tokens = policy(batch, deterministic=deterministic)[0].cpu().numpy()
+        for row, slot in enumerate(active):
+            obs, reward, terminated, truncated, info = envs[slot].step(tokens[row])
+            state = slots[slot]
+            totals["return"] += float(reward)
+            totals["steps"] += 1
+            totals["invalid"] += not info.get("action_is_valid", True)
+            if record is not None and state["episode"] == 0:
+                record.answers.append(info.get("generated_text", ""))
+                record.rewards.append(float(reward))
+                record.frames.append(obs["image"])
+            state["obs"] = obs
+            if terminated or truncated:
+                totals["done"] += 1
+                totals["success"] += bool(info.get("is_success", False))
+                if record is not None and state["episode"] == 0:
+                    record.success = bool(info.get("is_success", False))
+                if bar is not None:
+                    bar.update(1)
+                slots[slot] = None
+                if next_episode < episodes:
+                    start(slot)
+    if bar is not None:
+        bar.close()
+    for env in envs:
+        env.close()
+    result = EvalResult(
+        name=name,
+        episodes=episodes,
+        success_rate=totals["success"] / episodes,
+        mean_return=totals["return"] / episodes,
+        invalid_rate=totals["invalid"] / max(totals["steps"], 1),
+        mean_length=totals["steps"] / episodes,
+    )
+    return result, record

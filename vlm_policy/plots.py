@@ -1,0 +1,57 @@
+"""The main job's pictures: the learning curve and a strip of one episode's frames and thoughts."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from vlm_policy.evaluation import EpisodeRecord  # noqa: E402
+
+
+def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_success: float | None = None,
+                        title: str = "") -> Path:
+    """Success rate of the training episodes per PPO rollout, against env steps."""
+    points = [json.loads(line) for line in Path(curve_path).read_text().splitlines()] if Path(curve_path).is_file() else []
+    points = [p for p in points if p.get("success_rate") is not None]
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=120)
+    if points:
+        axis.plot([p["timesteps"] for p in points], [100 * p["success_rate"] for p in points], marker="o",
+                  label="PPO training episodes")
+    if sft_success is not None:
+        axis.axhline(100 * sft_success, color="gray", linestyle="--", label="after SFT (held-out, greedy)")
+    axis.set_xlabel("env steps of PPO")
+    axis.set_ylabel("success rate (%)")
+    axis.set_ylim(-2, 102)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(out_path)
+    plt.close(figure)
+    return Path(out_path)
+
+
+def plot_episode_strip(record: EpisodeRecord, out_path: str | Path, title: str = "", max_frames: int = 6) -> Path:
+    """The frames an agent saw, each with the answer it wrote under it."""
+    steps = min(len(record.answers), max_frames)
+    figure, axes = plt.subplots(1, max(steps, 1), figsize=(3.2 * max(steps, 1), 4.6), dpi=110, squeeze=False)
+    for i in range(steps):
+        axis = axes[0][i]
+        axis.imshow(record.frames[i])
+        axis.set_xticks([])
+        axis.set_yticks([])
+        caption = "\n".join(textwrap.wrap(record.answers[i], 34)[:8])
+        axis.set_title(f"step {i + 1}, reward {record.rewards[i]:+g}", fontsize=9)
+        axis.text(0.5, -0.04, caption, transform=axis.transAxes, ha="center", va="top", fontsize=7, family="monospace")
+    outcome = "won" if record.success else "not won"
+    figure.suptitle(f"{title} ({outcome})", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(out_path)
+    plt.close(figure)
+    return Path(out_path)
