@@ -240,3 +240,28 @@ def test_base_dependencies_are_light():
         assert heavy not in base
     every = " ".join(sum(project["optional-dependencies"].values(), [])).lower()
     assert "torchvision" not in every
+
+
+@pytest.mark.parametrize("size", [64, 96, 300])
+def test_small_frames_still_show_every_numberline_state(size):
+    env = gym.make("gym_cards/NumberLine-v0", image_size=size)
+    frames = {}
+    for current in range(6):
+        for target in range(6):
+            if current != target:
+                frame, _ = env.reset(options={"current": current, "target": target})
+                frames[frame.tobytes()] = (current, target)
+                # Nothing drawn touches the right edge: the text fits the frame.
+                assert (frame[:, -2:] == 255).all()
+    assert len(frames) == 30
+
+
+@pytest.mark.parametrize("env_id, options", [
+    ("gym_cards/EZPoints-v0", [{"cards": [a, b]} for a, b in [("H2", "ST"), ("H3", "S9"), ("H4", "S8"), ("H5", "S7"), ("H6", "S6")]]),
+    ("gym_cards/Points24-v0", [{"cards": ["H2", "S3", "D4", r]} for r in ("C5", "C6", "C7", "C8", "C9", "CT", "CJ", "CQ", "CK", "CA")]),
+    ("gym_cards/Blackjack-v0", [{"player": ["H2", r], "dealer": ["D5", "C9"]} for r in ("S3", "S4", "S5", "S6", "S7", "S8", "S9", "ST", "SJ", "SQ", "SK", "SA")]),
+])
+def test_small_card_frames_still_tell_ranks_apart(env_id, options):
+    env = gym.make(env_id, image_size=64)
+    frames = {env.reset(options=o)[0].tobytes() for o in options}
+    assert len(frames) == len(options)

@@ -69,6 +69,8 @@ class VLMPolicy(ActorCriticPolicy):
         train_vision: also adapt (or, with lora_r=0, train) the vision tower and projector.
         value_head_layers: hidden sizes of the value MLP.
         value_lr_scale: the value head's learning rate is the policy's times this.
+        value_gradients_to_model: let the value loss train the VLM too (the paper's shared trunk); False
+            feeds the value head a detached hidden state, so early value errors cannot disturb the policy.
         gradient_checkpointing: trade compute for memory in evaluate_actions' backward pass.
         dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"float32"``, ``"bfloat16"``.
         load_in_4bit: load the base weights in 4 bits with bitsandbytes (CUDA only).
@@ -90,6 +92,7 @@ class VLMPolicy(ActorCriticPolicy):
         train_vision: bool = False,
         value_head_layers: Sequence[int] = (1024, 512),
         value_lr_scale: float = 1.0,
+        value_gradients_to_model: bool = True,
         gradient_checkpointing: bool = False,
         dtype: str = "auto",
         load_in_4bit: bool = False,
@@ -119,6 +122,7 @@ class VLMPolicy(ActorCriticPolicy):
         self.train_vision = bool(train_vision)
         self.value_head_layers = tuple(int(v) for v in value_head_layers)
         self.value_lr_scale = float(value_lr_scale)
+        self.value_gradients_to_model = bool(value_gradients_to_model)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.dtype_name = dtype
         self.load_in_4bit = bool(load_in_4bit)
@@ -197,6 +201,7 @@ class VLMPolicy(ActorCriticPolicy):
             model=self.model_source, temperature=self.temperature, cot_weight=self.cot_weight, lora_r=self.lora_r,
             lora_alpha=self.lora_alpha, lora_target_modules=self.lora_target_modules, train_vision=self.train_vision,
             value_head_layers=self.value_head_layers, value_lr_scale=self.value_lr_scale,
+            value_gradients_to_model=self.value_gradients_to_model,
             gradient_checkpointing=self.gradient_checkpointing, dtype=self.dtype_name, load_in_4bit=self.load_in_4bit,
             seed=self.seed,
         )
@@ -217,7 +222,7 @@ class VLMPolicy(ActorCriticPolicy):
         inputs = self._model_inputs(obs)
         tokens, scores, prompt_hidden = self._generate(inputs, deterministic)
         log_prob, _ = self._score(tokens, scores)
-        values = self.value_head(prompt_hidden)
+        values = self._value(prompt_hidden)
         _check_finite(values=values, log_prob=log_prob)
         return tokens, values, log_prob
 
@@ -227,7 +232,7 @@ class VLMPolicy(ActorCriticPolicy):
         tokens = actions.round().long().to(self.device)
         scores, prompt_hidden = self._teacher_forced(inputs, tokens)
         log_prob, entropy = self._score(tokens, scores)
-        values = self.value_head(prompt_hidden)
+        values = self._value(prompt_hidden)
         _check_finite(values=values, log_prob=log_prob)
         return values, log_prob, entropy
 
@@ -235,7 +240,10 @@ class VLMPolicy(ActorCriticPolicy):
         """Values from one forward over the prompts (no generation)."""
         inputs = self._model_inputs(obs)
         outputs = self.vlm(**forward_kwargs(inputs, self.family), output_hidden_states=True, logits_to_keep=1)
-        return self.value_head(outputs.hidden_states[-1][:, -1])
+        return self._value(outputs.hidden_states[-1][:, -1])
+
+    def _value(self, prompt_hidden: torch.Tensor) -> torch.Tensor:
+        return self.value_head(prompt_hidden if self.value_gradients_to_model else prompt_hidden.detach())
 
     def _predict(self, observation: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
         return self.forward(observation, deterministic)[0]

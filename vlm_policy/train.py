@@ -46,6 +46,9 @@ class TrainConfig:
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate"})
     sft_batch_size: int = field(default=16, metadata={"help": "SFT batch size"})
     sft_lora_r: int = field(default=0, metadata={"help": "SFT LoRA rank (0: full fine-tuning, the tiny model)"})
+    sft_train_vision: bool = field(default=False, metadata={
+        "help": "let SFT update the vision tower (after the warm-up it is kept, so SFT cannot collapse it)"})
+    vision_warmup_steps: int = field(default=150, metadata={"help": "vision warm-up steps before SFT (tiny model)"})
     # PPO (the paper's defaults where they carry over; the learning rate is the tiny model's own)
     ppo_timesteps: int = field(default=1024, metadata={"help": "env steps of PPO"})
     n_envs: int = field(default=8, metadata={"help": "parallel envs (one batched generate per step)"})
@@ -64,7 +67,11 @@ class TrainConfig:
     cot_weight: float = field(default=0.5, metadata={"help": "lambda: weight of thought tokens' log-prob"})
     max_new_tokens: int = field(default=40, metadata={"help": "longest answer (paper: 256 for a 7B tokenizer)"})
     lora_r: int = field(default=0, metadata={"help": "PPO LoRA rank (0: all weights, the tiny model)"})
+    train_vision: bool = field(default=True, metadata={"help": "let PPO update the vision tower too"})
     value_lr_scale: float = field(default=1.0, metadata={"help": "value head lr multiplier"})
+    value_gradients_to_model: bool = field(default=False, metadata={
+        "help": "let the value loss train the VLM (the paper's shared trunk); off for the tiny model, whose "
+                "policy the random value head's early errors otherwise wreck"})
     # evaluation
     eval_episodes: int = field(default=200, metadata={"help": "held-out episodes for the before/after table"})
     eval_seed: int = field(default=100_000, metadata={"help": "first held-out seed (far from training seeds)"})
@@ -116,6 +123,8 @@ class Pipeline:
             return str(directory)
         config = SFTConfig(model=self.config.model, steps=self.config.sft_steps, batch_size=self.config.sft_batch_size,
                            learning_rate=self.config.sft_learning_rate, lora_r=self.config.sft_lora_r,
+                           vision_warmup_steps=self.config.vision_warmup_steps if self.config.model == TINY else 0,
+                           train_vision=self.config.sft_train_vision,
                            seed=self.config.seed, progress=self.config.progress)
         examples = read_demonstrations(self.demonstrations())
         return str(run_sft(config, examples, directory, device=self.device))
@@ -158,7 +167,9 @@ class Pipeline:
             if not resume:
                 (self.out / "curve.jsonl").unlink(missing_ok=True)
             policy_kwargs = {"model": sft_dir, "temperature": c.temperature, "cot_weight": c.cot_weight,
-                             "lora_r": c.lora_r, "value_lr_scale": c.value_lr_scale, "seed": c.seed}
+                             "lora_r": c.lora_r, "train_vision": c.train_vision, "value_lr_scale": c.value_lr_scale,
+                             "value_gradients_to_model": c.value_gradients_to_model,
+                             "seed": c.seed}
             model = PPO(VLMPolicy, env, learning_rate=cosine_schedule(c.learning_rate, c.learning_rate_end),
                         n_steps=c.n_steps, batch_size=c.batch_size, n_epochs=c.n_epochs, gamma=c.gamma,
                         gae_lambda=c.gae_lambda, clip_range=c.clip_range, ent_coef=c.ent_coef, vf_coef=c.vf_coef,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gym_vlm_cards.rendering import BLACK, Canvas
+from gym_vlm_cards.rendering import BLACK, Canvas, font
 from gym_vlm_cards.text_env import Outcome, TextActionEnv
 
 NUMBERLINE_PROMPT = (
@@ -60,6 +60,15 @@ class NumberLineEnv(TextActionEnv):
         super().__init__(("-", "+"), **kwargs)
         self.current = 0
         self.target = 1
+        self.text_size = self._fitting_text_size()
+
+    def _fitting_text_size(self) -> int:
+        """The largest type (up to a seventh of the height) whose widest line fits 90% of the width."""
+        widest = f"Current: {self.max_position}"
+        size = max(8, self.height // 7)
+        while size > 6 and font(size).getlength(widest) > 0.9 * self.width:
+            size -= 1
+        return size
 
     def _start_episode(self, options: dict[str, Any] | None) -> None:
         if options is not None:
@@ -94,10 +103,9 @@ class NumberLineEnv(TextActionEnv):
         return Outcome(0.0 if after < before else -1.0)
 
     def _draw(self, canvas: Canvas) -> None:
-        size = max(12, canvas.width // 7)
-        x = canvas.width // 10
-        canvas.text(f"Target: {self.target}", x, canvas.height * 20 // 100, size, BLACK)
-        canvas.text(f"Current: {self.current}", x, canvas.height * 60 // 100, size, BLACK)
+        x = canvas.width // 20
+        canvas.text(f"Target: {self.target}", x, canvas.height * 20 // 100, self.text_size, BLACK)
+        canvas.text(f"Current: {self.current}", x, canvas.height * 60 // 100, self.text_size, BLACK)
 
     def symbolic_state(self) -> dict[str, Any]:
         return {"Target": self.target, "Current": self.current}

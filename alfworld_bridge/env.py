@@ -1,0 +1,242 @@
+"""ALFWorld household tasks as a Gymnasium env: an image observation and a text action."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from alfworld_bridge.games import find_games, read_traj_data
+from alfworld_bridge.goals import Targets, goal_condition_rate
+from alfworld_bridge.render import draw_map_view, draw_text_view, floor_plan_of, thor_available
+from gym_vlm_cards.parsing import extract_action, normalize
+from gym_vlm_cards.rendering import WHITE, Canvas
+from gym_vlm_cards.text_env import MAX_ANSWER_CHARS, _image_shape
+
+RENDER_STYLES = ("text", "map", "thor")
+WIN_BONUS = 50.0
+INADMISSIBLE_PENALTY = 1.0
+
+
+def _prompt(task: str, observation: str, commands: Sequence[str], chain_of_thought: bool) -> str:
+    listed = "\n".join(f"- {c}" for c in commands)
+    head = (
+        "You are an agent in a household. Your task is to: " + task + "\n"
+        "What you see now: " + observation.strip() + "\n"
+        "The commands you can use now are:\n" + listed + "\n"
+    )
+    if chain_of_thought:
+        return head + ('Think about what to do next, then reply with a JSON object in exactly this format: '
+                       '{"thoughts": "your reasoning", "action": "one command from the list"}')
+    return head + 'Reply with a JSON object in exactly this format: {"action": "one command from the list"}'
+
+
+class ALFWorldEnv(gym.Env):
+    """ALFWorld (TextWorld with the ALFRED domain) with an image observation and text actions.
+
+    ## Description
+    A household task ("put a hot potato in sinkbasin") is played through ALFWorld's text engine,
+    offline. Each reset picks a game from the data with ``self.np_random``.
+
+    ## Action Space
+    Text: a model's raw answer. The ``"action"`` value is read as in the card tasks and matched to the
+    admissible commands after normalisation (lower case, single spaces, stripped): exact matches
+    only, no fuzzy matching. ``info["parsed_action"]`` / ``info["action_is_valid"]`` as in gym_cards.
+
+    ## Observation Space
+    ``Box(0, 255, (300, 300, 3), uint8)``: ``render_style="text"`` (default) draws the task and the last
+    observation; ``"map"`` a top-down sketch from the scene layouts; ``"thor"`` needs ai2thor and a
+    display. The paper used THOR's first-person frames, so scores with ``text``/``map`` are not
+    comparable with its 21.7%.
+
+    ## Rewards
+    As in the paper: ``50 * won + goal_condition_success_rate``, minus 1 for an inadmissible (or
+    unreadable) action, which changes nothing (``invalid_action="penalize"``) or is replaced by a
+    random admissible command (``"random"``).
+
+    ## Episode End
+    Terminated on a win; truncated after ``max_episode_steps`` (default 50).
+
+    ## Arguments
+    ``data_root`` (default ``$ALFWORLD_DATA``), ``split`` ("train", "valid_seen", "valid_unseen" or
+    None for the root itself), ``game_files`` (explicit list instead), ``render_style``, ``image_size``,
+    ``max_episode_steps``, ``invalid_action``, ``cache_dir`` (for game files built from raw data).
+    ``reset(options={"game": path_or_index})`` plays a given game.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
+
+    def __init__(
+        self,
+        data_root: str | os.PathLike | None = None,
+        split: str | None = "train",
+        game_files: Sequence[str | os.PathLike] | None = None,
+        render_style: str = "text",
+        image_size: int | tuple[int, int] = 300,
+        max_episode_steps: int = 50,
+        invalid_action: str = "penalize",
+        render_mode: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if render_style not in RENDER_STYLES:
+            raise ValueError(f"render_style must be one of {RENDER_STYLES}, got {render_style!r}")
+        if render_style == "thor":
+            available, reason = thor_available()
+            if not available:
+                raise RuntimeError(f"render_style='thor' is not available here: {reason}")
+            raise NotImplementedError("THOR frames need ALFWorld's THOR env; use render_style='text' or 'map'")
+        if invalid_action not in ("penalize", "random"):
+            raise ValueError(f"invalid_action must be 'penalize' or 'random', got {invalid_action!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.games = [Path(g) for g in game_files] if game_files else find_games(data_root, split, cache_dir)
+        for game in self.games:
+            if not game.is_file():
+                raise FileNotFoundError(f"game file {game} does not exist")
+        self.render_style = render_style
+        self.render_mode = render_mode
+        self.height, self.width = _image_shape(image_size)
+        self.max_episode_steps = int(max_episode_steps)
+        self.invalid_action = invalid_action
+        self.observation_space = spaces.Box(0, 255, (self.height, self.width, 3), dtype=np.uint8)
+        import string
+
+        self.action_space = spaces.Text(max_length=MAX_ANSWER_CHARS, charset=string.printable)
+        self._engine = None
+        self._loaded: Path | None = None
+        self.game_file: Path | None = None
+        self.state: Any = None
+        self.targets: Targets | None = None
+        self.floor_plan: str | None = None
+        self.task = ""
+        self.observation_text = ""
+        self.elapsed_steps = 0
+
+    # ------------------------------------------------------------------ engine
+    def _start(self, game: Path):
+        import textworld
+        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+
+        if self._engine is None:
+            infos = textworld.EnvInfos(won=True, admissible_commands=True, facts=True, feedback=True,
+                                       extras=["gamefile"])
+            self._engine = textworld.start(str(game), request_infos=infos, wrappers=[AlfredDemangler(), AlfredInfos])
+        elif self._loaded != game:
+            self._engine.load(str(game))
+        self._loaded = game
+        return self._engine.reset()
+
+    def _pick_game(self, options: dict[str, Any] | None) -> Path:
+        if options and "game" in options:
+            choice = options["game"]
+            if isinstance(choice, (int, np.integer)) and not isinstance(choice, bool):
+                if not 0 <= choice < len(self.games):
+                    raise ValueError(f"game index {choice} is out of range [0, {len(self.games)})")
+                return self.games[int(choice)]
+            path = Path(choice)
+            if not path.is_file():
+                raise ValueError(f"option 'game' must be an index or an existing game file, got {choice!r}")
+            return path
+        if options and set(options) - {"game"}:
+            raise ValueError(f"ALFWorld options take only 'game', got {sorted(options)}")
+        return self.games[int(self.np_random.integers(len(self.games)))]
+
+    # ------------------------------------------------------------------ Gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.game_file = self._pick_game(options)
+        traj = read_traj_data(self.game_file)
+        self.targets = Targets.from_traj_data(traj)
+        self.floor_plan = floor_plan_of(traj)
+        self.state = self._start(self.game_file)
+        feedback = self.state["feedback"]
+        self.task = feedback.split("Your task is to:", 1)[1].strip().rstrip(".") if "Your task is to:" in feedback else ""
+        self.observation_text = feedback.split("-=", 1)[-1].split("=-", 1)[-1].strip()
+        self.elapsed_steps = 0
+        return self._frame(), self._info()
+
+    def step(self, action: Any):
+        if not isinstance(action, str):
+            raise TypeError(f"the action must be the model's answer as a str, got {type(action).__name__}")
+        if self.state is None:
+            raise RuntimeError("call reset() before step()")
+        commands = self.admissible_commands
+        lookup = {" ".join(normalize(c).split()): c for c in commands}
+        value = extract_action(action)
+        parsed = None if value is None else lookup.get(" ".join(normalize(value).split()))
+        executed = parsed
+        if parsed is None and self.invalid_action == "random":
+            executed = commands[int(self.np_random.integers(len(commands)))]
+        if executed is not None:
+            self.state, _, _ = self._engine.step(executed)
+            self.observation_text = self.state["feedback"].strip()
+        self.elapsed_steps += 1
+        won = bool(self.state["won"])
+        rate = self.goal_condition_success_rate
+        reward = WIN_BONUS * won + rate - (INADMISSIBLE_PENALTY if parsed is None else 0.0)
+        truncated = not won and self.elapsed_steps >= self.max_episode_steps
+        info = self._info(parsed_action=parsed, action_is_valid=parsed is not None, executed_action=executed)
+        if won or truncated:
+            info["is_success"] = won
+        return self._frame(), float(reward), won, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode == "rgb_array":
+            return self._frame()
+        gym.logger.warn("render() needs render_mode='rgb_array'")
+        return None
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+            self._loaded = None
+
+    # ------------------------------------------------------------------ views
+    @property
+    def admissible_commands(self) -> list[str]:
+        return list(self.state["admissible_commands"]) if self.state is not None else []
+
+    @property
+    def goal_condition_success_rate(self) -> float:
+        return goal_condition_rate(self.state["facts"], self.targets)
+
+    @property
+    def prompt(self) -> str:
+        return _prompt(self.task, self.observation_text, self.admissible_commands, chain_of_thought=True)
+
+    def _info(self, **extra: Any) -> dict[str, Any]:
+        info = {
+            "observation_text": self.observation_text,
+            "task": self.task,
+            "task_type": self.targets.task_type,
+            "admissible_commands": self.admissible_commands,
+            "won": bool(self.state["won"]),
+            "goal_condition_success_rate": self.goal_condition_success_rate,
+            "game_file": str(self.game_file),
+            "text_state": f"Task: {self.task}. {self.observation_text}",
+            "prompt": self.prompt,
+            "action_only_prompt": _prompt(self.task, self.observation_text, self.admissible_commands, False),
+        }
+        info.update(extra)
+        return info
+
+    def _facts(self, name: str) -> list[list[str]]:
+        return [[a.name.strip() for a in f.arguments] for f in self.state["facts"] if f.name.lower() == name]
+
+    def _frame(self) -> np.ndarray:
+        canvas = Canvas(self.height, self.width, WHITE)
+        if self.render_style == "text":
+            draw_text_view(canvas, self.task, self.observation_text)
+        else:
+            entity_ids = {info.name: info.id for info in self.state["_entity_infos"].values() if info.name}
+            receptacles = {args[0]: entity_ids.get(args[1], args[1]) for args in self._facts("receptacleatlocation")}
+            agent = self._facts("atlocation")
+            held = [args[1] for args in self._facts("holds")]
+            draw_map_view(canvas, self.task, receptacles, entity_ids.get(agent[0][1]) if agent else None, held,
+                          self.floor_plan)
+        return canvas.pixels

@@ -1,0 +1,103 @@
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from vlm_policy import cli
+from vlm_policy.demos import read_demonstrations, write_demonstrations
+from vlm_policy.train import Pipeline, TrainConfig, cosine_schedule, latest_checkpoint
+
+
+def _digest(directory: Path) -> str:
+    hasher = hashlib.sha256()
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            hasher.update(path.name.encode() + path.read_bytes())
+    return hasher.hexdigest()
+
+
+def test_demonstrations_are_reproducible_chat_messages(tmp_path):
+    write_demonstrations("gym_cards/EZPoints-v0", 12, tmp_path / "a", seed=3, env_kwargs={"image_size": 64})
+    write_demonstrations("gym_cards/EZPoints-v0", 12, tmp_path / "b", seed=3, env_kwargs={"image_size": 64})
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    records = [json.loads(line) for line in (tmp_path / "a" / "demos.jsonl").read_text().splitlines()]
+    assert len(records) == 12
+    user, assistant = records[0]["messages"]
+    assert user["role"] == "user" and assistant["role"] == "assistant"
+    assert (tmp_path / "a" / user["content"][0]["image"]).is_file()
+    answer = json.loads(assistant["content"][0]["text"])
+    assert list(answer)[-2:] == ["thoughts", "action"]
+    examples = read_demonstrations(tmp_path / "a")
+    assert examples[0].image.shape == (64, 64, 3) and examples[0].state
+
+
+def test_unreadable_demonstrations_are_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="vlm-cards demos"):
+        read_demonstrations(tmp_path)
+    (tmp_path / "demos.jsonl").write_text('{"messages": []}\n')
+    with pytest.raises(ValueError, match="demos.jsonl:1"):
+        read_demonstrations(tmp_path)
+
+
+def test_cosine_schedule_runs_from_start_to_end():
+    schedule = cosine_schedule(1e-3, 1e-5)
+    assert schedule(1.0) == pytest.approx(1e-3) and schedule(0.0) == pytest.approx(1e-5)
+    assert 1e-5 < schedule(0.5) < 1e-3
+
+
+def _micro_config(out_dir: Path, **overrides) -> TrainConfig:
+    values = dict(out_dir=str(out_dir), demos=24, sft_steps=3, vision_warmup_steps=2, sft_batch_size=4, ppo_timesteps=16, n_envs=2, n_steps=4,
+                  batch_size=8, n_epochs=1, eval_episodes=3, max_new_tokens=24, progress=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_pipeline_runs_end_to_end_and_resumes_without_redoing_work(tmp_path, capsys):
+    config = _micro_config(tmp_path / "run")
+    rows = Pipeline(config).run()
+    out = capsys.readouterr().out
+    assert [r.name for r in rows] == ["after SFT", "after PPO"]
+    assert re.search(r"after PPO\s+\| 3 ", out)
+    run = Path(config.out_dir)
+    for name in ("learning_curve.png", "episode_strip.png", "results.json", "curve.jsonl", "ppo/final.zip",
+                 "ppo/adapter/value_head.safetensors", "sft/config.json"):
+        assert (run / name).exists(), name
+    assert latest_checkpoint(run / "ppo" / "checkpoints").name == "rl_model_16_steps.zip"
+    assert list((run / "tb").rglob("events.out.tfevents.*"))
+    sft_stamp = (run / "sft" / "training.json").stat().st_mtime_ns
+
+    # An interrupted run: the final model is gone, the checkpoints are there; --resume continues.
+    (run / "ppo" / "final.zip").unlink()
+    resumed = Pipeline(_micro_config(tmp_path / "run", ppo_timesteps=24)).run(resume=True)
+    assert "resuming PPO from" in capsys.readouterr().out
+    assert (run / "sft" / "training.json").stat().st_mtime_ns == sft_stamp  # SFT was not redone
+    assert latest_checkpoint(run / "ppo" / "checkpoints").name == "rl_model_24_steps.zip"
+    assert len(resumed) == 2
+
+
+def test_eval_command_prints_the_model_random_and_oracle_rows(tmp_path, capsys):
+    config = _micro_config(tmp_path / "run", ppo_timesteps=8)
+    Pipeline(config).run()
+    capsys.readouterr()
+    for model in (str(tmp_path / "run" / "sft"), str(tmp_path / "run" / "ppo" / "final.zip")):
+        assert cli.main(["eval", "--model", model, "--env", "gym_cards/NumberLine-v0", "--episodes", "4", "--seed", "7",
+                         "--max-new-tokens", "24"]) == 0
+        out = capsys.readouterr().out
+        names = [line.split("|")[0].strip() for line in out.splitlines()[3:]]
+        assert names[1:] == ["random", "oracle"] and names[0].endswith(("sft", "final.zip"))
+
+
+def test_cnn_baselines_train_and_report(capsys):
+    assert cli.main(["baseline", "--env", "gym_cards/NumberLine-v0", "--timesteps", "512", "--episodes", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "CNN + PPO" in out and "CNN + MaskablePPO" in out
+
+
+def test_train_help_lists_every_config_knob(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for name in ("--ppo-timesteps", "--cot-weight", "--sft-steps", "--temperature", "--resume", "--prompt-style"):
+        assert name in out
