@@ -1,0 +1,213 @@
+import json
+import shutil
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import alfworld_bridge  # noqa: F401  (registers alfworld/ALFWorld-v0)
+from alfworld_bridge.games import GameDataError, find_games
+from alfworld_bridge.render import thor_available
+from alfworld_bridge.toy_games import write_toy_games, walkthrough
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "alfworld-sample"
+REAL_GAME = SAMPLE / "json_2.1.1" / "train" / "pick_heat_then_place_in_recep-Potato-None-SinkBasin-14" / "trial_T20190908_231731_054988"
+
+
+def answer(command: str) -> str:
+    return json.dumps({"thoughts": "test", "action": command})
+
+
+@pytest.fixture(scope="module")
+def sample_root():
+    if not REAL_GAME.is_dir():
+        pytest.fail(f"the shared ALFWorld sample is missing at {SAMPLE} (it ships in ../shared)")
+    return SAMPLE
+
+
+@pytest.fixture(scope="module")
+def real_env(sample_root):
+    env = gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train")
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    write_toy_games(root)
+    return root
+
+
+def test_reset_gives_an_rgb_image_and_the_task(real_env):
+    obs, info = real_env.reset(seed=0)
+    assert obs.shape == (300, 300, 3) and obs.dtype == np.uint8 and obs.std() > 5
+    assert info["task"] == "put a hot potato in sinkbasin" and info["task_type"] == "pick_heat_then_place_in_recep"
+    assert "go to sinkbasin 1" in info["admissible_commands"]
+    assert info["won"] is False and info["goal_condition_success_rate"] == 0.0
+    assert info["game_file"].endswith("game.tw-pddl")
+    for command in info["admissible_commands"][:3]:
+        assert command in info["prompt"]
+    assert '"action"' in info["prompt"] and "thoughts" not in info["action_only_prompt"]
+
+
+def test_an_admissible_command_is_accepted(real_env):
+    real_env.reset(seed=0)
+    _, reward, terminated, _, info = real_env.step(answer("go to countertop 2"))
+    assert info["action_is_valid"] and info["parsed_action"] == "go to countertop 2"
+    assert "countertop 2" in info["observation_text"] and reward == 0.0 and not terminated
+    assert "take potato 1 from countertop 2" in info["admissible_commands"]
+
+
+def test_matching_is_exact_after_normalising_case_and_spaces(real_env):
+    real_env.reset(seed=0)
+    assert real_env.step(answer("  Go  To CounterTop 2 "))[4]["parsed_action"] == "go to countertop 2"
+    assert real_env.step(answer("go to countertop"))[4]["action_is_valid"] is False  # no fuzzy matching
+
+
+def test_expert_walkthrough_wins_with_reward_51_and_the_goal_rate_climbs(real_env):
+    _, info = real_env.reset(seed=0)
+    steps = json.loads(Path(info["game_file"]).read_text())["walkthrough"]
+    rates, rewards = [], []
+    for command in steps:
+        _, reward, terminated, truncated, info = real_env.step(answer(command))
+        assert info["action_is_valid"], command
+        rates.append(info["goal_condition_success_rate"])
+        rewards.append(reward)
+    distinct = [r for i, r in enumerate(rates) if i == 0 or r != rates[i - 1]]
+    assert distinct == pytest.approx([0.0, 1 / 3, 1.0])
+    assert info["won"] and terminated and not truncated and info["is_success"]
+    assert rewards[-1] == 51.0
+
+
+def test_an_inadmissible_command_costs_one_and_changes_nothing(real_env):
+    real_env.reset(seed=0)
+    before = real_env.unwrapped.observation_text
+    facts = sorted(map(str, real_env.unwrapped.state["facts"]))
+    _, reward, terminated, _, info = real_env.step(answer("fly to the moon"))
+    assert reward == -1.0 and not terminated and info["action_is_valid"] is False and info["parsed_action"] is None
+    assert real_env.unwrapped.observation_text == before
+    assert sorted(map(str, real_env.unwrapped.state["facts"])) == facts
+    assert real_env.step("no json at all")[1] == -1.0
+
+
+def test_random_mode_plays_a_random_admissible_command(sample_root):
+    env = gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train", invalid_action="random")
+    _, info = env.reset(seed=0)
+    commands = info["admissible_commands"]
+    _, reward, _, _, info = env.step(answer("fly"))
+    assert info["executed_action"] in commands and reward == -1.0
+    env.close()
+
+
+def test_non_string_actions_are_a_type_error(real_env):
+    real_env.reset(seed=0)
+    with pytest.raises(TypeError, match="str"):
+        real_env.step(3)
+
+
+def test_the_same_seed_picks_the_same_game(toy_root, tmp_path):
+    env = gym.make("alfworld/ALFWorld-v0", data_root=toy_root, split=None, cache_dir=tmp_path)
+    picks = [env.reset(seed=s)[1]["game_file"] for s in range(6)]
+    again = [env.reset(seed=s)[1]["game_file"] for s in range(6)]
+    assert picks == again and len(set(picks)) > 1
+    env.close()
+
+
+def test_gymnasium_check_env_passes(sample_root):
+    env = gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train")
+    check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+
+
+@pytest.mark.parametrize("style", ["text", "map"])
+def test_each_render_style_draws(sample_root, style):
+    env = gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train", render_style=style,
+                   render_mode="rgb_array")
+    first, _ = env.reset(seed=0)
+    after, *_ = env.step(answer("go to microwave 1"))
+    assert first.std() > 5 and not np.array_equal(first, after)  # the view follows the game
+    assert np.array_equal(env.render(), after)
+    env.close()
+
+
+def test_thor_style_says_why_it_is_unavailable(sample_root):
+    available, reason = thor_available()
+    if available:
+        pytest.skip("ai2thor and a display are present; THOR frames need ALFWorld's THOR env")
+    with pytest.raises(RuntimeError, match="not available here"):
+        gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train", render_style="thor")
+
+
+def test_map_never_shows_what_is_inside_receptacles(sample_root):
+    frames = {}
+    for style in ("map", "text"):
+        env = gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train", render_style=style)
+        env.reset(seed=0)
+        closed, *_ = env.step(answer("go to fridge 1"))
+        opened, _, _, _, info = env.step(answer("open fridge 1"))  # the text now lists what is inside
+        assert info["action_is_valid"] and "In it, you see" in info["observation_text"]
+        frames[style] = (closed, opened)
+        env.close()
+    assert np.array_equal(*frames["map"])  # the map is unchanged: contents are never drawn
+    assert not np.array_equal(*frames["text"])
+
+
+@pytest.mark.parametrize("task_type", ["pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
+                                       "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep",
+                                       "pick_two_obj_and_place"])
+def test_self_written_problem_is_solved_by_its_walkthrough(toy_root, tmp_path, task_type):
+    folder = toy_root / task_type
+    env = gym.make("alfworld/ALFWorld-v0", data_root=folder, split=None, cache_dir=tmp_path)
+    _, info = env.reset(seed=0)
+    assert info["task_type"] == task_type and info["goal_condition_success_rate"] == 0.0
+    for command in walkthrough(info["game_file"]):
+        _, reward, terminated, _, info = env.step(answer(command))
+        assert info["action_is_valid"], (command, info["admissible_commands"])
+    assert terminated and info["won"] and reward == 51.0 and info["goal_condition_success_rate"] == 1.0
+    env.close()
+
+
+def test_game_files_are_built_from_raw_data(sample_root, tmp_path):
+    raw = tmp_path / "data" / "json_2.1.1" / "train" / "task" / "trial"
+    raw.mkdir(parents=True)
+    for name in ("initial_state.pddl", "traj_data.json"):  # a test-only copy in a temp folder
+        shutil.copy(REAL_GAME / name, raw / name)
+    games = find_games(tmp_path / "data", "train", cache_dir=tmp_path / "cache")
+    assert len(games) == 1 and games[0].is_relative_to(tmp_path / "cache")
+    data = json.loads(games[0].read_text())
+    assert {"pddl_domain", "grammar", "pddl_problem", "solvable", "walkthrough"} <= set(data)
+    env = gym.make("alfworld/ALFWorld-v0", game_files=games)
+    _, info = env.reset(seed=0)
+    # ALFWorld's templated goal sentence (the shipped file carries a human-written one).
+    assert info["task"] == "heat some potato and put it in sinkbasin"
+    assert info["task_type"] == "pick_heat_then_place_in_recep"
+    env.close()
+
+
+def test_missing_data_says_what_was_looked_for_and_how_to_get_it(tmp_path):
+    with pytest.raises(GameDataError, match="alfworld-download"):
+        find_games(tmp_path, "train")
+    (tmp_path / "json_2.1.1" / "train" / "x").mkdir(parents=True)
+    with pytest.raises(GameDataError, match="traj_data.json"):
+        find_games(tmp_path, "train")
+    with pytest.raises(ValueError, match="split"):
+        find_games(tmp_path, "test")
+
+
+def test_ppo_with_the_tiny_vlm_runs_a_few_updates_on_the_bridge(toy_root, tmp_path):
+    from stable_baselines3 import PPO
+
+    from vlm_policy import VLMPolicy, make_vlm_vec_env
+
+    env = make_vlm_vec_env("alfworld/ALFWorld-v0", n_envs=2, model="tiny", seed=0, max_new_tokens=16,
+                           env_kwargs={"data_root": str(toy_root / "pick_and_place_simple"), "split": None,
+                                       "cache_dir": str(tmp_path), "max_episode_steps": 4})
+    obs = env.reset()
+    assert obs["image"].shape == (2, 64, 64, 3)
+    assert b"go to countertop 1" in obs["prompt"][0].astype(np.uint8).tobytes()  # per-step text rides in the obs
+    model = PPO(VLMPolicy, env, n_steps=4, batch_size=8, n_epochs=1, policy_kwargs={"model": "tiny"})
+    model.learn(16)
+    assert model.num_timesteps == 16 and np.isfinite(model.logger.name_to_value["train/loss"])
