@@ -75,13 +75,19 @@ def action_key_start(text: str) -> int | None:
     Everything before it is the chain of thought; policies use it to weight thought and action
     tokens differently without knowing any token ids.
     """
-    last = None
-    for last in _QUOTED_KEY.finditer(text):
-        pass
-    if last is None:
-        for last in _BARE_KEY.finditer(text):
+    match = _last_action_key(text)
+    return None if match is None else match.start()
+
+
+def _last_action_key(text: str) -> re.Match | None:
+    """The last quoted ``action`` key, or failing that the last bare one."""
+    for pattern in (_QUOTED_KEY, _BARE_KEY):
+        last = None
+        for last in pattern.finditer(text):
             pass
-    return None if last is None else last.start()
+        if last is not None:
+            return last
+    return None
 
 
 def _from_strict_json(text: str) -> str | None:
@@ -120,12 +126,7 @@ def _scalar_to_text(value: object) -> str | None:
 
 def _from_loose_text(text: str) -> str | None:
     """Tolerant path: find the last ``action`` key anywhere and read the value after it."""
-    last = None
-    for last in _QUOTED_KEY.finditer(text):
-        pass
-    if last is None:
-        for last in _BARE_KEY.finditer(text):
-            pass
+    last = _last_action_key(text)
     if last is None:
         return None
     start = last.end()

@@ -101,3 +101,16 @@ def test_train_help_lists_every_config_knob(capsys):
     out = capsys.readouterr().out
     for name in ("--ppo-timesteps", "--cot-weight", "--sft-steps", "--temperature", "--resume", "--prompt-style"):
         assert name in out
+
+
+def test_paper_gpu_example_script_uses_only_real_flags():
+    import shlex
+
+    script = (Path(__file__).parents[1] / "examples" / "paper_gpu_run.sh").read_text()
+    command = script.split("\nvlm-cards ", 1)[1].replace("\\\n", " ")
+    for variable, value in (("$((STEPS_PER_UPDATE / 8))", "64"), ("${TASK,,}", "numberline"), ("${TASK}", "NumberLine"),
+                            ("$CHECKPOINT", "/models/llava")):
+        command = command.replace(variable, value)
+    args = cli.build_parser().parse_args(shlex.split(command))
+    assert args.env == "gym_cards/NumberLine-v0" and args.lora_r == 128 and args.n_steps == 64
+    assert args.temperature == 0.2 and args.max_grad_norm == 0.01 and args.value_gradients_to_model is True

@@ -1,0 +1,32 @@
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def _setup_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Set-up: the two commands", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", section, flags=re.S)
+
+
+def test_readme_has_exactly_two_setup_commands():
+    commands = _setup_commands()
+    assert len(commands) == 2
+    main_job, tests = commands
+    assert "vlm-cards train" in main_job and "--model tiny" in main_job
+    assert "pytest" in tests
+    for command in commands:
+        assert command.startswith("python3 -m pip install torch==2.13.0 && ")
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert _setup_commands()[1].split("torch==2.13.0 && ", 1)[1] in ci
+    assert "torch==2.13.0" in ci.split(_setup_commands()[1].split("torch==2.13.0 && ", 1)[1])[0]
+
+
+def test_readme_pictures_exist():
+    readme = (ROOT / "README.md").read_text()
+    for path in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", readme):
+        assert (ROOT / path).is_file(), path
