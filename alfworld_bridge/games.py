@@ -80,7 +80,6 @@ def build_game_file(folder: str | os.PathLike, cache_dir: str | os.PathLike | No
     a copy of ``traj_data.json``; ``solvable``/``walkthrough`` are left unknown (None), as ALFWorld's own
     generator does before its expert runs.
     """
-    from alfworld.agents.utils.misc import add_task_to_grammar
     from alfworld.info import ALFRED_PDDL_PATH, ALFRED_TWL2_PATH
 
     folder = Path(folder)
@@ -96,7 +95,7 @@ def build_game_file(folder: str | os.PathLike, cache_dir: str | os.PathLike | No
     if game.is_file():
         return game
     out.mkdir(parents=True, exist_ok=True)
-    grammar = add_task_to_grammar(Path(ALFRED_TWL2_PATH).read_text(), traj)
+    grammar = Path(ALFRED_TWL2_PATH).read_text().replace("UNKNOWN GOAL", goal_sentence(traj, digest))
     data = {"pddl_domain": Path(ALFRED_PDDL_PATH).read_text(), "grammar": grammar, "pddl_problem": problem,
             "solvable": None, "walkthrough": None}
     (out / TRAJ_FILE).write_text(traj_text)
@@ -104,6 +103,22 @@ def build_game_file(folder: str | os.PathLike, cache_dir: str | os.PathLike | No
     temporary.write_text(json.dumps(data))
     temporary.replace(game)  # never leave a half-written game file behind
     return game
+
+
+def goal_sentence(traj: dict, key: str) -> str:
+    """ALFWorld's templated goal sentence for a task, the template chosen from ``key``.
+
+    ALFWorld's own helper picks the template with the global ``random`` module, so the same data
+    would give different games from run to run; here the choice is a function of the data.
+    """
+    from alfworld.gen import goal_library
+
+    params = traj["pddl_params"]
+    goal = traj["task_type"] + ("_slice" if params.get("object_sliced") else "")
+    templates = goal_library.gdict[goal]["templates"]
+    template = templates[int(key, 16) % len(templates)]
+    return template.format(obj=params.get("object_target", "").lower(), recep=params.get("parent_target", "").lower(),
+                           toggle=params.get("toggle_target", "").lower(), mrecep=params.get("mrecep_target", "").lower())
 
 
 def read_traj_data(game_file: Path) -> dict:

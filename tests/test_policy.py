@@ -212,3 +212,18 @@ def test_decoded_action_text_reaches_the_env():
     _, _, _, _, info = env.step(np.array(ids, dtype=np.float32))
     assert info["generated_text"] == '{"thoughts": "go", "action": "+"}'
     assert info["parsed_action"] == "+"
+
+
+def test_gradient_checkpointing_gives_the_same_log_probs_and_trains():
+    plain, _ = make_policy(lora_r=4, temperature=1.0)
+    checkpointed, _ = make_policy(lora_r=4, temperature=1.0, gradient_checkpointing=True)
+    obs = batch_obs(plain, prompts=["p", "a longer prompt"])
+    with torch.no_grad():
+        tokens, _, rollout = checkpointed(obs)
+    checkpointed.set_training_mode(True)  # checkpointing is active in train mode only
+    assert checkpointed.vlm.training
+    values, log_prob, _ = checkpointed.evaluate_actions(obs, tokens.float())
+    assert torch.allclose(log_prob.detach(), rollout, atol=1e-4)
+    (-(log_prob.sum()) + values.sum()).backward()
+    grads = [p.grad for n, p in checkpointed.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
