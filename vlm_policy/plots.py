@@ -40,7 +40,8 @@ def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_succes
 def plot_episode_strip(record: EpisodeRecord, out_path: str | Path, title: str = "", max_frames: int = 6) -> Path:
     """The frames an agent saw, each with the answer it wrote under it."""
     steps = min(len(record.answers), max_frames)
-    figure, axes = plt.subplots(1, max(steps, 1), figsize=(3.2 * max(steps, 1), 4.6), dpi=110, squeeze=False)
+    # At least ~6 inches wide, so that the title fits over a one-step episode.
+    figure, axes = plt.subplots(1, max(steps, 1), figsize=(max(3.2 * steps, 6.0), 4.6), dpi=110, squeeze=False)
     for i in range(steps):
         axis = axes[0][i]
         axis.imshow(record.frames[i])
