@@ -49,7 +49,7 @@ class TrainConfig:
     prompt_style: str = field(default="cot", metadata={"help": "'cot' (thoughts then action) or 'action_only'"})
     # demonstrations and SFT
     demos: int = field(default=400, metadata={"help": "oracle steps recorded for SFT"})
-    sft_steps: int = field(default=100, metadata={"help": "SFT optimizer steps"})
+    sft_steps: int = field(default=150, metadata={"help": "SFT optimizer steps"})
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate"})
     sft_batch_size: int = field(default=16, metadata={"help": "SFT batch size"})
     sft_lora_r: int = field(default=0, metadata={"help": "SFT LoRA rank (0: full fine-tuning, the tiny model)"})
