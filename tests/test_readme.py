@@ -30,3 +30,14 @@ def test_readme_pictures_exist():
     readme = (ROOT / "README.md").read_text()
     for path in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", readme):
         assert (ROOT / path).is_file(), path
+
+
+def test_readme_env_example_runs(capsys):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The env suite alone", 1)[1]
+    example = re.search(r"```python\n(.+?)\n```", section, flags=re.S).group(1)
+    assert len(example.splitlines()) <= 12  # the short example a newcomer reads first
+    exec(compile(example, "README.md", "exec"), {})  # noqa: S102 - our own README, not agent text
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any('"action"' in line for line in lines)  # the prompt was printed
+    assert lines[-1].startswith("8 True [")  # parsed action, valid, and the formula list
