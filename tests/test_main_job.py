@@ -114,3 +114,15 @@ def test_paper_gpu_example_script_uses_only_real_flags():
     args = cli.build_parser().parse_args(shlex.split(command))
     assert args.env == "gym_cards/NumberLine-v0" and args.lora_r == 128 and args.n_steps == 64
     assert args.temperature == 0.2 and args.max_grad_norm == 0.01 and args.value_gradients_to_model is True
+
+
+def test_demos_and_sft_commands_write_a_checkpoint_the_policy_loads(tmp_path, capsys):
+    from vlm_policy.loading import load_vlm
+
+    assert cli.main(["demos", "--env", "gym_cards/NumberLine-v0", "--n", "16", "--out", str(tmp_path / "demos"),
+                     "--image-size", "64"]) == 0
+    assert cli.main(["sft", "--demos", str(tmp_path / "demos"), "--out", str(tmp_path / "ckpt"), "--steps", "2",
+                     "--batch-size", "4", "--vision-warmup-steps", "2", "--no-progress"]) == 0
+    assert "saved the SFT checkpoint" in capsys.readouterr().out
+    bundle = load_vlm(str(tmp_path / "ckpt"))
+    assert bundle.family == "llava" and json.loads((tmp_path / "ckpt" / "training.json").read_text())["sft"]["steps"] == 2
