@@ -25,6 +25,8 @@ TABLE_GREEN: Color = (0x35, 0x65, 0x4D)
 CARD_RED: Color = (200, 20, 30)
 CARD_BORDER: Color = (90, 90, 90)
 CARD_BACK: Color = (40, 70, 160)
+#: Below this width (pixels) a card shows only a large rank and suit, no corner index.
+SMALL_CARD_WIDTH = 36
 
 
 @lru_cache(maxsize=1)
@@ -79,6 +81,13 @@ def card_sprite(code: str, width: int, height: int, background: Color) -> np.nda
         (0, 0, width - 1, height - 1), radius=radius, fill=WHITE, outline=CARD_BORDER, width=max(1, width // 40)
     )
     symbol = SUIT_SYMBOLS[card.suit]
+    if width < SMALL_CARD_WIDTH:
+        # Too small for a corner index: the rank and suit alone, as large as the card allows.
+        rank_font = font(max(6, int(width * (0.7 if len(card.label) == 1 else 0.5))))
+        draw.text((width * 0.5, height * 0.36), card.label, fill=ink, font=rank_font, anchor="mm")
+        suit_font = font(max(6, int(width * 0.5)))
+        draw.text((width * 0.5, height * 0.76), symbol, fill=ink, font=suit_font, anchor="mm")
+        return _to_array(image)
     corner = font(max(8, width // 5))
     draw.text((width * 0.08, height * 0.04), card.label, fill=ink, font=corner)
     draw.text((width * 0.08, height * 0.04 + corner.size), symbol, fill=ink, font=corner)
@@ -152,6 +161,20 @@ class Canvas:
     def fill(self, x: int, y: int, width: int, height: int, color: Color) -> None:
         x0, y0 = max(int(x), 0), max(int(y), 0)
         self.pixels[y0 : max(y0, int(y + height)), x0 : max(x0, int(x + width))] = color
+
+
+def fitting_size(text: str, max_size: int, max_width: int, min_size: int = 6) -> int:
+    """The largest type size up to ``max_size`` at which ``text`` fits in ``max_width`` pixels."""
+    size = max(min_size, int(max_size))
+    while size > min_size and font(size).getlength(text) > max_width:
+        size -= 1
+    return size
+
+
+def line_height(size: int) -> int:
+    """Height in pixels of one line of text at ``size`` (what :func:`text_sprite` makes)."""
+    ascent, descent = font(size).getmetrics()
+    return ascent + descent
 
 
 def wrap_text(text: str, size: int, max_width: int) -> list[str]:

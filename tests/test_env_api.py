@@ -265,3 +265,21 @@ def test_small_card_frames_still_tell_ranks_apart(env_id, options):
     env = gym.make(env_id, image_size=64)
     frames = {env.reset(options=o)[0].tobytes() for o in options}
     assert len(frames) == len(options)
+
+
+@pytest.mark.parametrize("env_id, cards, formula", [
+    ("gym_cards/EZPoints-v0", ["H5", "S7"], ["5", "+", "7"]),
+    ("gym_cards/Points24-v0", ["H8", "S3", "D8", "C3"], "( ( 8 / ( 3 - 8 / 3 ) ) )".split()),
+])
+@pytest.mark.parametrize("size", [64, 300])
+def test_the_formula_stays_inside_small_frames(env_id, cards, formula, size):
+    env = gym.make(env_id, image_size=size, formula_limit=30)
+    before, _ = env.reset(options={"cards": cards})
+    frames = [before]
+    for token in formula:
+        frame, *_ = env.step(answer(token))
+        frames.append(frame)
+    # Every token written changes the frame (the formula is visible), and nothing touches the edges.
+    assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:]))
+    green = np.array([0x35, 0x65, 0x4D], dtype=np.uint8)
+    assert (frames[-1][-1] == green).all() and (frames[-1][:, -1] == green).all()

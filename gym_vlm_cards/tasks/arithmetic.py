@@ -8,7 +8,7 @@ import numpy as np
 
 from gym_vlm_cards.cards import Card, parse_cards
 from gym_vlm_cards.formula import try_evaluate
-from gym_vlm_cards.rendering import TABLE_GREEN, WHITE, Canvas
+from gym_vlm_cards.rendering import TABLE_GREEN, WHITE, Canvas, line_height, wrap_text
 from gym_vlm_cards.solver import solve
 from gym_vlm_cards.text_env import Outcome, TextActionEnv
 
@@ -92,14 +92,26 @@ class ArithmeticCardsEnv(TextActionEnv):
     # ------------------------------------------------------------------ views
     def _draw(self, canvas: Canvas) -> None:
         w, h = canvas.width, canvas.height
+        margin = max(1, w // 60)
+        # The formula comes first: it must stay inside the frame at any size, or an agent cannot see
+        # what it has written (measured: at 64 px it used to fall off the bottom edge). Long formulas
+        # wrap onto a second line, in smaller type if need be.
+        formula = "Formula: " + " ".join(self.formula)
+        size = max(7, h // 14)
+        lines = wrap_text(formula, size, w - 2 * margin)
+        while len(lines) > 2 and size > 6:
+            size -= 1
+            lines = wrap_text(formula, size, w - 2 * margin)
+        step = line_height(size)
+        formula_y = h - step * len(lines) - margin
+        for i, line in enumerate(lines):
+            canvas.text(line, margin, formula_y + i * step, size, WHITE)
         slot = w / self.n_cards
         card_w = int(slot * 0.9)
-        card_h = min(int(card_w * 7 / 5), int(h * 0.7))
-        top = int((h * 0.85 - card_h) / 2)
+        card_h = min(int(card_w * 7 / 5), formula_y - 2 * margin)
+        top = max(margin, (formula_y - card_h) // 2)
         for i, card in enumerate(self.cards):
             canvas.card(card.code, int(i * slot + (slot - card_w) / 2), top, card_w, card_h)
-        size = max(10, w // 16)
-        canvas.text("Formula: " + " ".join(self.formula), w // 30, int(h * 0.86), size, WHITE)
 
     def symbolic_state(self) -> dict[str, Any]:
         return {

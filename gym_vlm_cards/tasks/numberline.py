@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gym_vlm_cards.rendering import BLACK, Canvas, font
+from gym_vlm_cards.rendering import BLACK, Canvas, fitting_size
 from gym_vlm_cards.text_env import Outcome, TextActionEnv
 
 NUMBERLINE_PROMPT = (
@@ -64,11 +64,7 @@ class NumberLineEnv(TextActionEnv):
 
     def _fitting_text_size(self) -> int:
         """The largest type (up to a seventh of the height) whose widest line fits 90% of the width."""
-        widest = f"Current: {self.max_position}"
-        size = max(8, self.height // 7)
-        while size > 6 and font(size).getlength(widest) > 0.9 * self.width:
-            size -= 1
-        return size
+        return fitting_size(f"Current: {self.max_position}", max(8, self.height // 7), int(0.9 * self.width))
 
     def _start_episode(self, options: dict[str, Any] | None) -> None:
         if options is not None:
