@@ -179,6 +179,12 @@ def line_height(size: int) -> int:
 
 def wrap_text(text: str, size: int, max_width: int) -> list[str]:
     """Greedy word wrap of ``text`` so that every line fits ``max_width`` pixels at ``size``."""
+    return list(_wrapped(text, int(size), int(max_width)))
+
+
+@lru_cache(maxsize=8192)
+def _wrapped(text: str, size: int, max_width: int) -> tuple[str, ...]:
+    # Cached: the card tasks wrap their formula on every frame, and formulas repeat.
     face = font(size)
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
@@ -191,4 +197,4 @@ def wrap_text(text: str, size: int, max_width: int) -> list[str]:
                 lines.append(line)
                 line = word
         lines.append(line)
-    return lines
+    return tuple(lines)
