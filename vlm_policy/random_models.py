@@ -47,6 +47,14 @@ def _seeded(seed: int, build):
         torch.random.set_rng_state(state)
 
 
+def _random_model(model_class, config, seed: int, eos_id: int, pad_id: int):
+    """A randomly initialised model from ``seed`` whose generation stops at ``eos_id``."""
+    model = _seeded(seed, lambda: model_class(config))
+    model.generation_config.eos_token_id = eos_id
+    model.generation_config.pad_token_id = pad_id
+    return model
+
+
 def save_random_llava(directory: str | Path, seed: int = 0, config: TinyConfig = TinyConfig()) -> Path:
     """The embedded tiny LLaVA written as a checkpoint directory (model + processor)."""
     directory = Path(directory)
@@ -77,9 +85,7 @@ def save_random_qwen2_vl(directory: str | Path, seed: int = 0, image_size: int =
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
-    model = _seeded(seed, lambda: Qwen2VLForConditionalGeneration(config))
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model = _random_model(Qwen2VLForConditionalGeneration, config, seed, ids["<|im_end|>"], ids["<|endoftext|>"])
     pixels = image_size * image_size
     image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2,
                                                temporal_patch_size=2)
@@ -107,9 +113,7 @@ def save_random_idefics3(directory: str | Path, seed: int = 0, image_size: int =
                          pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"], eos_token_id=ids["<end_of_utterance>"]),
         image_token_id=ids["<image>"], scale_factor=scale,
     )
-    model = _seeded(seed, lambda: Idefics3ForConditionalGeneration(config))
-    model.generation_config.eos_token_id = ids["<end_of_utterance>"]
-    model.generation_config.pad_token_id = ids["<pad>"]
+    model = _random_model(Idefics3ForConditionalGeneration, config, seed, ids["<end_of_utterance>"], ids["<pad>"])
     image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": image_size},
                                                 max_image_size={"longest_edge": image_size})
     image_seq_len = (image_size // patch) ** 2 // scale**2
