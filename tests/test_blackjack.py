@@ -84,3 +84,10 @@ def test_basic_strategy(player, up, action):
 def test_bad_blackjack_options(options):
     with pytest.raises(ValueError):
         gym.make("gym_cards/Blackjack-v0").reset(options=options)
+
+
+def test_oracle_thoughts_read_the_cards_before_adding_them_up():
+    env = gym.make("gym_cards/Blackjack-v0")
+    env.reset(options={"player": ["HA", "S6"], "dealer": ["D9", "C8"]})
+    thoughts = env.unwrapped.oracle_thoughts()["thoughts"]
+    assert thoughts == "My cards are A 6, soft 17, against the dealer's 9; basic strategy says hit."

@@ -7,6 +7,7 @@ directory that ``VLMPolicy(model=PATH)`` / ``load_vlm(PATH)`` loads.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,8 @@ class SFTConfig:
     train_vision: bool = field(default=True, metadata={"help": "also train the vision tower and projector"})
     vision_warmup_steps: int = field(default=150, metadata={
         "help": "steps teaching a randomly initialised vision tower to tell the demos' states apart (0: skip)"})
+    warmup_labels: str = field(default="auto", metadata={
+        "help": "what the warm-up classifies: 'state', 'slots' (each card/number) or 'auto' (see WarmupLabels)"})
     seed: int = field(default=0, metadata={"help": "model init (tiny), shuffling"})
     dtype: str = field(default="auto", metadata={"help": "'auto', 'float32' or 'bfloat16'"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
@@ -86,7 +89,7 @@ def run_sft(config: SFTConfig, examples: Sequence[Example], out_dir: str | Path,
     bundle = load_vlm(config.model, dtype=config.dtype, device=device, seed=config.seed)
     if config.vision_warmup_steps > 0:
         vision_warmup(bundle, examples, config.vision_warmup_steps, config.learning_rate, config.batch_size,
-                      config.seed, device, config.progress)
+                      config.seed, device, config.progress, config.warmup_labels)
     model = trainable_parameters(bundle.model, config.lora_r, config.train_vision, config.seed).to(device)
     model.train()
     bundle = VLMBundle(model=model, processor=bundle.processor, source=bundle.source, family=bundle.family)
@@ -128,23 +131,83 @@ def image_token_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> 
     return features
 
 
+def state_slots(state: str) -> dict[str, str]:
+    """Splits a symbolic state (JSON) into named slots: one per scalar field and per list position.
+
+    ``{"Player Card": ["H2", "CK"], "Dealer Card": ["S7"]}`` gives ``{"Dealer Card[0]": "S7",
+    "Player Card[0]": "H2", "Player Card[1]": "CK"}``.
+    """
+    slots: dict[str, str] = {}
+
+    def visit(name: str, value) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value):
+                visit(f"{name}.{key}" if name else str(key), value[key])
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                visit(f"{name}[{index}]", item)
+        else:
+            slots[name] = json.dumps(value)
+
+    visit("", json.loads(state) if state else {})
+    return slots
+
+
+class WarmupLabels:
+    """What the vision warm-up asks the image tokens to tell: the whole state, or each slot of it.
+
+    Whole states are the sharper target when states repeat (NumberLine has 30); when nearly every
+    demonstration is a new state (card hands), a class per state only teaches the tower to memorise
+    400 pictures, so each slot (a card, a number) gets its own classifier instead and the tower learns
+    to read cards it has not seen in that combination. ``mode="auto"`` picks slots when fewer than four
+    examples per state are available.
+    """
+
+    def __init__(self, states: Sequence[str], mode: str = "auto") -> None:
+        if mode not in ("auto", "state", "slots"):
+            raise ValueError(f"warm-up label mode must be 'auto', 'state' or 'slots', got {mode!r}")
+        distinct = sorted(set(states))
+        if len(distinct) < 2:
+            raise ValueError("the vision warm-up needs demonstrations of at least two different states")
+        if mode == "auto":
+            mode = "state" if 4 * len(distinct) <= len(states) else "slots"
+        self.mode = mode
+        if mode == "state":
+            self.names = ["state"]
+            self.values = [{state: i for i, state in enumerate(distinct)}]
+        else:
+            slotted = [state_slots(state) for state in distinct]
+            self.names = sorted({name for slots in slotted for name in slots})
+            # A slot missing from a state (a third card not dealt yet) is a class of its own: "".
+            self.values = [{v: i for i, v in enumerate(sorted({s.get(n, "") for s in slotted}))} for n in self.names]
+
+    def sizes(self) -> list[int]:
+        return [len(values) for values in self.values]
+
+    def targets(self, states: Sequence[str], device: str | torch.device) -> list[torch.Tensor]:
+        """One tensor of class indices per classifier."""
+        if self.mode == "state":
+            return [torch.tensor([self.values[0][s] for s in states], device=device)]
+        slotted = [state_slots(s) for s in states]
+        return [torch.tensor([values[slots.get(name, "")] for slots in slotted], device=device)
+                for name, values in zip(self.names, self.values)]
+
+
 def vision_warmup(bundle: VLMBundle, examples: Sequence[Example], steps: int, learning_rate: float, batch_size: int,
-                  seed: int, device: str | torch.device = "cpu", progress: bool = True) -> float:
+                  seed: int, device: str | torch.device = "cpu", progress: bool = True, labels: str = "auto") -> float:
     """Teaches the vision tower and projector to tell the demonstrations' states apart.
 
     Why: a randomly initialised vision tower hardly changes its output between two frames that differ
     in one digit, and under plain SFT the language model learns to guess before it learns to look -
-    the vision side then collapses to a constant (measured: 57% on NumberLine, i.e. guessing). A linear
-    classifier over the projected image tokens, trained to name each frame's symbolic state, makes
-    the image tokens carry that state first; SFT then only has to learn to read them. The classifier
-    is thrown away afterwards. Returns the final accuracy on the last batch.
+    the vision side then collapses to a constant (measured: 57% on NumberLine, i.e. guessing). Linear
+    classifiers over the projected image tokens, trained to name each frame's symbolic state (or each
+    slot of it, see :class:`WarmupLabels`), make the image tokens carry that state first; SFT then only
+    has to learn to read them. The classifiers are thrown away afterwards. Returns the final accuracy
+    (mean over classifiers) on the last batch.
     """
     if bundle.family != "llava":
         raise ValueError("the vision warm-up is for the embedded tiny LLaVA; real checkpoints can already see")
-    states = sorted({e.state for e in examples})
-    if len(states) < 2:
-        raise ValueError("the vision warm-up needs demonstrations of at least two different states")
-    label = {state: i for i, state in enumerate(states)}
+    labeller = WarmupLabels([e.state for e in examples], labels)
     model = bundle.model.to(device)
     processor = bundle.processor.image_processor
     from PIL import Image
@@ -155,9 +218,9 @@ def vision_warmup(bundle: VLMBundle, examples: Sequence[Example], steps: int, le
 
     with torch.no_grad():
         width = image_token_features(model, pixels(examples[:1])).flatten(1).shape[1]
-    head = torch.nn.Linear(width, len(states)).to(device)
+    heads = torch.nn.ModuleList(torch.nn.Linear(width, size) for size in labeller.sizes()).to(device)
     vision_params = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
-    optimizer = torch.optim.AdamW(vision_params + list(head.parameters()), lr=learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vision_params + list(heads.parameters()), lr=learning_rate, weight_decay=0.0)
     order = np.random.default_rng(seed + 1)
     iterator = range(steps)
     if progress:
@@ -167,13 +230,14 @@ def vision_warmup(bundle: VLMBundle, examples: Sequence[Example], steps: int, le
     accuracy = 0.0
     for _ in iterator:
         batch = [examples[int(i)] for i in order.integers(len(examples), size=batch_size)]
-        targets = torch.tensor([label[e.state] for e in batch], device=device)
-        logits = head(image_token_features(model, pixels(batch)).flatten(1).float())
-        loss = torch.nn.functional.cross_entropy(logits, targets)
+        features = image_token_features(model, pixels(batch)).flatten(1).float()
+        targets = labeller.targets([e.state for e in batch], device)
+        logits = [head(features) for head in heads]
+        loss = sum(torch.nn.functional.cross_entropy(l, t) for l, t in zip(logits, targets)) / len(heads)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        accuracy = (logits.argmax(-1) == targets).float().mean().item()
+        accuracy = float(np.mean([(l.argmax(-1) == t).float().mean().item() for l, t in zip(logits, targets)]))
         if progress:
             iterator.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{accuracy:.2f}")
     return accuracy

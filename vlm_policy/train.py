@@ -56,6 +56,8 @@ class TrainConfig:
     sft_train_vision: bool = field(default=False, metadata={
         "help": "let SFT update the vision tower (after the warm-up it is kept, so SFT cannot collapse it)"})
     vision_warmup_steps: int = field(default=150, metadata={"help": "vision warm-up steps before SFT (tiny model)"})
+    warmup_labels: str = field(default="auto", metadata={
+        "help": "warm-up targets: 'state', 'slots' (each card/number) or 'auto' (slots when states rarely repeat)"})
     # PPO (the paper's defaults where they carry over; the learning rate is the tiny model's own)
     ppo_timesteps: int = field(default=6144, metadata={"help": "env steps of PPO"})
     n_envs: int = field(default=8, metadata={"help": "parallel envs (one batched generate per step)"})
@@ -132,7 +134,7 @@ class Pipeline:
         config = SFTConfig(model=self.config.model, steps=self.config.sft_steps, batch_size=self.config.sft_batch_size,
                            learning_rate=self.config.sft_learning_rate, lora_r=self.config.sft_lora_r,
                            vision_warmup_steps=self.config.vision_warmup_steps if self.config.model == TINY else 0,
-                           train_vision=self.config.sft_train_vision,
+                           train_vision=self.config.sft_train_vision, warmup_labels=self.config.warmup_labels,
                            seed=self.config.seed, progress=self.config.progress)
         examples = read_demonstrations(self.demonstrations())
         return str(run_sft(config, examples, directory, device=self.device))

@@ -184,7 +184,10 @@ class BlackjackEnv(TextActionEnv):
         total = hand_total(self.player)
         kind = "soft " if is_soft(self.player) else ""
         action = self.oracle_action()
+        # The cards come first: reading them and adding them up are two easier steps than naming the
+        # total straight from the picture (what a small model has to do otherwise).
+        cards = " ".join(card.label for card in self.player)
         return {
-            "thoughts": f"I have {kind}{total} against the dealer's {self.dealer[0].label}; "
+            "thoughts": f"My cards are {cards}, {kind}{total}, against the dealer's {self.dealer[0].label}; "
             f"basic strategy says {action}."
         }

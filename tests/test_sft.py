@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vlm_policy.demos import Example
+from vlm_policy.loading import load_vlm
+from vlm_policy.sft import WarmupLabels, state_slots, vision_warmup
+
+
+def test_state_slots_name_each_field_and_list_position():
+    state = json.dumps({"Player Card": ["H2", "CK"], "Dealer Card": ["S7"], "current": 3})
+    assert state_slots(state) == {"Dealer Card[0]": '"S7"', "Player Card[0]": '"H2"', "Player Card[1]": '"CK"',
+                                  "current": "3"}
+
+
+def test_warmup_labels_use_whole_states_when_they_repeat_and_slots_when_they_do_not():
+    repeating = [json.dumps({"current": i % 3}) for i in range(12)]
+    assert WarmupLabels(repeating).mode == "state"
+    hands = [json.dumps({"Player Card": [f"H{r}", f"S{s}"] + (["DA"] if r == "9" else [])})
+             for r in "23456789" for s in "2345"]
+    labels = WarmupLabels(hands)
+    assert labels.mode == "slots"
+    assert labels.names == ["Player Card[0]", "Player Card[1]", "Player Card[2]"]
+    first, second, third = labels.targets(hands[:2] + hands[-1:], "cpu")
+    assert first[0] == first[1] != first[2]  # H2, H2, H9
+    assert second[0] != second[1]  # S2, S3
+    # A card not dealt is a class of its own, distinct from the ace the 9-hands hold.
+    assert third[0] == third[1] != third[2]
+
+
+def test_warmup_labels_reject_a_single_state_and_unknown_modes():
+    with pytest.raises(ValueError, match="two different states"):
+        WarmupLabels([json.dumps({"current": 1})] * 3)
+    with pytest.raises(ValueError, match="'auto', 'state' or 'slots'"):
+        WarmupLabels([json.dumps({"current": 1}), json.dumps({"current": 2})], mode="cards")
+
+
+def test_slot_warmup_teaches_the_tiny_vision_tower_to_read_a_card_position():
+    # Two cards drawn as colour blocks, and a slot that is not drawn; states rarely repeat.
+    rng = np.random.default_rng(0)
+    examples = []
+    for i in range(32):
+        left, right = int(rng.integers(2)), int(rng.integers(2))
+        image = np.zeros((64, 64, 3), dtype=np.uint8)
+        image[:, :32, 0] = 255 * left
+        image[:, 32:, 2] = 255 * right
+        state = json.dumps({"cards": [f"L{left}", f"R{right}"], "step": i % 8})
+        examples.append(Example(image=image, prompt="p", answer="a", state=state))
+    torch.manual_seed(0)
+    bundle = load_vlm("tiny", seed=0)
+    accuracy = vision_warmup(bundle, examples, steps=30, learning_rate=1e-3, batch_size=16, seed=0,
+                             progress=False, labels="slots")
+    # The step is not drawn at all (chance: 1/8), so reading both cards gives at least (1 + 1 + 1/8) / 3.
+    assert accuracy > 0.65
