@@ -134,8 +134,8 @@ def image_token_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> 
 def state_slots(state: str) -> dict[str, str]:
     """Splits a symbolic state (JSON) into named slots: one per scalar field and per list position.
 
-    ``{"Player Card": ["H2", "CK"], "Dealer Card": ["S7"]}`` gives ``{"Dealer Card[0]": "S7",
-    "Player Card[0]": "H2", "Player Card[1]": "CK"}``.
+    ``{"Player Card": ["H2", "CK"], "Dealer Card": ["S7"]}`` gives ``{"Dealer Card[0]": '"S7"',
+    "Player Card[0]": '"H2"', "Player Card[1]": '"CK"'}`` (values as JSON, so 3 and "3" stay apart).
     """
     slots: dict[str, str] = {}
 
@@ -175,22 +175,23 @@ class WarmupLabels:
         if mode == "state":
             self.names = ["state"]
             self.values = [{state: i for i, state in enumerate(distinct)}]
+            slotted = {state: {"state": state} for state in distinct}
         else:
-            slotted = [state_slots(state) for state in distinct]
-            self.names = sorted({name for slots in slotted for name in slots})
+            slotted = {state: state_slots(state) for state in distinct}
+            self.names = sorted({name for slots in slotted.values() for name in slots})
             # A slot missing from a state (a third card not dealt yet) is a class of its own: "".
-            self.values = [{v: i for i, v in enumerate(sorted({s.get(n, "") for s in slotted}))} for n in self.names]
+            self.values = [{v: i for i, v in enumerate(sorted({s.get(n, "") for s in slotted.values()}))}
+                           for n in self.names]
+        # Each state's class per classifier, worked out once rather than at every warm-up step.
+        self._classes = {state: [values[slots.get(name, "")] for name, values in zip(self.names, self.values)]
+                         for state, slots in slotted.items()}
 
     def sizes(self) -> list[int]:
         return [len(values) for values in self.values]
 
     def targets(self, states: Sequence[str], device: str | torch.device) -> list[torch.Tensor]:
         """One tensor of class indices per classifier."""
-        if self.mode == "state":
-            return [torch.tensor([self.values[0][s] for s in states], device=device)]
-        slotted = [state_slots(s) for s in states]
-        return [torch.tensor([values[slots.get(name, "")] for slots in slotted], device=device)
-                for name, values in zip(self.names, self.values)]
+        return list(torch.tensor([self._classes[s] for s in states], device=device).T)
 
 
 def vision_warmup(bundle: VLMBundle, examples: Sequence[Example], steps: int, learning_rate: float, batch_size: int,
