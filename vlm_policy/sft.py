@@ -172,16 +172,12 @@ class WarmupLabels:
         if mode == "auto":
             mode = "state" if 4 * len(distinct) <= len(states) else "slots"
         self.mode = mode
-        if mode == "state":
-            self.names = ["state"]
-            self.values = [{state: i for i, state in enumerate(distinct)}]
-            slotted = {state: {"state": state} for state in distinct}
-        else:
-            slotted = {state: state_slots(state) for state in distinct}
-            self.names = sorted({name for slots in slotted.values() for name in slots})
-            # A slot missing from a state (a third card not dealt yet) is a class of its own: "".
-            self.values = [{v: i for i, v in enumerate(sorted({s.get(n, "") for s in slotted.values()}))}
-                           for n in self.names]
+        # A whole state is the one slot of itself, so both modes share the code below.
+        slotted = {state: {"state": state} if mode == "state" else state_slots(state) for state in distinct}
+        self.names = sorted({name for slots in slotted.values() for name in slots})
+        # A slot missing from a state (a third card not dealt yet) is a class of its own: "".
+        self.values = [{v: i for i, v in enumerate(sorted({s.get(n, "") for s in slotted.values()}))}
+                       for n in self.names]
         # Each state's class per classifier, worked out once rather than at every warm-up step.
         self._classes = {state: [values[slots.get(name, "")] for name, values in zip(self.names, self.values)]
                          for state, slots in slotted.items()}
