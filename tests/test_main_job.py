@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from vlm_policy import cli
-from vlm_policy.demos import read_demonstrations, write_demonstrations
+from vlm_policy.demos import answer_token_budget, read_answers, read_demonstrations, write_demonstrations
 from vlm_policy.train import Pipeline, TrainConfig, cosine_schedule, latest_checkpoint
 
 
@@ -39,6 +39,28 @@ def test_unreadable_demonstrations_are_an_error(tmp_path):
     (tmp_path / "demos.jsonl").write_text('{"messages": []}\n')
     with pytest.raises(ValueError, match="demos.jsonl:1"):
         read_demonstrations(tmp_path)
+
+
+def test_answer_budget_fits_the_longest_answer_and_its_end_token():
+    assert answer_token_budget(19) == 40  # the floor
+    assert answer_token_budget(61) == 64
+    assert answer_token_budget(63) == 64 and answer_token_budget(64) == 72
+    assert answer_token_budget(5, floor=1) == 8
+
+
+def test_pipeline_sizes_the_answer_budget_from_the_demonstrations(tmp_path):
+    from vlm_policy.loading import load_processor
+
+    tokenizer = load_processor("tiny").tokenizer
+    config = _micro_config(tmp_path / "p24", env_id="gym_cards/Points24-v0", demos=40, max_new_tokens=0)
+    pipeline = Pipeline(config)
+    longest = max(len(tokenizer(a, add_special_tokens=False).input_ids) for a in read_answers(pipeline.demonstrations()))
+    assert longest > 40  # Points24's answers do not fit the old fixed default
+    assert longest < pipeline.max_new_tokens <= longest + 8 and pipeline.max_new_tokens % 8 == 0
+    assert Pipeline(_micro_config(tmp_path / "nl", max_new_tokens=0)).max_new_tokens == 40
+    too_short = Pipeline(_micro_config(tmp_path / "p24", env_id="gym_cards/Points24-v0", demos=40, max_new_tokens=40))
+    with pytest.raises(ValueError, match=f"longest demonstration answer \\({longest} tokens\\)"):
+        too_short.max_new_tokens
 
 
 def test_cosine_schedule_runs_from_start_to_end():
@@ -81,9 +103,10 @@ def test_eval_command_prints_the_model_random_and_oracle_rows(tmp_path, capsys):
     config = _micro_config(tmp_path / "run", ppo_timesteps=8)
     Pipeline(config).run()
     capsys.readouterr()
+    # No --max-new-tokens: the agent's own 24 for the .zip (any other length is refused by the env
+    # wrapper), enough for the oracle's answers for the SFT checkpoint.
     for model in (str(tmp_path / "run" / "sft"), str(tmp_path / "run" / "ppo" / "final.zip")):
-        assert cli.main(["eval", "--model", model, "--env", "gym_cards/NumberLine-v0", "--episodes", "4", "--seed", "7",
-                         "--max-new-tokens", "24"]) == 0
+        assert cli.main(["eval", "--model", model, "--env", "gym_cards/NumberLine-v0", "--episodes", "4", "--seed", "7"]) == 0
         out = capsys.readouterr().out
         names = [line.split("|")[0].strip() for line in out.splitlines()[3:]]
         assert names[1:] == ["random", "oracle"] and names[0].endswith(("sft", "final.zip"))

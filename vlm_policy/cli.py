@@ -63,9 +63,10 @@ def _eval(args: argparse.Namespace) -> int:
         processor = load_processor(source)
         size = preferred_image_size(processor)
         kwargs = {"image_size": size} if size and args.env.startswith("gym_cards/") else {}
+        budget = args.max_new_tokens or _answer_budget(args, policy, processor.tokenizer, kwargs)
 
         def make():
-            return TokenActionWrapper(gym.make(args.env, **kwargs), processor.tokenizer, args.max_new_tokens, args.prompt_style)
+            return TokenActionWrapper(gym.make(args.env, **kwargs), processor.tokenizer, budget, args.prompt_style)
 
         if policy is None:
             policy = standalone_policy(source, make())
@@ -75,6 +76,16 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{args.env}, {args.episodes} episodes, seeds {args.seed}..{args.seed + args.episodes - 1}, greedy answers")
     print(format_table(TABLE_HEADER, [r.row() for r in rows]))
     return 0
+
+
+def _answer_budget(args: argparse.Namespace, agent_policy, tokenizer, env_kwargs: dict) -> int:
+    """A PPO agent's own answer length; for a checkpoint, one that fits the task oracle's answers."""
+    if agent_policy is not None:
+        return len(agent_policy.action_space.nvec)
+    from vlm_policy.demos import answer_token_budget, longest_answer_tokens, oracle_answers
+
+    answers = oracle_answers(args.env, chain_of_thought=args.prompt_style == "cot", env_kwargs=env_kwargs)
+    return answer_token_budget(longest_answer_tokens(answers, tokenizer))
 
 
 def _demos(args: argparse.Namespace) -> int:
@@ -123,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--env", default="gym_cards/NumberLine-v0")
     evaluate.add_argument("--episodes", type=int, default=200)
     evaluate.add_argument("--seed", type=int, default=100_000)
-    evaluate.add_argument("--max-new-tokens", type=int, default=40)
+    evaluate.add_argument("--max-new-tokens", type=int, default=0,
+                          help="longest answer; 0 (default): a PPO agent's own, else enough for the task oracle's answers")
     evaluate.add_argument("--prompt-style", choices=["cot", "action_only"], default="cot")
     evaluate.set_defaults(func=_eval)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -87,14 +87,17 @@ def _oracle_steps(env_id, n_examples, seed, chain_of_thought, env_kwargs) -> Ite
     env.close()
 
 
-def read_demonstrations(path: str | Path) -> list[Example]:
-    """Reads a JSONL written by :func:`write_demonstrations` (images resolved next to it)."""
+def _demonstrations_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / DEMOS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no demonstrations at {path}; write them with `vlm-cards demos`")
-    examples = []
+    return path
+
+
+def _records(path: Path) -> Iterator[tuple[dict, str, str, str]]:
+    """Each line's record with its image path, prompt and answer; a clear error for a malformed line."""
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         try:
             record = json.loads(line)
@@ -104,7 +107,47 @@ def read_demonstrations(path: str | Path) -> list[Example]:
             answer = next(item["text"] for item in assistant["content"] if item["type"] == "text")
         except (ValueError, KeyError, IndexError, StopIteration) as error:
             raise ValueError(f"{path}:{number} is not a chat-messages example with an image: {error!r}") from None
-        image = np.asarray(Image.open(path.parent / image_item["image"]).convert("RGB"))
+        yield record, image_item["image"], prompt, answer
+
+
+def read_demonstrations(path: str | Path) -> list[Example]:
+    """Reads a JSONL written by :func:`write_demonstrations` (images resolved next to it)."""
+    path = _demonstrations_file(path)
+    examples = []
+    for record, image_name, prompt, answer in _records(path):
+        image = np.asarray(Image.open(path.parent / image_name).convert("RGB"))
         state = json.dumps(record.get("state", {}), sort_keys=True)
         examples.append(Example(image=image, prompt=prompt, answer=answer, state=state))
     return examples
+
+
+def read_answers(path: str | Path) -> list[str]:
+    """The answers of a demonstrations JSONL, without loading its images."""
+    return [answer for _, _, _, answer in _records(_demonstrations_file(path))]
+
+
+def oracle_answers(env_id: str, n_steps: int = 300, seed: int = 0, chain_of_thought: bool = True,
+                   env_kwargs: dict[str, Any] | None = None) -> list[str]:
+    """The oracle's answers over ``n_steps`` steps of seeded episodes (nothing written to disk)."""
+    steps = _oracle_steps(env_id, n_steps, seed, chain_of_thought, env_kwargs)
+    return [record["messages"][1]["content"][0]["text"] for record, _ in steps]
+
+
+#: The fewest new tokens a generated answer is given (every task but Points24 fits in it).
+MIN_ANSWER_TOKENS = 40
+
+
+def longest_answer_tokens(answers: Iterable[str], tokenizer) -> int:
+    """Tokens of the longest answer (its end token not counted)."""
+    return max((len(tokenizer(a, add_special_tokens=False).input_ids) for a in answers), default=0)
+
+
+def answer_token_budget(longest: int, floor: int = MIN_ANSWER_TOKENS) -> int:
+    """New tokens for answers of up to ``longest`` tokens plus the end token, rounded up to a multiple of 8.
+
+    Why: an answer cut at ``max_new_tokens`` is unparseable, so a budget below the demonstrations'
+    longest answer makes a task silently unwinnable (Points24's oracle answers take up to 61 tiny
+    tokens, the old fixed default was 40). The rounding leaves a little room for a model's answers
+    that run longer than the oracle's.
+    """
+    return max(int(floor), -(-(longest + 1) // 8) * 8)

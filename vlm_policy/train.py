@@ -19,6 +19,7 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,8 @@ class TrainConfig:
     vf_coef: float = field(default=0.5, metadata={"help": "value loss weight"})
     temperature: float = field(default=0.5, metadata={"help": "sampling temperature during PPO (paper: 0.2)"})
     cot_weight: float = field(default=0.5, metadata={"help": "lambda: weight of thought tokens' log-prob"})
-    max_new_tokens: int = field(default=40, metadata={"help": "longest answer (paper: 256 for a 7B tokenizer)"})
+    max_new_tokens: int = field(default=0, metadata={
+        "help": "longest answer in tokens; 0: enough for the longest demonstration, at least 40 (paper: 256)"})
     lora_r: int = field(default=0, metadata={"help": "PPO LoRA rank (0: all weights, the tiny model)"})
     train_vision: bool = field(default=True, metadata={"help": "let PPO update the vision tower too"})
     value_lr_scale: float = field(default=10.0, metadata={"help": "value head lr multiplier"})
@@ -108,6 +110,23 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
         (self.out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+
+    @cached_property
+    def max_new_tokens(self) -> int:
+        """The answer budget: the configured one, or (0) one that fits every demonstration answer.
+
+        A configured budget shorter than a demonstration answer is an error: SFT would teach answers
+        that generation can never finish.
+        """
+        from vlm_policy.demos import answer_token_budget, longest_answer_tokens, read_answers
+
+        longest = longest_answer_tokens(read_answers(self.demonstrations()), load_processor(self.config.model).tokenizer)
+        if self.config.max_new_tokens == 0:
+            return answer_token_budget(longest)
+        if self.config.max_new_tokens < longest:
+            raise ValueError(f"--max-new-tokens {self.config.max_new_tokens} is shorter than the longest demonstration "
+                             f"answer ({longest} tokens): use at least {longest}, or 0 to size it from the demonstrations")
+        return self.config.max_new_tokens
 
     # ------------------------------------------------------------------ stages
     def env_kwargs(self, model: str) -> dict[str, Any]:
@@ -145,7 +164,7 @@ class Pipeline:
 
         def make() -> TokenActionWrapper:
             return TokenActionWrapper(gym.make(self.config.env_id, **kwargs), processor.tokenizer,
-                                      self.config.max_new_tokens, self.config.prompt_style)
+                                      self.max_new_tokens, self.config.prompt_style)
 
         return make
 
@@ -165,7 +184,7 @@ class Pipeline:
 
         c = self.config
         final = self.out / "ppo" / "final.zip"
-        env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1, max_new_tokens=c.max_new_tokens,
+        env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1, max_new_tokens=self.max_new_tokens,
                                prompt_style=c.prompt_style, env_kwargs=self.env_kwargs(sft_dir))
         if final.is_file():
             return PPO.load(final, env=env, device=self.device)
@@ -222,7 +241,8 @@ class Pipeline:
         from vlm_policy.plots import plot_episode_strip, plot_learning_curve
 
         plot_learning_curve(self.out / "curve.jsonl", self.out / "learning_curve.png",
-                            sft_success=results["after SFT"].success_rate, title=self.config.env_id)
+                            sft_success=results["after SFT"].success_rate, title=self.config.env_id,
+                            ppo_success=results["after PPO"].success_rate)
         if record is not None:
             plot_episode_strip(record, self.out / "episode_strip.png", title=f"{self.config.env_id} after PPO")
         print(f"wrote {self.out / 'learning_curve.png'} and {self.out / 'episode_strip.png'}")
