@@ -15,8 +15,12 @@ from vlm_policy.evaluation import EpisodeRecord  # noqa: E402
 
 
 def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_success: float | None = None,
-                        title: str = "") -> Path:
-    """Success rate of the training episodes per PPO rollout, against env steps."""
+                        title: str = "", ppo_success: float | None = None) -> Path:
+    """Success rate of the training episodes per PPO rollout, against env steps.
+
+    ``sft_success`` (a dashed line at the start level) and ``ppo_success`` (a star at the last step)
+    are the held-out greedy results, so the noisy sampled training curve can be read against both.
+    """
     points = [json.loads(line) for line in Path(curve_path).read_text().splitlines()] if Path(curve_path).is_file() else []
     points = [p for p in points if p.get("success_rate") is not None]
     figure, axis = plt.subplots(figsize=(6, 3.5), dpi=120)
@@ -25,12 +29,16 @@ def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_succes
                   label="PPO training episodes")
     if sft_success is not None:
         axis.axhline(100 * sft_success, color="gray", linestyle="--", label="after SFT (held-out, greedy)")
+    if ppo_success is not None:
+        axis.plot([points[-1]["timesteps"] if points else 0], [100 * ppo_success], marker="*", markersize=14,
+                  color="tab:red", linestyle="none", label="after PPO (held-out, greedy)")
     axis.set_xlabel("env steps of PPO")
     axis.set_ylabel("success rate (%)")
     axis.set_ylim(-2, 102)
-    axis.set_title(title)
+    axis.set_title(title, pad=24)
     axis.grid(alpha=0.3)
-    axis.legend(loc="lower right")
+    # Above the axes, so that it never hides a point of the curve.
+    axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=3, fontsize=7, frameon=False)
     figure.tight_layout()
     figure.savefig(out_path)
     plt.close(figure)
