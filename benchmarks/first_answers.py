@@ -17,21 +17,18 @@ from collections import Counter
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
-import torch
 
 import gym_vlm_cards  # noqa: F401  (registers the tasks)
 
 
 def first_actions(policy, envs, observations) -> list[str | None]:
     """Greedy first answers of ``policy``, parsed by each env; batches of 8 as in the evaluation."""
+    from vlm_policy.evaluation import answer_tokens
+
     actions: list[str | None] = []
     for start in range(0, len(envs), 8):
-        chunk = observations[start : start + 8]
-        batch = {key: torch.as_tensor(np.stack([o[key] for o in chunk])) for key in chunk[0]}
-        with torch.no_grad():
-            tokens = policy(batch, deterministic=True)[0].cpu().numpy()
-        for row, env in enumerate(envs[start : start + len(chunk)]):
+        tokens = answer_tokens(policy, observations[start : start + 8])
+        for row, env in enumerate(envs[start : start + len(tokens)]):
             actions.append(env.step(tokens[row])[4]["parsed_action"])
     return actions
 

@@ -32,6 +32,13 @@ def standalone_policy(model: str, env: TokenActionWrapper, **policy_kwargs: Any)
     return policy
 
 
+def answer_tokens(policy, observations: list[dict[str, np.ndarray]], deterministic: bool = True) -> np.ndarray:
+    """The policy's answer token ids for a list of TokenActionWrapper observations, in one batch."""
+    batch = {key: torch.as_tensor(np.stack([o[key] for o in observations])) for key in observations[0]}
+    with torch.no_grad():
+        return policy(batch, deterministic=deterministic)[0].cpu().numpy()
+
+
 def evaluate_vlm(
     policy,
     make_env: Callable[[], gym.Env],
@@ -71,9 +78,7 @@ def evaluate_vlm(
         start(slot)
     while any(s is not None for s in slots):
         active = [i for i, s in enumerate(slots) if s is not None]
-        batch = {key: torch.as_tensor(np.stack([slots[i]["obs"][key] for i in active])) for key in slots[active[0]]["obs"]}
-        with torch.no_grad():
-            tokens = policy(batch, deterministic=deterministic)[0].cpu().numpy()
+        tokens = answer_tokens(policy, [slots[i]["obs"] for i in active], deterministic)
         for row, slot in enumerate(active):
             obs, reward, terminated, truncated, info = envs[slot].step(tokens[row])
             state = slots[slot]
