@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 
 
 class VLMRolloutLogger(BaseCallback):
     """Logs the invalid-action rate and a sample chain of thought each rollout, and appends the
     rollout's success rate to ``curve_path`` (JSON lines, survives interruptions) for the plot.
 
-    SB3 itself logs episode return and success rate (from Monitor and ``info["is_success"]``) and
-    PPO's approx KL; everything reaches TensorBoard through the same logger.
+    With a KL penalty (``VLMPolicy(kl_coef > 0)``) it also logs ``train/kl_to_reference``, the
+    penalty's KL over the previous update. SB3 itself logs episode return and success rate (from
+    Monitor and ``info["is_success"]``) and PPO's approx KL; everything reaches TensorBoard through
+    the same logger.
     """
 
     def __init__(self, curve_path: str | Path | None = None, verbose: int = 0) -> None:
@@ -46,6 +49,7 @@ class VLMRolloutLogger(BaseCallback):
         invalid_rate = 1.0 - self._valid / max(self._steps, 1)
         self.logger.record("rollout/invalid_action_rate", invalid_rate)
         self.logger.record("rollout/sample_answer", self._sample)
+        self._record_reference_kl()
         if self.curve_path is None:
             return
         point = {
@@ -57,3 +61,42 @@ class VLMRolloutLogger(BaseCallback):
         }
         with self.curve_path.open("a") as handle:
             handle.write(json.dumps(point) + "\n")
+
+    def _on_training_end(self) -> None:
+        # SB3 leaves the last update's train/* values undumped in the logger; the KL joins them.
+        self._record_reference_kl()
+
+    def _record_reference_kl(self) -> None:
+        """The KL penalty's estimate over the last update's minibatches (VLMPolicy with kl_coef > 0)."""
+        history = getattr(self.model.policy, "reference_kl_log", None)
+        if history:
+            self.logger.record("train/kl_to_reference", float(np.mean(history)))
+            history.clear()
+
+
+def saved_checkpoints(directory: str | Path, name_prefix: str = "rl_model") -> list[Path]:
+    """SB3 checkpoints (``<prefix>_<steps>_steps.zip``) in ``directory``, oldest first by timesteps."""
+    pattern = re.compile(rf"{re.escape(name_prefix)}_(\d+)_steps\.zip")
+    found = [(int(m.group(1)), path) for path in Path(directory).glob(f"{name_prefix}_*_steps.zip")
+             if (m := pattern.fullmatch(path.name))]
+    return [path for _, path in sorted(found)]
+
+
+class RotatingCheckpointCallback(CheckpointCallback):
+    """SB3's CheckpointCallback, keeping only the newest ``keep`` checkpoints (SB3 keeps all of them:
+    about 40 MB each for the tiny model, a gigabyte per NumberLine run). ``keep=0`` keeps every one.
+    A checkpoint is removed only after a newer one has been written.
+    """
+
+    def __init__(self, save_freq: int, save_path: str, keep: int = 3, **kwargs) -> None:
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0 (0 keeps every checkpoint), got {keep}")
+        super().__init__(save_freq, save_path, **kwargs)
+        self.keep = keep
+
+    def _on_step(self) -> bool:
+        continue_training = super()._on_step()
+        if self.keep and self.n_calls % self.save_freq == 0:
+            for old in saved_checkpoints(self.save_path, self.name_prefix)[: -self.keep]:
+                old.unlink()
+        return continue_training

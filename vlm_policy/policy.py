@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +27,7 @@ from vlm_policy.loading import TINY, VLMBundle, load_vlm, vision_and_language_li
 from vlm_policy.logprobs import banned_token_mask, process_logits, token_logprobs, token_masks, weighted_sum
 from vlm_policy.optim import ScaledLRAdamW
 from vlm_policy.prompting import build_inputs, forward_kwargs, with_answer
+from vlm_policy.reference import ReferenceCache, carrying_loss_term, frozen_copy, kl_to_reference
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 # Arguments SB3's algorithms pass to every ActorCriticPolicy; they shape heads VLMPolicy does not build.
@@ -34,6 +36,8 @@ _SB3_ARGUMENTS_IGNORED = frozenset({
     "log_std_init", "full_std", "use_expln", "squash_output", "features_extractor_class", "features_extractor_kwargs",
 })
 POLICY_CONFIG_FILE = "vlm_policy.json"
+# The frozen reference model of the KL penalty: rebuilt from `model` at load time, never saved.
+REFERENCE_PREFIX = "reference_vlm."
 
 
 class ValueHead(nn.Module):
@@ -71,6 +75,10 @@ class VLMPolicy(ActorCriticPolicy):
         value_lr_scale: the value head's learning rate is the policy's times this.
         value_gradients_to_model: let the value loss train the VLM too (the paper's shared trunk); False
             feeds the value head a detached hidden state, so early value errors cannot disturb the policy.
+        kl_coef: weight of a KL penalty that keeps the answers near those of the model as loaded (the
+            SFT checkpoint); 0 turns it off. See :mod:`vlm_policy.reference`. With LoRA the reference is
+            the base with the adapter switched off (no extra memory); with ``lora_r=0`` it is a frozen
+            copy of the model (twice the weights in memory).
         gradient_checkpointing: trade compute for memory in evaluate_actions' backward pass.
         dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"float32"``, ``"bfloat16"``.
         load_in_4bit: load the base weights in 4 bits with bitsandbytes (CUDA only).
@@ -93,6 +101,7 @@ class VLMPolicy(ActorCriticPolicy):
         value_head_layers: Sequence[int] = (1024, 512),
         value_lr_scale: float = 1.0,
         value_gradients_to_model: bool = True,
+        kl_coef: float = 0.0,
         gradient_checkpointing: bool = False,
         dtype: str = "auto",
         load_in_4bit: bool = False,
@@ -108,6 +117,8 @@ class VLMPolicy(ActorCriticPolicy):
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if cot_weight < 0:
             raise ValueError(f"cot_weight must be >= 0, got {cot_weight}")
+        if kl_coef < 0 or not math.isfinite(kl_coef):
+            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
         unknown = set(unused) - _SB3_ARGUMENTS_IGNORED
         if unknown:
             raise TypeError(f"VLMPolicy got unknown arguments {sorted(unknown)}")
@@ -123,6 +134,10 @@ class VLMPolicy(ActorCriticPolicy):
         self.value_head_layers = tuple(int(v) for v in value_head_layers)
         self.value_lr_scale = float(value_lr_scale)
         self.value_gradients_to_model = bool(value_gradients_to_model)
+        self.kl_coef = float(kl_coef)
+        # Mean penalty KL of each recent minibatch, until a logger reads it (VLMRolloutLogger drains it).
+        self.reference_kl_log: deque[float] = deque(maxlen=4096)
+        self.reference_cache = ReferenceCache()
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.dtype_name = dtype
         self.load_in_4bit = bool(load_in_4bit)
@@ -150,6 +165,9 @@ class VLMPolicy(ActorCriticPolicy):
         self._check_tokenizer(bundle)
         self.family = bundle.family
         self.processor = bundle.processor
+        if self.kl_coef > 0 and self.lora_r == 0:
+            self.reference_vlm = frozen_copy(bundle.model)
+            _disable_dropout(self.reference_vlm)
         self.vlm = self._adapt(bundle.model)
         self.bundle = VLMBundle(model=self.vlm, processor=bundle.processor, source=bundle.source, family=bundle.family)
         _disable_dropout(self.vlm)
@@ -201,7 +219,7 @@ class VLMPolicy(ActorCriticPolicy):
             model=self.model_source, temperature=self.temperature, cot_weight=self.cot_weight, lora_r=self.lora_r,
             lora_alpha=self.lora_alpha, lora_target_modules=self.lora_target_modules, train_vision=self.train_vision,
             value_head_layers=self.value_head_layers, value_lr_scale=self.value_lr_scale,
-            value_gradients_to_model=self.value_gradients_to_model,
+            value_gradients_to_model=self.value_gradients_to_model, kl_coef=self.kl_coef,
             gradient_checkpointing=self.gradient_checkpointing, dtype=self.dtype_name, load_in_4bit=self.load_in_4bit,
             seed=self.seed,
         )
@@ -221,20 +239,50 @@ class VLMPolicy(ActorCriticPolicy):
         """Samples answers for a batch of observations: (token ids, values, log-probabilities)."""
         inputs = self._model_inputs(obs)
         tokens, scores, prompt_hidden = self._generate(inputs, deterministic)
-        log_prob, _ = self._score(tokens, scores)
+        log_prob = self._score(tokens, scores)
         values = self._value(prompt_hidden)
         _check_finite(values=values, log_prob=log_prob)
         return tokens, values, log_prob
 
     def evaluate_actions(self, obs: dict[str, torch.Tensor], actions: torch.Tensor):
-        """Values, log-probabilities and entropies of given answers, in one teacher-forced forward."""
+        """Values, log-probabilities and entropies of given answers, in one teacher-forced forward.
+
+        With ``kl_coef > 0`` the returned log-probabilities also carry the gradient of the KL penalty
+        (their values are unchanged; see :func:`vlm_policy.reference.carrying_loss_term`).
+        """
         inputs = self._model_inputs(obs)
         tokens = actions.round().long().to(self.device)
         scores, prompt_hidden = self._teacher_forced(inputs, tokens)
-        log_prob, entropy = self._score(tokens, scores)
+        masks = token_masks(self.bundle.tokenizer, tokens, self.end_ids)
+        per_token, entropy = self._per_token(tokens, scores, masks)
+        log_prob = weighted_sum(per_token, masks, self.cot_weight)
         values = self._value(prompt_hidden)
         _check_finite(values=values, log_prob=log_prob)
-        return values, log_prob, entropy
+        if self.kl_coef > 0:
+            penalty = self.kl_coef * self._kl_to_reference(obs, inputs, tokens, per_token, masks)
+            log_prob = carrying_loss_term(log_prob, penalty)
+        return values, log_prob, weighted_sum(entropy, masks, self.cot_weight)
+
+    def _kl_to_reference(self, obs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], tokens: torch.Tensor,
+                         per_token: torch.Tensor, masks) -> torch.Tensor:
+        """Mean KL estimate between this policy and the reference over the batch (recorded for logging)."""
+        reference = self.reference_cache.get(obs, tokens)
+        if reference is None:
+            reference = self.reference_log_probs(inputs, tokens, masks)
+            self.reference_cache.put(obs, tokens, reference)
+        kl = kl_to_reference(per_token, reference.to(per_token.device), masks.valid.to(per_token.device)).mean()
+        self.reference_kl_log.append(float(kl.detach()))
+        return kl
+
+    @torch.no_grad()
+    def reference_log_probs(self, inputs: dict[str, torch.Tensor], tokens: torch.Tensor, masks) -> torch.Tensor:
+        """Per-token log-probabilities of ``tokens`` under the model as loaded (the KL penalty's reference)."""
+        if self.lora_r > 0:
+            with self.vlm.disable_adapter():
+                scores, _ = self._teacher_forced(inputs, tokens)
+        else:
+            scores, _ = self._teacher_forced(inputs, tokens, self.reference_vlm)
+        return self._per_token(tokens, scores, masks)[0]
 
     def predict_values(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Values from one forward over the prompts (no generation)."""
@@ -316,21 +364,26 @@ class VLMPolicy(ActorCriticPolicy):
         prompt_hidden = output.hidden_states[0][-1][:, -1]
         return tokens, scores, prompt_hidden
 
-    def _teacher_forced(self, inputs: dict[str, torch.Tensor], tokens: torch.Tensor):
+    def _teacher_forced(self, inputs: dict[str, torch.Tensor], tokens: torch.Tensor, model: nn.Module | None = None):
         prompt_length = inputs["input_ids"].shape[1]
         kwargs = with_answer(inputs, tokens, self.family)
-        outputs = self.vlm(**kwargs, output_hidden_states=True, logits_to_keep=tokens.shape[1] + 1)
+        outputs = (model or self.vlm)(**kwargs, output_hidden_states=True, logits_to_keep=tokens.shape[1] + 1)
         logits = outputs.logits[:, :-1]  # position P-1+j predicts answer token j
         scores = process_logits(logits, self.temperature, self.banned_tokens)
         return scores, outputs.hidden_states[-1][:, prompt_length - 1]
 
-    def _score(self, tokens: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score(self, tokens: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The paper's weighted log-probability of each answer."""
         masks = token_masks(self.bundle.tokenizer, tokens, self.end_ids)
+        return weighted_sum(self._per_token(tokens, scores, masks)[0], masks, self.cot_weight)
+
+    @staticmethod
+    def _per_token(tokens: torch.Tensor, scores: torch.Tensor, masks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability and entropy of each answer token, zero past the answer's end."""
         per_token, entropy = token_logprobs(scores, tokens)
         # -inf * 0 would be NaN: a banned token never appears where the mask is on, so zero the rest.
-        per_token = per_token.masked_fill(~masks.valid.to(per_token.device), 0.0)
-        entropy = entropy.masked_fill(~masks.valid.to(entropy.device), 0.0)
-        return weighted_sum(per_token, masks, self.cot_weight), weighted_sum(entropy, masks, self.cot_weight)
+        valid = masks.valid.to(per_token.device)
+        return per_token.masked_fill(~valid, 0.0), entropy.masked_fill(~valid, 0.0)
 
     # ------------------------------------------------------------------ saving
     def _saved_prefixes(self) -> tuple[str, ...] | None:
@@ -341,7 +394,7 @@ class VLMPolicy(ActorCriticPolicy):
         return ("value_head.",)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        full = super().state_dict(*args, **kwargs)
+        full = {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith(REFERENCE_PREFIX)}
         if self._saved_prefixes() is None:
             return full
         trainable = {f"vlm.{name}" for name, p in self.vlm.named_parameters() if p.requires_grad}
