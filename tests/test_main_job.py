@@ -137,6 +137,7 @@ def test_paper_gpu_example_script_uses_only_real_flags():
     args = cli.build_parser().parse_args(shlex.split(command))
     assert args.env == "gym_cards/NumberLine-v0" and args.lora_r == 128 and args.n_steps == 64
     assert args.temperature == 0.2 and args.max_grad_norm == 0.01 and args.value_gradients_to_model is True
+    assert args.kl_coef == 0 and args.n_epochs == 4  # the paper's PPO: no KL penalty
 
 
 def test_demos_and_sft_commands_write_a_checkpoint_the_policy_loads(tmp_path, capsys):
