@@ -3,16 +3,19 @@
     python benchmarks/first_answers.py runs/points24 [--episodes 200] [--seed 100000]
 
 Each held-out episode is reset with ``seed + i`` (as in the main job's evaluation) and both agents
-answer its first frame greedily; the script prints how often each action was chosen and, for tasks
-whose ``info`` says whether a deal can be won (Points24, EZPoints), how often the agent ended the
-game at once on a winnable deal. This is how the README's "PPO teaches the model to give up" figures
-on Points24 were measured.
+answer its first frame greedily; the script prints how often each action was chosen, how often it
+was the oracle's move and, for tasks whose ``info`` says whether a deal can be won (Points24,
+EZPoints), how often the agent ended the game at once on a winnable deal. On NumberLine it also
+counts the answers whose written reading ("current number", "target number") matches the frame:
+whether the thoughts stay faithful after PPO. The README's "PPO teaches the model to give up"
+(Points24) and thought-faithfulness (NumberLine) figures were measured with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -21,16 +24,25 @@ import gymnasium as gym
 import gym_vlm_cards  # noqa: F401  (registers the tasks)
 
 
-def first_actions(policy, envs, observations) -> list[str | None]:
-    """Greedy first answers of ``policy``, parsed by each env; batches of 8 as in the evaluation."""
+def first_answers(policy, envs, observations) -> list[tuple[str | None, str]]:
+    """Greedy first answers of ``policy`` as (action parsed by each env, text); batches of 8 as in the evaluation."""
     from vlm_policy.evaluation import answer_tokens
 
-    actions: list[str | None] = []
+    answers: list[tuple[str | None, str]] = []
     for start in range(0, len(envs), 8):
         tokens = answer_tokens(policy, observations[start : start + 8])
         for row, env in enumerate(envs[start : start + len(tokens)]):
-            actions.append(env.step(tokens[row])[4]["parsed_action"])
-    return actions
+            info = env.step(tokens[row])[4]
+            answers.append((info["parsed_action"], info.get("generated_text", "")))
+    return answers
+
+
+def reading_is_right(text: str, state: dict) -> bool | None:
+    """Whether a NumberLine answer writes the frame's two numbers (None for other tasks)."""
+    if not {"Current", "Target"} <= set(state):
+        return None
+    written = [re.search(rf'"{key} number"\s*:\s*"?(\d+)', text) for key in ("current", "target")]
+    return all(written) and [int(m.group(1)) for m in written] == [state["Current"], state["Target"]]
 
 
 def main() -> None:
@@ -60,14 +72,21 @@ def main() -> None:
 
     agents = {"after SFT": standalone_policy(str(run / "sft"), make()), "after PPO": ppo}
     for name, policy in agents.items():
-        envs, observations, winnable = [make() for _ in range(args.episodes)], [], []
+        envs, observations, winnable, oracle, states = [make() for _ in range(args.episodes)], [], [], [], []
         for i, env in enumerate(envs):
             observation, info = env.reset(seed=args.seed + i)
             observations.append(observation)
             winnable.append(info.get("solvable"))
-        actions = first_actions(policy, envs, observations)
+            oracle.append(env.unwrapped.oracle_action())
+            states.append(info)
+        answers = first_answers(policy, envs, observations)
+        actions = [action for action, _ in answers]
         counts = ", ".join(f"{action!r}: {n}" for action, n in Counter(actions).most_common())
         print(f"{name}: first actions on {args.episodes} deals: {counts}")
+        print(f"{name}: the oracle's move on {sum(a == o for a, o in zip(actions, oracle))} of {args.episodes}")
+        readings = [reading_is_right(text, state) for (_, text), state in zip(answers, states)]
+        if readings[0] is not None:
+            print(f"{name}: both numbers read right on {sum(readings)} of {args.episodes}")
         if winnable[0] is not None:
             ends = sum(1 for action, can_win in zip(actions, winnable) if action == "=" and can_win)
             print(f"{name}: ends the game at once on {ends} of the {sum(winnable)} winnable deals")
