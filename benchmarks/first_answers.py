@@ -26,7 +26,7 @@ import gym_vlm_cards  # noqa: F401  (registers the tasks)
 
 def first_answers(policy, envs, observations) -> list[tuple[str | None, str]]:
     """Greedy first answers of ``policy`` as (action parsed by each env, text); batches of 8 as in the evaluation."""
-    from vlm_policy.evaluation import answer_tokens
+    from vlm_policy.training.evaluation import answer_tokens
 
     answers: list[tuple[str | None, str]] = []
     for start in range(0, len(envs), 8):
@@ -55,7 +55,7 @@ def main() -> None:
     from stable_baselines3 import PPO
 
     from vlm_policy.env_bridge import TokenActionWrapper
-    from vlm_policy.evaluation import standalone_policy
+    from vlm_policy.training.evaluation import standalone_policy
     from vlm_policy.loading import load_processor, preferred_image_size
 
     run = Path(args.run)

@@ -3,8 +3,8 @@
 import pytest
 from stable_baselines3 import PPO
 
-from vlm_policy.callbacks import RotatingCheckpointCallback, saved_checkpoints
-from vlm_policy.train import latest_checkpoint
+from vlm_policy.training.callbacks import RotatingCheckpointCallback, saved_checkpoints
+from vlm_policy.training.pipeline import latest_checkpoint
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path):

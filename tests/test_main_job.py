@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from vlm_policy import cli
-from vlm_policy.demos import answer_token_budget, read_answers, read_demonstrations, write_demonstrations
-from vlm_policy.train import Pipeline, TrainConfig, cosine_schedule, latest_checkpoint
+from vlm_policy.training import cli
+from vlm_policy.training.demos import answer_token_budget, read_answers, read_demonstrations, write_demonstrations
+from vlm_policy.training.pipeline import Pipeline, TrainConfig, cosine_schedule, latest_checkpoint
 
 
 def _digest(directory: Path) -> str:

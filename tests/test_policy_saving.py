@@ -6,7 +6,7 @@ import torch
 from stable_baselines3 import PPO
 
 from vlm_policy import VLMPolicy, make_vlm_vec_env
-from vlm_policy.random_models import save_random_llava
+from vlm_policy.models.random_models import save_random_llava
 from tests.policy_helpers import batch_obs, make_policy
 
 

@@ -5,10 +5,10 @@ import torch
 from stable_baselines3 import PPO
 
 from vlm_policy import VLMPolicy, make_vlm_vec_env
-from vlm_policy.callbacks import VLMRolloutLogger
+from vlm_policy.training.callbacks import VLMRolloutLogger
 from vlm_policy.logprobs import token_masks
 from vlm_policy.policy import REFERENCE_PREFIX
-from vlm_policy.random_models import save_random_llava
+from vlm_policy.models.random_models import save_random_llava
 from vlm_policy.reference import ReferenceCache, carrying_loss_term, kl_to_reference
 from tests.policy_helpers import batch_obs, make_policy
 

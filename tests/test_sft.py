@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_policy.demos import Example
+from vlm_policy.training.demos import Example
 from vlm_policy.loading import load_vlm
-from vlm_policy.sft import WarmupLabels, state_slots, vision_warmup
+from vlm_policy.training.sft import WarmupLabels, state_slots, vision_warmup
 
 
 def test_state_slots_name_each_field_and_list_position():

@@ -66,7 +66,7 @@ def family_of(model_type: str) -> str:
 def load_processor(source: str):
     """The processor alone (what the env side needs to decode actions)."""
     if source == TINY:
-        from vlm_policy.tiny import build_tiny_processor
+        from vlm_policy.models.tiny import build_tiny_processor
 
         return build_tiny_processor()
     path = _check_source(source)
@@ -92,7 +92,7 @@ def load_vlm(
         )
     source = os.fspath(source)
     if source == TINY:
-        from vlm_policy.tiny import build_tiny_model, build_tiny_processor
+        from vlm_policy.models.tiny import build_tiny_model, build_tiny_processor
 
         model = build_tiny_model(seed=seed).to(resolve_dtype(dtype, device))
         return VLMBundle(model=model, processor=build_tiny_processor(), source=TINY, family="llava")

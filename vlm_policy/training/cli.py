@@ -6,7 +6,7 @@
     vlm-cards sft --demos demos/ezpoints --out checkpoints/ezpoints-sft
     vlm-cards baseline --env gym_cards/NumberLine-v0 --timesteps 20000
 
-``vlm-cards train --help`` lists every knob of :class:`vlm_policy.train.TrainConfig`.
+``vlm-cards train --help`` lists every knob of :class:`vlm_policy.training.pipeline.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _dataclass_from(cls, args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vlm_policy.train import Pipeline, TrainConfig
+    from vlm_policy.training.pipeline import Pipeline, TrainConfig
 
     config = _dataclass_from(TrainConfig, args)
     if config.env_id == TrainConfig.env_id and args.env:
@@ -47,7 +47,7 @@ def _eval(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     from vlm_policy.env_bridge import TokenActionWrapper
-    from vlm_policy.evaluation import evaluate_vlm, standalone_policy
+    from vlm_policy.training.evaluation import evaluate_vlm, standalone_policy
     from vlm_policy.loading import load_processor, preferred_image_size
 
     rows = []
@@ -82,14 +82,14 @@ def _answer_budget(args: argparse.Namespace, agent_policy, tokenizer, env_kwargs
     """A PPO agent's own answer length; for a checkpoint, one that fits the task oracle's answers."""
     if agent_policy is not None:
         return len(agent_policy.action_space.nvec)
-    from vlm_policy.demos import answer_token_budget, longest_answer_tokens, oracle_answers
+    from vlm_policy.training.demos import answer_token_budget, longest_answer_tokens, oracle_answers
 
     answers = oracle_answers(args.env, chain_of_thought=args.prompt_style == "cot", env_kwargs=env_kwargs)
     return answer_token_budget(longest_answer_tokens(answers, tokenizer))
 
 
 def _demos(args: argparse.Namespace) -> int:
-    from vlm_policy.demos import write_demonstrations
+    from vlm_policy.training.demos import write_demonstrations
 
     path = write_demonstrations(args.env, args.n, args.out, seed=args.seed, chain_of_thought=not args.action_only,
                                 env_kwargs={"image_size": args.image_size} if args.image_size else None)
@@ -98,8 +98,8 @@ def _demos(args: argparse.Namespace) -> int:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from vlm_policy.demos import read_demonstrations
-    from vlm_policy.sft import SFTConfig, run_sft
+    from vlm_policy.training.demos import read_demonstrations
+    from vlm_policy.training.sft import SFTConfig, run_sft
 
     config = _dataclass_from(SFTConfig, args)
     out = run_sft(config, read_demonstrations(args.demos), args.out, device=args.device)
@@ -108,7 +108,7 @@ def _sft(args: argparse.Namespace) -> int:
 
 
 def _baseline(args: argparse.Namespace) -> int:
-    from vlm_policy.baselines import train_cnn_baselines
+    from vlm_policy.training.baselines import train_cnn_baselines
 
     rows = train_cnn_baselines(args.env, args.timesteps, args.episodes, args.seed, progress=True)
     print(f"{args.env}: {args.timesteps} env steps each, {args.episodes} held-out episodes from seed {args.seed}")
@@ -117,8 +117,8 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlm_policy.sft import SFTConfig
-    from vlm_policy.train import TrainConfig
+    from vlm_policy.training.sft import SFTConfig
+    from vlm_policy.training.pipeline import TrainConfig
 
     parser = argparse.ArgumentParser(prog="vlm-cards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)

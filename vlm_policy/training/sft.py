@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vlm_policy.demos import Example
+from vlm_policy.training.demos import Example
 from vlm_policy.loading import TINY, VLMBundle, load_vlm, vision_and_language_linears
 from vlm_policy.prompting import build_inputs, with_answer
 

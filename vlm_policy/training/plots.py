@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from vlm_policy.evaluation import EpisodeRecord  # noqa: E402
+from vlm_policy.training.evaluation import EpisodeRecord  # noqa: E402
 
 
 def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_success: float | None = None,

@@ -58,7 +58,7 @@ class TinyConfig:
 @lru_cache(maxsize=1)
 def tiny_vocabulary() -> tuple[str, ...]:
     """Special tokens, then printable characters, then the shipped multi-character pieces."""
-    data = json.loads(resources.files("vlm_policy").joinpath("assets/tiny_vocab.json").read_text())
+    data = json.loads(resources.files("vlm_policy.models").joinpath("assets/tiny_vocab.json").read_text())
     characters = [c for c in string.printable if c not in "\x0b\x0c\r"]
     vocab = list(SPECIAL_TOKENS) + characters
     for piece in data["pieces"]:

@@ -126,7 +126,7 @@ class Pipeline:
         A configured budget shorter than a demonstration answer is an error: SFT would teach answers
         that generation can never finish.
         """
-        from vlm_policy.demos import answer_token_budget, longest_answer_tokens, read_answers
+        from vlm_policy.training.demos import answer_token_budget, longest_answer_tokens, read_answers
 
         longest = longest_answer_tokens(read_answers(self.demonstrations()), load_processor(self.config.model).tokenizer)
         if self.config.max_new_tokens == 0:
@@ -142,7 +142,7 @@ class Pipeline:
         return {"image_size": size} if size and self.config.env_id.startswith("gym_cards/") else {}
 
     def demonstrations(self) -> Path:
-        from vlm_policy.demos import DEMOS_FILE, write_demonstrations
+        from vlm_policy.training.demos import DEMOS_FILE, write_demonstrations
 
         path = self.out / "demos" / DEMOS_FILE
         if path.is_file() and sum(1 for _ in path.open()) == self.config.demos:
@@ -152,8 +152,8 @@ class Pipeline:
                                     env_kwargs=self.env_kwargs(self.config.model))
 
     def sft(self) -> str:
-        from vlm_policy.demos import read_demonstrations
-        from vlm_policy.sft import SFTConfig, run_sft
+        from vlm_policy.training.demos import read_demonstrations
+        from vlm_policy.training.sft import SFTConfig, run_sft
 
         directory = self.out / "sft"
         if (directory / "training.json").is_file():
@@ -177,7 +177,7 @@ class Pipeline:
         return make
 
     def evaluate(self, policy, model: str, name: str, record: bool = False):
-        from vlm_policy.evaluation import evaluate_vlm
+        from vlm_policy.training.evaluation import evaluate_vlm
 
         return evaluate_vlm(policy, self.make_eval_env(model), self.config.eval_episodes, self.config.eval_seed,
                             name=name, record_first=record, progress=self.config.progress)
@@ -186,7 +186,7 @@ class Pipeline:
         from stable_baselines3 import PPO
         from stable_baselines3.common.callbacks import CallbackList
 
-        from vlm_policy.callbacks import RotatingCheckpointCallback, VLMRolloutLogger
+        from vlm_policy.training.callbacks import RotatingCheckpointCallback, VLMRolloutLogger
         from vlm_policy.env_bridge import make_vlm_vec_env
         from vlm_policy.policy import VLMPolicy
 
@@ -233,7 +233,7 @@ class Pipeline:
         sft_dir = self.sft()
         results = self._cached_results()
         if "after SFT" not in results:
-            from vlm_policy.evaluation import standalone_policy
+            from vlm_policy.training.evaluation import standalone_policy
 
             policy = standalone_policy(sft_dir, self.make_eval_env(sft_dir)(), temperature=self.config.temperature,
                                        cot_weight=self.config.cot_weight, lora_r=self.config.lora_r)
@@ -247,7 +247,7 @@ class Pipeline:
         print(f"\n{self.config.env_id}: {self.config.eval_episodes} held-out episodes (seeds from "
               f"{self.config.eval_seed}), greedy answers, {time.perf_counter() - start:.0f} s in all")
         print(format_table(TABLE_HEADER, [r.row() for r in rows]))
-        from vlm_policy.plots import plot_episode_strip, plot_learning_curve
+        from vlm_policy.training.plots import plot_episode_strip, plot_learning_curve
 
         plot_learning_curve(self.out / "curve.jsonl", self.out / "learning_curve.png",
                             sft_success=results["after SFT"].success_rate, title=self.config.env_id,
@@ -269,7 +269,7 @@ class Pipeline:
 
 def latest_checkpoint(directory: Path) -> Path | None:
     """The SB3 checkpoint with the most timesteps in ``directory``, or None."""
-    from vlm_policy.callbacks import saved_checkpoints
+    from vlm_policy.training.callbacks import saved_checkpoints
 
     found = saved_checkpoints(directory)
     return found[-1] if found else None

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vlm_policy.tiny import TinyConfig, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+from vlm_policy.models.tiny import TinyConfig, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
 QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                        "<|image_pad|>", "<|video_pad|>")
