@@ -1,6 +1,6 @@
 import hashlib
 import json
-import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,13 +54,17 @@ def test_pipeline_sizes_the_answer_budget_from_the_demonstrations(tmp_path):
     tokenizer = load_processor("tiny").tokenizer
     config = _micro_config(tmp_path / "p24", env_id="gym_cards/Points24-v0", demos=40, max_new_tokens=0)
     pipeline = Pipeline(config)
-    longest = max(len(tokenizer(a, add_special_tokens=False).input_ids) for a in read_answers(pipeline.demonstrations()))
+    assert not (tmp_path / "p24").exists()  # making a pipeline writes nothing
+    demos = pipeline.demonstrations()
+    longest = max(len(tokenizer(a, add_special_tokens=False).input_ids) for a in read_answers(demos))
     assert longest > 40  # Points24's answers do not fit the old fixed default
-    assert longest < pipeline.max_new_tokens <= longest + 8 and pipeline.max_new_tokens % 8 == 0
-    assert Pipeline(_micro_config(tmp_path / "nl", max_new_tokens=0)).max_new_tokens == 40
+    budget = pipeline.answer_budget(demos)
+    assert longest < budget <= longest + 8 and budget % 8 == 0
+    numberline = Pipeline(_micro_config(tmp_path / "nl", max_new_tokens=0))
+    assert numberline.answer_budget(numberline.demonstrations()) == 40
     too_short = Pipeline(_micro_config(tmp_path / "p24", env_id="gym_cards/Points24-v0", demos=40, max_new_tokens=40))
     with pytest.raises(ValueError, match=f"longest demonstration answer \\({longest} tokens\\)"):
-        too_short.max_new_tokens
+        too_short.answer_budget(demos)
 
 
 def test_cosine_schedule_runs_from_start_to_end():
@@ -76,36 +80,48 @@ def _micro_config(out_dir: Path, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def test_pipeline_runs_end_to_end_and_resumes_without_redoing_work(tmp_path, capsys):
-    config = _micro_config(tmp_path / "run")
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One micro run of the whole pipeline, shared by the tests that read its outputs."""
+    config = _micro_config(tmp_path_factory.mktemp("main_job") / "run")
     rows = Pipeline(config).run()
-    out = capsys.readouterr().out
+    return Path(config.out_dir), rows
+
+
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end(finished_run):
+    run, rows = finished_run
     assert [r.name for r in rows] == ["after SFT", "after PPO"]
-    assert re.search(r"after PPO\s+\| 3 ", out)
-    run = Path(config.out_dir)
+    assert all(r.episodes == 3 for r in rows)
     for name in ("learning_curve.png", "episode_strip.png", "results.json", "curve.jsonl", "ppo/final.zip",
-                 "ppo/adapter/value_head.safetensors", "sft/config.json"):
+                 "ppo/adapter/value_head.safetensors", "sft/config.json", "config.json"):
         assert (run / name).exists(), name
     assert latest_checkpoint(run / "ppo" / "checkpoints").name == "rl_model_16_steps.zip"
     assert list((run / "tb").rglob("events.out.tfevents.*"))
-    sft_stamp = (run / "sft" / "training.json").stat().st_mtime_ns
+    assert json.loads((run / "config.json").read_text())["sft_steps"] == 3
 
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_without_redoing_work(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    sft_stamp = (run / "sft" / "training.json").stat().st_mtime_ns
     # An interrupted run: the final model is gone, the checkpoints are there; --resume continues.
     (run / "ppo" / "final.zip").unlink()
-    resumed = Pipeline(_micro_config(tmp_path / "run", ppo_timesteps=24)).run(resume=True)
+    resumed = Pipeline(_micro_config(run, ppo_timesteps=24)).run(resume=True)
     assert "resuming PPO from" in capsys.readouterr().out
     assert (run / "sft" / "training.json").stat().st_mtime_ns == sft_stamp  # SFT was not redone
     assert latest_checkpoint(run / "ppo" / "checkpoints").name == "rl_model_24_steps.zip"
     assert len(resumed) == 2
 
 
-def test_eval_command_prints_the_model_random_and_oracle_rows(tmp_path, capsys):
-    config = _micro_config(tmp_path / "run", ppo_timesteps=8)
-    Pipeline(config).run()
+@pytest.mark.slow
+def test_eval_command_prints_the_model_random_and_oracle_rows(finished_run, capsys):
+    run = finished_run[0]
     capsys.readouterr()
     # No --max-new-tokens: the agent's own 24 for the .zip (any other length is refused by the env
     # wrapper), enough for the oracle's answers for the SFT checkpoint.
-    for model in (str(tmp_path / "run" / "sft"), str(tmp_path / "run" / "ppo" / "final.zip")):
+    for model in (str(run / "sft"), str(run / "ppo" / "final.zip")):
         assert cli.main(["eval", "--model", model, "--env", "gym_cards/NumberLine-v0", "--episodes", "4", "--seed", "7"]) == 0
         out = capsys.readouterr().out
         names = [line.split("|")[0].strip() for line in out.splitlines()[3:]]
@@ -134,10 +150,15 @@ def test_paper_gpu_example_script_uses_only_real_flags():
     for variable, value in (("$((STEPS_PER_UPDATE / 8))", "64"), ("${TASK,,}", "numberline"), ("${TASK}", "NumberLine"),
                             ("$CHECKPOINT", "/models/llava")):
         command = command.replace(variable, value)
-    args = cli.build_parser().parse_args(shlex.split(command))
-    assert args.env == "gym_cards/NumberLine-v0" and args.lora_r == 128 and args.n_steps == 64
-    assert args.temperature == 0.2 and args.max_grad_norm == 0.01 and args.value_gradients_to_model is True
-    assert args.kl_coef == 0 and args.n_epochs == 4  # the paper's PPO: no KL penalty
+    name, groups = cli.parse(shlex.split(command))
+    config = TrainConfig.from_groups(*groups[:-1])
+    assert name == "train" and config.env_id == "gym_cards/NumberLine-v0" and config.n_steps == 64
+    # RL4VLM's run_nl.sh / main.py: LoRA r=128 with alpha 256 on the vision side too, 128 answers per
+    # optimizer step (minibatch 1 x 128 accumulation steps here a minibatch of 128 in micro-batches).
+    assert config.lora_r == 128 and config.lora_alpha == 256 and config.train_vision
+    assert config.batch_size == 128 and config.micro_batch_size == 4 and config.gradient_checkpointing == "on"
+    assert config.temperature == 0.2 and config.max_grad_norm == 0.01 and config.value_gradients_to_model is True
+    assert config.kl_coef == 0 and config.n_epochs == 4  # the paper's PPO: no KL penalty
 
 
 def test_demos_and_sft_commands_write_a_checkpoint_the_policy_loads(tmp_path, capsys):
@@ -145,8 +166,8 @@ def test_demos_and_sft_commands_write_a_checkpoint_the_policy_loads(tmp_path, ca
 
     assert cli.main(["demos", "--env", "gym_cards/NumberLine-v0", "--n", "16", "--out", str(tmp_path / "demos"),
                      "--image-size", "64"]) == 0
-    assert cli.main(["sft", "--demos", str(tmp_path / "demos"), "--out", str(tmp_path / "ckpt"), "--steps", "2",
-                     "--batch-size", "4", "--vision-warmup-steps", "2", "--no-progress"]) == 0
+    assert cli.main(["sft", "--demos", str(tmp_path / "demos"), "--out", str(tmp_path / "ckpt"), "--sft-steps", "2",
+                     "--sft-batch-size", "4", "--vision-warmup-steps", "2", "--no-progress"]) == 0
     assert "saved the SFT checkpoint" in capsys.readouterr().out
     bundle = load_vlm(str(tmp_path / "ckpt"))
-    assert bundle.family == "llava" and json.loads((tmp_path / "ckpt" / "training.json").read_text())["sft"]["steps"] == 2
+    assert bundle.family == "llava" and json.loads((tmp_path / "ckpt" / "training.json").read_text())["sft"]["sft_steps"] == 2

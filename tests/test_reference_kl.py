@@ -6,8 +6,6 @@ from stable_baselines3 import PPO
 
 from vlm_policy import VLMPolicy, make_vlm_vec_env
 from vlm_policy.training.callbacks import VLMRolloutLogger
-from vlm_policy.logprobs import token_masks
-from vlm_policy.policy import REFERENCE_PREFIX
 from vlm_policy.models.random_models import save_random_llava
 from vlm_policy.reference import ReferenceCache, carrying_loss_term, kl_to_reference
 from tests.policy_helpers import batch_obs, make_policy
@@ -23,7 +21,7 @@ def _perturb(policy, scale=0.05, seed=0):
 
 def _penalty_kl(policy, obs, tokens):
     policy.evaluate_actions(obs, tokens.float())
-    return policy.reference_kl_log[-1]
+    return policy.kl_reference.recent_kl[-1]
 
 
 def test_carrying_loss_term_keeps_the_value_and_adds_the_terms_gradient():
@@ -79,7 +77,7 @@ def test_penalty_gradient_pulls_a_moved_policy_back_to_the_reference():
     kls = []
     for _ in range(15):
         _, log_prob, _ = policy.evaluate_actions(obs, tokens)
-        kls.append(policy.reference_kl_log[-1])
+        kls.append(policy.kl_reference.recent_kl[-1])
         policy.optimizer.zero_grad()
         (0.0 * log_prob.sum()).backward()  # the PPO loss contributes nothing: only the penalty's gradient
         policy.optimizer.step()
@@ -89,11 +87,11 @@ def test_penalty_gradient_pulls_a_moved_policy_back_to_the_reference():
 
 def test_without_penalty_no_reference_is_built_and_nothing_is_logged():
     policy, _ = make_policy(max_new_tokens=12, lora_r=0)
-    assert not hasattr(policy, "reference_vlm")
+    assert policy.kl_reference is None
     obs = batch_obs(policy)
     with torch.no_grad():
         policy.evaluate_actions(obs, policy(obs)[0].float())
-    assert len(policy.reference_kl_log) == 0
+    assert not any(name.startswith("kl_reference.") for name, _ in policy.named_parameters())
 
 
 def test_negative_kl_coef_is_refused():
@@ -107,12 +105,12 @@ def test_ppo_with_penalty_logs_it_and_saves_no_reference_weights(tmp_path):
     model = PPO(VLMPolicy, env, n_steps=4, batch_size=8, n_epochs=2, learning_rate=1e-3, policy_kwargs=kwargs)
     model.learn(16, callback=VLMRolloutLogger())
     assert model.logger.name_to_value["train/kl_to_reference"] > 0
-    assert not any(key.startswith(REFERENCE_PREFIX) for key in model.policy.state_dict())
+    assert not any(key.startswith("kl_reference.") for key in model.policy.state_dict())
     model.save(tmp_path / "agent")
     loaded = PPO.load(tmp_path / "agent", env=env)
     # The reference comes back from the model source, not from the trained weights.
-    for (name, reference), (_, original) in zip(loaded.policy.reference_vlm.named_parameters(),
-                                                model.policy.reference_vlm.named_parameters()):
+    for (name, reference), (_, original) in zip(loaded.policy.kl_reference.frozen.named_parameters(),
+                                                model.policy.kl_reference.frozen.named_parameters()):
         assert torch.equal(reference, original), name
     obs = batch_obs(model.policy, size=env.observation_space["image"].shape[0])
     with torch.no_grad():
@@ -124,7 +122,7 @@ def test_ppo_with_penalty_logs_it_and_saves_no_reference_weights(tmp_path):
 def test_lora_reference_is_the_base_without_the_adapter(tmp_path):
     path = str(save_random_llava(tmp_path / "llava"))
     policy, _ = make_policy(path, max_new_tokens=8, temperature=1.0, kl_coef=0.1, lora_r=4)
-    assert not hasattr(policy, "reference_vlm")  # no second copy of the base in memory
+    assert policy.kl_reference.frozen is None  # no second copy of the base in memory
     base, _ = make_policy(path, max_new_tokens=8, temperature=1.0, lora_r=0)
     obs = batch_obs(policy)
     with torch.no_grad():
@@ -132,11 +130,11 @@ def test_lora_reference_is_the_base_without_the_adapter(tmp_path):
             if "lora_B" in name:
                 parameter.normal_(0, 0.05)
         tokens = policy(obs)[0]
-        inputs = policy._model_inputs(obs)
-        masks = token_masks(policy.bundle.tokenizer, tokens, policy.end_ids)
-        base_per_token, _ = base._per_token(tokens, base._teacher_forced(inputs, tokens)[0], masks)
+        images, prompts = policy._unpack(obs)
+        base_per_token = base.answer_distribution.score(images, prompts, tokens, base.device).per_token
         # The base model's own log-probs are exactly the reference's.
-        assert torch.allclose(policy.reference_log_probs(inputs, tokens, masks), base_per_token, atol=1e-6, rtol=0)
+        reference = policy.kl_reference.log_probs(policy.answer_distribution, images, prompts, tokens, policy.device)
+        assert torch.allclose(reference, base_per_token, atol=1e-6, rtol=0)
         assert _penalty_kl(policy, obs, tokens) > 1e-4
 
 
@@ -147,14 +145,14 @@ def test_reference_runs_once_per_sample_across_epochs(monkeypatch):
     with torch.no_grad():
         tokens = policy(obs)[0].float()
     calls = []
-    original = policy.reference_log_probs
-    monkeypatch.setattr(policy, "reference_log_probs", lambda *a: calls.append(1) or original(*a))
+    original = policy.kl_reference.log_probs
+    monkeypatch.setattr(policy.kl_reference, "log_probs", lambda *a: calls.append(1) or original(*a))
     first = policy.evaluate_actions(obs, tokens)[1]
-    kl_first = policy.reference_kl_log[-1]
+    kl_first = policy.kl_reference.recent_kl[-1]
     order = torch.tensor([2, 0, 1])
     shuffled = policy.evaluate_actions({k: v[order] for k, v in obs.items()}, tokens[order])[1]  # a later epoch
     assert len(calls) == 1
-    assert torch.allclose(shuffled, first[order]) and policy.reference_kl_log[-1] == pytest.approx(kl_first)
+    assert torch.allclose(shuffled, first[order]) and policy.kl_reference.recent_kl[-1] == pytest.approx(kl_first)
     policy.evaluate_actions(obs, tokens.flip(0))  # answers paired with other observations: new samples
     assert len(calls) == 2
 

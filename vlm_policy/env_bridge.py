@@ -20,6 +20,8 @@ from vlm_policy.logprobs import answer_ids
 
 PROMPT_STYLES = ("cot", "action_only")
 DEFAULT_MAX_PROMPT_BYTES = 4096
+# Env id namespaces whose envs take ``image_size`` (rendered frames of any size).
+IMAGE_SIZE_NAMESPACES = ("gym_cards/", "alfworld/")
 
 
 def tokenizer_fingerprint(tokenizer) -> int:
@@ -136,6 +138,32 @@ class TokenActionWrapper(gym.Wrapper):
         return self._observe(image, info), reward, terminated, truncated, info
 
 
+def frame_kwargs(env_id: str, processor, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``env_kwargs`` with frames rendered at the model's image size, for the envs that take ``image_size``
+    (gym_cards tasks and ALFWorld), unless ``env_kwargs`` sets it already."""
+    from vlm_policy.loading import preferred_image_size
+
+    env_kwargs = dict(env_kwargs or {})
+    size = preferred_image_size(processor)
+    if size is not None and "image_size" not in env_kwargs and env_id.startswith(IMAGE_SIZE_NAMESPACES):
+        env_kwargs["image_size"] = size
+    return env_kwargs
+
+
+def wrapper_for(model: str, max_new_tokens: int, prompt_style: str = "cot",
+                max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES) -> tuple[Callable[[gym.Env], TokenActionWrapper], Any]:
+    """A function wrapping an env for ``model`` (its tokenizer, its end tokens), and the model's processor."""
+    from vlm_policy.loading import generation_end_ids, load_processor
+
+    processor = load_processor(model)
+    end_ids = end_token_ids(processor.tokenizer, generation_end_ids(model))
+
+    def wrap(env: gym.Env) -> TokenActionWrapper:
+        return TokenActionWrapper(env, processor.tokenizer, max_new_tokens, prompt_style, max_prompt_bytes, end_ids)
+
+    return wrap, processor
+
+
 def make_vlm_vec_env(
     env_id: str | Callable[[], gym.Env],
     n_envs: int = 1,
@@ -156,22 +184,8 @@ def make_vlm_vec_env(
     """
     from stable_baselines3.common.env_util import make_vec_env
 
-    from vlm_policy.loading import load_processor, preferred_image_size
-
-    processor = load_processor(model)
-    env_kwargs = dict(env_kwargs or {})
+    wrap, processor = wrapper_for(model, max_new_tokens, prompt_style, max_prompt_bytes)
     if isinstance(env_id, str):
-        size = preferred_image_size(processor)
-        if size is not None and "image_size" not in env_kwargs and _accepts_image_size(env_id):
-            env_kwargs["image_size"] = size
-
-    def wrap(env: gym.Env) -> gym.Env:
-        return TokenActionWrapper(env, processor.tokenizer, max_new_tokens, prompt_style, max_prompt_bytes)
-
+        env_kwargs = frame_kwargs(env_id, processor, env_kwargs)
     return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, wrapper_class=wrap,
                         vec_env_cls=vec_env_cls, monitor_dir=monitor_dir)
-
-
-def _accepts_image_size(env_id: str) -> bool:
-    """gym_cards tasks and ALFWorld take ``image_size``; other envs are left alone."""
-    return env_id.startswith(("gym_cards/", "alfworld/"))

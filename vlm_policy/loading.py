@@ -23,8 +23,6 @@ FAMILIES = {
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_vl",
 }
-# Module-name fragments that mark the vision side (tower and projector) in the supported families.
-VISION_MODULE_MARKERS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "connector", "merger")
 
 
 @dataclass
@@ -39,6 +37,16 @@ class VLMBundle:
     @property
     def tokenizer(self):
         return self.processor.tokenizer
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU (SB3's own rule for ``device="auto"``)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device; use --device cpu or auto")
+    return device
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
@@ -76,6 +84,18 @@ def load_processor(source: str):
     return _processor_for(path, family)
 
 
+def generation_end_ids(source: str) -> int | list[int] | None:
+    """The end-of-answer ids the checkpoint's generation config adds to its tokenizer's EOS (or None)."""
+    if source == TINY:
+        return None
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(_check_source(source), local_files_only=True).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's EOS alone
+        return None
+
+
 def load_vlm(
     source: str,
     *,
@@ -104,6 +124,8 @@ def load_vlm(
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, device), "local_files_only": True}
     if load_in_4bit:
         kwargs.update(_four_bit_kwargs(device))
+    elif torch.device(device).type == "cuda":
+        kwargs["device_map"] = {"": str(torch.device(device))}  # straight onto the GPU, not through host memory
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     return VLMBundle(model=model.eval(), processor=_processor_for(path, family), source=source, family=family)
 
@@ -188,13 +210,3 @@ def preferred_image_size(processor) -> int | None:
         if "shortest_edge" in size and len(size) == 1:
             return int(size["shortest_edge"])
     return None
-
-
-def vision_and_language_linears(model: torch.nn.Module) -> tuple[list[str], list[str]]:
-    """Names of the Linear layers on the vision side and on the language side (lm_head excluded)."""
-    vision, language = [], []
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or name.endswith("lm_head"):
-            continue
-        (vision if any(marker in name for marker in VISION_MODULE_MARKERS) else language).append(name)
-    return vision, language

@@ -6,6 +6,8 @@ would erase a separate rate for the value head; a group's ``lr_scale`` multiplie
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -22,3 +24,18 @@ class ScaledLRAdamW(torch.optim.AdamW):
         finally:
             for group, lr in zip(self.param_groups, saved):
                 group["lr"] = lr
+
+
+def cosine_value(done: float, start: float, end: float) -> float:
+    """Cosine interpolation from ``start`` (done=0) to ``end`` (done=1)."""
+    done = min(max(done, 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def cosine_schedule(start: float, end: float):
+    """SB3 learning-rate schedule (a function of the progress remaining): cosine from ``start`` to ``end``."""
+
+    def schedule(progress_remaining: float) -> float:
+        return cosine_value(1.0 - progress_remaining, start, end)
+
+    return schedule

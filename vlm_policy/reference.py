@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -69,6 +71,52 @@ class ReferenceCache:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+
+class KLReference(nn.Module):
+    """The KL penalty's reference: the model as loaded, its per-token log-probabilities and statistics.
+
+    With LoRA the reference is the base with the adapter switched off (``disable_adapter``: no second
+    copy in memory); with full fine-tuning it is a frozen copy taken before training (twice the
+    weights). The frozen copy is a submodule, so it follows ``.to(device)``; checkpoints never hold
+    it (it is rebuilt from the policy's ``model`` at load time).
+
+    :param model: the model as loaded, before it is made trainable.
+    :param uses_adapter: the policy trains a LoRA adapter (the reference is then the base without it).
+    :param max_cached: the cache's size in (observation, answer) rows.
+
+    ``recent_kl`` holds the mean KL estimate of every minibatch since a logger last read it.
+    """
+
+    def __init__(self, model: nn.Module, uses_adapter: bool, max_cached: int = 65536) -> None:
+        super().__init__()
+        self.uses_adapter = uses_adapter
+        self.frozen = None if uses_adapter else frozen_copy(model)
+        self.cache = ReferenceCache(max_cached)
+        self.recent_kl: deque[float] = deque(maxlen=4096)
+
+    @torch.no_grad()
+    def log_probs(self, distribution, images: Sequence[np.ndarray], prompts: Sequence[str], tokens: torch.Tensor,
+                  device: torch.device) -> torch.Tensor:
+        """Per-token log-probabilities of ``tokens`` under the reference (``distribution`` scores them)."""
+        if self.uses_adapter:
+            with distribution.model.disable_adapter():
+                return distribution.score(images, prompts, tokens, device, with_entropy=False).per_token
+        return distribution.score(images, prompts, tokens, device, with_entropy=False, model=self.frozen).per_token
+
+    def kl(self, distribution, obs: dict[str, torch.Tensor], images, prompts, tokens: torch.Tensor,
+           per_token: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Mean k2 KL estimate between the policy's ``per_token`` and the reference over the batch."""
+        reference = self.cache.get(obs, tokens)
+        if reference is None:
+            reference = self.log_probs(distribution, images, prompts, tokens, per_token.device)
+            self.cache.put(obs, tokens, reference)
+        kl = kl_to_reference(per_token, reference.to(per_token.device), valid.to(per_token.device)).mean()
+        self.recent_kl.append(float(kl.detach()))
+        return kl
+
+    def state_dict(self, *args, **kwargs):  # the frozen copy is rebuilt from the policy's model, never saved
+        return OrderedDict()
 
 
 def kl_to_reference(log_probs: torch.Tensor, reference_log_probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

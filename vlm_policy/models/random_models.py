@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vlm_policy.models.tiny import TinyConfig, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+from vlm_policy.models.tiny import TinyConfig, build_tiny_model, build_tiny_processor, build_tiny_tokenizer, seeded
 
 QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                        "<|image_pad|>", "<|video_pad|>")
@@ -38,18 +38,9 @@ IDEFICS3_CHAT_TEMPLATE = (
 )
 
 
-def _seeded(seed: int, build):
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        return build()
-    finally:
-        torch.random.set_rng_state(state)
-
-
 def _random_model(model_class, config, seed: int, eos_id: int, pad_id: int):
     """A randomly initialised model from ``seed`` whose generation stops at ``eos_id``."""
-    model = _seeded(seed, lambda: model_class(config))
+    model = seeded(seed, lambda: model_class(config))
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = pad_id
     return model

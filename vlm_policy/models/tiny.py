@@ -127,6 +127,16 @@ def build_tiny_processor(config: TinyConfig = TinyConfig()):
     )
 
 
+def seeded(seed: int, build):
+    """``build()`` with torch's CPU generator seeded, leaving the caller's random state as it was."""
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        return build()
+    finally:
+        torch.random.set_rng_state(state)
+
+
 def build_tiny_model(seed: int = 0, config: TinyConfig = TinyConfig()):
     """A randomly initialised LLaVA (CLIP + Llama) matching :func:`build_tiny_tokenizer`."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -167,12 +177,7 @@ def build_tiny_model(seed: int = 0, config: TinyConfig = TinyConfig()):
         tie_word_embeddings=True,
     )
     llava._attn_implementation = "eager"
-    devices_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(llava)
-    finally:
-        torch.random.set_rng_state(devices_state)
+    model = seeded(seed, lambda: LlavaForConditionalGeneration(llava))
     model.generation_config.pad_token_id = llava.pad_token_id
     model.generation_config.eos_token_id = llava.eos_token_id
     return model.eval()

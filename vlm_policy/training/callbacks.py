@@ -68,7 +68,8 @@ class VLMRolloutLogger(BaseCallback):
 
     def _record_reference_kl(self) -> None:
         """The KL penalty's estimate over the last update's minibatches (VLMPolicy with kl_coef > 0)."""
-        history = getattr(self.model.policy, "reference_kl_log", None)
+        reference = getattr(self.model.policy, "kl_reference", None)
+        history = reference.recent_kl if reference is not None else None
         if history:
             self.logger.record("train/kl_to_reference", float(np.mean(history)))
             history.clear()

@@ -1,4 +1,4 @@
-"""``vlm-cards``: the command line of the project.
+"""``vlm-cards`` (also ``python -m vlm_policy``): the command line of the project.
 
     vlm-cards train --env gym_cards/NumberLine-v0 --model tiny     demonstrations -> SFT -> PPO -> table + plots
     vlm-cards eval --model runs/numberline/sft --env gym_cards/NumberLine-v0 --episodes 200 --seed 100000
@@ -6,167 +6,206 @@
     vlm-cards sft --demos demos/ezpoints --out checkpoints/ezpoints-sft
     vlm-cards baseline --env gym_cards/NumberLine-v0 --timesteps 20000
 
-``vlm-cards train --help`` lists every knob of :class:`vlm_policy.training.pipeline.TrainConfig`.
+The options of ``train`` and ``sft`` are generated from the dataclasses of
+:mod:`vlm_policy.training.configs` (``vlm-cards train --help`` lists them all).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from typing import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Literal, Sequence
 
 from gym_vlm_cards.evaluate import TABLE_HEADER, evaluate_agents, format_table
+from vlm_policy.training.configs import SFT_GROUPS, TRAIN_GROUPS, TrainConfig
 
 
-def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    for item in dataclasses.fields(cls):
-        flag = "--" + item.name.replace("_", "-")
-        help_text = f"{item.metadata.get('help', '')} (default: {item.default})"
-        if item.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=item.default, help=help_text)
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(item.type if isinstance(item.type, str) else item.type.__name__, str)
-            parser.add_argument(flag, type=kind, default=item.default, help=help_text)
+@dataclass
+class ResumeOption:
+    resume: bool = field(default=False, metadata={"help": "continue PPO from the last checkpoint in --out-dir"})
 
 
-def _dataclass_from(cls, args: argparse.Namespace):
-    return cls(**{item.name: getattr(args, item.name) for item in dataclasses.fields(cls)})
+@dataclass
+class SFTPaths:
+    demos: str = field(metadata={"help": "directory or JSONL written by `vlm-cards demos`"})
+    out: str = field(metadata={"help": "checkpoint directory to write"})
 
 
-def _train(args: argparse.Namespace) -> int:
-    from vlm_policy.training.pipeline import Pipeline, TrainConfig
+@dataclass
+class EvalOptions:
+    model: str = field(default="", metadata={"help": "SFT checkpoint directory, 'tiny', or a PPO agent .zip"})
+    env: str = field(default="gym_cards/NumberLine-v0", metadata={"help": "task"})
+    episodes: int = field(default=200, metadata={"help": "episodes, seeds --seed onwards"})
+    seed: int = field(default=100_000, metadata={"help": "first episode's seed"})
+    max_new_tokens: int = field(default=0, metadata={
+        "help": "longest answer; 0: a PPO agent's own, else enough for the task oracle's answers"})
+    prompt_style: Literal["cot", "action_only"] = field(default="cot", metadata={"help": "prompt with or without thoughts"})
+    device: str = field(default="auto", metadata={"help": "'auto', 'cpu' or 'cuda'"})
 
-    config = _dataclass_from(TrainConfig, args)
-    if config.env_id == TrainConfig.env_id and args.env:
-        config.env_id = args.env
-    Pipeline(config).run(resume=args.resume)
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"--episodes must be > 0, got {self.episodes}")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
+
+
+@dataclass
+class DemosOptions:
+    out: str = field(metadata={"help": "directory to write demos.jsonl and images/ into"})
+    env: str = field(default="gym_cards/NumberLine-v0", metadata={"help": "task"})
+    n: int = field(default=1000, metadata={"help": "oracle steps to record"})
+    seed: int = field(default=0, metadata={"help": "episode i is reset with seed + i"})
+    image_size: int = field(default=0, metadata={"help": "frame size in pixels (0: the task's default)"})
+    action_only: bool = field(default=False, metadata={"help": "answers without chain of thought"})
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"--n must be > 0, got {self.n}")
+        if self.image_size < 0:
+            raise ValueError(f"--image-size must be >= 0, got {self.image_size}")
+
+
+@dataclass
+class BaselineOptions:
+    env: str = field(default="gym_cards/NumberLine-v0", metadata={"help": "task"})
+    timesteps: int = field(default=15_000, metadata={"help": "env steps of each baseline"})
+    episodes: int = field(default=200, metadata={"help": "held-out episodes"})
+    seed: int = field(default=100_000, metadata={"help": "first held-out seed"})
+
+    def __post_init__(self) -> None:
+        if self.timesteps < 1 or self.episodes < 1:
+            raise ValueError(f"--timesteps and --episodes must be > 0, got {self.timesteps} and {self.episodes}")
+
+
+COMMANDS = {
+    "train": (TRAIN_GROUPS + (ResumeOption,), "demonstrations -> SFT -> PPO -> evaluation, with plots"),
+    "sft": (SFT_GROUPS + (SFTPaths,), "supervised fine-tuning on demonstrations"),
+    "eval": ((EvalOptions,), "success / return / invalid rate of a checkpoint, random and oracle"),
+    "demos": ((DemosOptions,), "write oracle demonstrations as chat-messages JSONL + PNGs"),
+    "baseline": ((BaselineOptions,), "CNN + PPO and CNN + MaskablePPO on the discrete action space"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from transformers import HfArgumentParser
+
+    parser = argparse.ArgumentParser(prog="vlm-cards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (groups, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        # HfArgumentParser adds one option per dataclass field (help from its metadata, bools as
+        # --x / --no-x); its options are copied into this subcommand.
+        generated = HfArgumentParser(groups, add_help=False)
+        for action in generated._actions:
+            sub._add_action(action)
+    return parser
+
+
+def parse(argv: Sequence[str] | None = None) -> tuple[str, list]:
+    """The command and its config groups, validated (a bad value exits with its message)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    groups, _ = COMMANDS[args.command]
+    try:
+        values = _into_groups(groups, args)
+    except ValueError as error:
+        parser.error(str(error))
+    return args.command, values
+
+
+def _into_groups(groups, args: argparse.Namespace) -> list:
+    """One dataclass per group, from the parsed options (each group's __post_init__ validates it)."""
+    return [group(**{item.name: getattr(args, item.name) for item in fields(group) if item.init}) for group in groups]
+
+
+def _train(groups: list) -> int:
+    from vlm_policy.training.pipeline import Pipeline
+
+    *config_groups, options = groups
+    Pipeline(TrainConfig.from_groups(*config_groups)).run(resume=options.resume)
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    import gymnasium as gym
-
-    from vlm_policy.env_bridge import TokenActionWrapper
-    from vlm_policy.training.evaluation import evaluate_vlm, standalone_policy
-    from vlm_policy.loading import load_processor, preferred_image_size
-
-    rows = []
-    if args.model:
-        if args.model.endswith(".zip"):
-            from stable_baselines3 import PPO
-
-            policy = PPO.load(args.model, device="cpu").policy
-            policy.set_training_mode(False)
-            source = policy.model_source
-        else:
-            policy, source = None, args.model
-        processor = load_processor(source)
-        size = preferred_image_size(processor)
-        kwargs = {"image_size": size} if size and args.env.startswith("gym_cards/") else {}
-        budget = args.max_new_tokens or _answer_budget(args, policy, processor.tokenizer, kwargs)
-
-        def make():
-            return TokenActionWrapper(gym.make(args.env, **kwargs), processor.tokenizer, budget, args.prompt_style)
-
-        if policy is None:
-            policy = standalone_policy(source, make())
-        result, _ = evaluate_vlm(policy, make, args.episodes, args.seed, name=args.model, progress=True)
-        rows.append(result)
-    rows += evaluate_agents(args.env, ["random", "oracle"], args.episodes, args.seed, progress=True)
-    print(f"{args.env}, {args.episodes} episodes, seeds {args.seed}..{args.seed + args.episodes - 1}, greedy answers")
-    print(format_table(TABLE_HEADER, [r.row() for r in rows]))
-    return 0
-
-
-def _answer_budget(args: argparse.Namespace, agent_policy, tokenizer, env_kwargs: dict) -> int:
-    """A PPO agent's own answer length; for a checkpoint, one that fits the task oracle's answers."""
-    if agent_policy is not None:
-        return len(agent_policy.action_space.nvec)
-    from vlm_policy.training.demos import answer_token_budget, longest_answer_tokens, oracle_answers
-
-    answers = oracle_answers(args.env, chain_of_thought=args.prompt_style == "cot", env_kwargs=env_kwargs)
-    return answer_token_budget(longest_answer_tokens(answers, tokenizer))
-
-
-def _demos(args: argparse.Namespace) -> int:
-    from vlm_policy.training.demos import write_demonstrations
-
-    path = write_demonstrations(args.env, args.n, args.out, seed=args.seed, chain_of_thought=not args.action_only,
-                                env_kwargs={"image_size": args.image_size} if args.image_size else None)
-    print(f"wrote {args.n} examples to {path}")
-    return 0
-
-
-def _sft(args: argparse.Namespace) -> int:
+def _sft(groups: list) -> int:
     from vlm_policy.training.demos import read_demonstrations
-    from vlm_policy.training.sft import SFTConfig, run_sft
+    from vlm_policy.training.sft import run_sft
 
-    config = _dataclass_from(SFTConfig, args)
-    out = run_sft(config, read_demonstrations(args.demos), args.out, device=args.device)
+    common, model, sft, paths = groups
+    out = run_sft(read_demonstrations(paths.demos), paths.out, sft=sft, model=model, common=common)
     print(f"saved the SFT checkpoint to {out}")
     return 0
 
 
-def _baseline(args: argparse.Namespace) -> int:
-    from vlm_policy.training.baselines import train_cnn_baselines
+def _eval(groups: list) -> int:
+    from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm, standalone_policy
 
-    rows = train_cnn_baselines(args.env, args.timesteps, args.episodes, args.seed, progress=True)
-    print(f"{args.env}: {args.timesteps} env steps each, {args.episodes} held-out episodes from seed {args.seed}")
+    (options,) = groups
+    rows = []
+    if options.model:
+        policy = None
+        if options.model.endswith(".zip"):
+            from stable_baselines3 import PPO
+
+            policy = PPO.load(options.model, device=options.device).policy
+            policy.set_training_mode(False)
+            source = policy.model_source
+        else:
+            source = options.model
+        budget = options.max_new_tokens or _answer_budget(options, policy, source)
+        make = eval_env_factory(options.env, source, budget, options.prompt_style)
+        if policy is None:
+            policy = standalone_policy(source, make(), device=options.device)
+        result, _ = evaluate_vlm(policy, make, options.episodes, options.seed, name=options.model, progress=True)
+        rows.append(result)
+    rows += evaluate_agents(options.env, ["random", "oracle"], options.episodes, options.seed, progress=True)
+    print(f"{options.env}, {options.episodes} episodes, seeds {options.seed}..{options.seed + options.episodes - 1}, "
+          "greedy answers")
     print(format_table(TABLE_HEADER, [r.row() for r in rows]))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from vlm_policy.training.sft import SFTConfig
-    from vlm_policy.training.pipeline import TrainConfig
+def _answer_budget(options: EvalOptions, agent_policy, source: str) -> int:
+    """A PPO agent's own answer length; for a checkpoint, one that fits the task oracle's answers."""
+    if agent_policy is not None:
+        return len(agent_policy.action_space.nvec)
+    from vlm_policy.env_bridge import frame_kwargs
+    from vlm_policy.loading import load_processor
+    from vlm_policy.training.demos import answer_token_budget, longest_answer_tokens, oracle_answers
 
-    parser = argparse.ArgumentParser(prog="vlm-cards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    processor = load_processor(source)
+    answers = oracle_answers(options.env, chain_of_thought=options.prompt_style == "cot",
+                             env_kwargs=frame_kwargs(options.env, processor))
+    return answer_token_budget(longest_answer_tokens(answers, processor.tokenizer))
 
-    train = commands.add_parser("train", help="demonstrations -> SFT -> PPO -> evaluation, with plots")
-    _add_dataclass_arguments(train, TrainConfig)
-    train.add_argument("--env", help="alias of --env-id")
-    train.add_argument("--resume", action="store_true", help="continue PPO from the last checkpoint in --out-dir")
-    train.set_defaults(func=_train)
 
-    evaluate = commands.add_parser("eval", help="success / return / invalid rate of a checkpoint, random and oracle")
-    evaluate.add_argument("--model", help="SFT checkpoint directory, 'tiny', or a PPO agent .zip")
-    evaluate.add_argument("--env", default="gym_cards/NumberLine-v0")
-    evaluate.add_argument("--episodes", type=int, default=200)
-    evaluate.add_argument("--seed", type=int, default=100_000)
-    evaluate.add_argument("--max-new-tokens", type=int, default=0,
-                          help="longest answer; 0 (default): a PPO agent's own, else enough for the task oracle's answers")
-    evaluate.add_argument("--prompt-style", choices=["cot", "action_only"], default="cot")
-    evaluate.set_defaults(func=_eval)
+def _demos(groups: list) -> int:
+    from vlm_policy.training.demos import write_demonstrations
 
-    demos = commands.add_parser("demos", help="write oracle demonstrations as chat-messages JSONL + PNGs")
-    demos.add_argument("--env", default="gym_cards/NumberLine-v0")
-    demos.add_argument("--n", type=int, default=1000)
-    demos.add_argument("--out", required=True)
-    demos.add_argument("--seed", type=int, default=0)
-    demos.add_argument("--image-size", type=int, default=None)
-    demos.add_argument("--action-only", action="store_true", help="answers without chain of thought")
-    demos.set_defaults(func=_demos)
+    (options,) = groups
+    path = write_demonstrations(options.env, options.n, options.out, seed=options.seed,
+                                chain_of_thought=not options.action_only,
+                                env_kwargs={"image_size": options.image_size} if options.image_size else None)
+    print(f"wrote {options.n} examples to {path}")
+    return 0
 
-    sft = commands.add_parser("sft", help="supervised fine-tuning on demonstrations")
-    _add_dataclass_arguments(sft, SFTConfig)
-    sft.add_argument("--demos", required=True, help="directory or JSONL written by `vlm-cards demos`")
-    sft.add_argument("--out", required=True, help="checkpoint directory to write")
-    sft.add_argument("--device", default="cpu")
-    sft.set_defaults(func=_sft)
 
-    baseline = commands.add_parser("baseline", help="CNN + PPO and CNN + MaskablePPO on the discrete action space")
-    baseline.add_argument("--env", default="gym_cards/NumberLine-v0")
-    baseline.add_argument("--timesteps", type=int, default=15_000)
-    baseline.add_argument("--episodes", type=int, default=200)
-    baseline.add_argument("--seed", type=int, default=100_000)
-    baseline.set_defaults(func=_baseline)
-    return parser
+def _baseline(groups: list) -> int:
+    from vlm_policy.training.baselines import train_cnn_baselines
+
+    (options,) = groups
+    rows = train_cnn_baselines(options.env, options.timesteps, options.episodes, options.seed, progress=True)
+    print(f"{options.env}: {options.timesteps} env steps each, {options.episodes} held-out episodes from seed {options.seed}")
+    print(format_table(TABLE_HEADER, [r.row() for r in rows]))
+    return 0
+
+
+RUNNERS = {"train": _train, "sft": _sft, "eval": _eval, "demos": _demos, "baseline": _baseline}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    command, groups = parse(argv)
+    return RUNNERS[command](groups)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,12 @@ def read_demonstrations(path: str | Path) -> list[Example]:
     return examples
 
 
+def count_demonstrations(path: str | Path) -> int:
+    """The number of examples in a demonstrations JSONL (its lines)."""
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for _ in handle)
+
+
 def read_answers(path: str | Path) -> list[str]:
     """The answers of a demonstrations JSONL, without loading its images."""
     return [answer for _, _, _, answer in _records(_demonstrations_file(path))]

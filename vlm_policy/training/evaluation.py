@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from gym_vlm_cards.evaluate import EvalResult
-from vlm_policy.env_bridge import TokenActionWrapper
+from vlm_policy.env_bridge import TokenActionWrapper, frame_kwargs, wrapper_for
 
 
 @dataclass
@@ -23,13 +23,26 @@ class EpisodeRecord:
     success: bool = False
 
 
-def standalone_policy(model: str, env: TokenActionWrapper, **policy_kwargs: Any):
-    """A VLMPolicy outside PPO (for evaluation), on the spaces of ``env``."""
+def standalone_policy(model: str, env: TokenActionWrapper, device: str = "auto", **policy_kwargs: Any):
+    """A VLMPolicy outside PPO (for evaluation) on the spaces of ``env``, on ``device``."""
     from vlm_policy.policy import VLMPolicy
 
-    policy = VLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, **policy_kwargs)
+    policy = VLMPolicy(env.observation_space, env.action_space, lambda _: 0.0, model=model, device=device,
+                       **policy_kwargs)
     policy.set_training_mode(False)
     return policy
+
+
+def eval_env_factory(env_id: str, model: str, max_new_tokens: int, prompt_style: str = "cot",
+                     env_kwargs: dict[str, Any] | None = None) -> Callable[[], TokenActionWrapper]:
+    """A function making one evaluation env for ``model``: frames at its image size, its tokenizer."""
+    wrap, processor = wrapper_for(model, max_new_tokens, prompt_style)
+    kwargs = frame_kwargs(env_id, processor, env_kwargs)
+
+    def make() -> TokenActionWrapper:
+        return wrap(gym.make(env_id, **kwargs))
+
+    return make
 
 
 def answer_tokens(policy, observations: list[dict[str, np.ndarray]], deterministic: bool = True) -> np.ndarray:

@@ -15,112 +15,36 @@ interrupted run loses nothing it had saved; ``resume=True`` continues PPO from i
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
-import numpy as np
-import torch
-
 from gym_vlm_cards.evaluate import TABLE_HEADER, EvalResult, format_table
-from vlm_policy.env_bridge import TokenActionWrapper
-from vlm_policy.loading import TINY, load_processor, preferred_image_size
+from vlm_policy.checkpoints import SFT_METADATA_FILE
+from vlm_policy.env_bridge import frame_kwargs
+from vlm_policy.loading import load_processor, resolve_device
+from vlm_policy.optim import cosine_schedule
+from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig, TrainConfig
+
+__all__ = ["Pipeline", "TrainConfig", "cosine_schedule", "latest_checkpoint"]
 
 
-@dataclass
-class TrainConfig:
-    """Every knob of the main job, with its default.
-
-    The defaults are the embedded tiny model's, found by measurement on NumberLine (2 CPU cores):
-    PPO at lr 2e-5 barely moved the policy (approx KL ~0.005 per update, no gain), at 1e-4 the
-    approx KL exploded to 1.6-3.3 and success fell; 5e-5 learns, but without a KL penalty one
-    overshooting update could wreck the answers, and where PPO ended hung on floating-point detail
-    (61.5% -> 68.0% on one machine, 59.0% -> 100.0% on another). A KL penalty of 0.1 towards the
-    SFT checkpoint made it converge (61.0% -> 100.0%) and keeps the written reading of the frame
-    faithful. 2 epochs of minibatches of 32 make as many optimizer steps per update as the paper's 4
-    epochs of 64, at half the compute, so 4,096 env steps fit the 15-minute budget. Temperature 1.0
-    made 11-14% of the answers unparseable, 0.5 none. The paper's values for a 7B model are in
-    examples/paper_gpu_run.sh.
-    """
-
-    env_id: str = field(default="gym_cards/NumberLine-v0", metadata={"help": "task to learn"})
-    model: str = field(default=TINY, metadata={"help": "'tiny' or a checkpoint path to start SFT from"})
-    out_dir: str = field(default="runs/numberline", metadata={"help": "where every stage writes"})
-    seed: int = field(default=0, metadata={"help": "seeds demos, model init, PPO envs and sampling"})
-    prompt_style: str = field(default="cot", metadata={"help": "'cot' (thoughts then action) or 'action_only'"})
-    # demonstrations and SFT
-    demos: int = field(default=400, metadata={"help": "oracle steps recorded for SFT"})
-    sft_steps: int = field(default=150, metadata={"help": "SFT optimizer steps"})
-    sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate"})
-    sft_batch_size: int = field(default=16, metadata={"help": "SFT batch size"})
-    sft_lora_r: int = field(default=0, metadata={"help": "SFT LoRA rank (0: full fine-tuning, the tiny model)"})
-    sft_train_vision: bool = field(default=False, metadata={
-        "help": "let SFT update the vision tower (after the warm-up it is kept, so SFT cannot collapse it)"})
-    vision_warmup_steps: int = field(default=150, metadata={"help": "vision warm-up steps before SFT (tiny model)"})
-    warmup_labels: str = field(default="auto", metadata={
-        "help": "warm-up targets: 'state', 'slots' (each card/number) or 'auto' (slots when states rarely repeat)"})
-    # PPO (the paper's defaults where they carry over; the learning rate is the tiny model's own)
-    ppo_timesteps: int = field(default=4096, metadata={"help": "env steps of PPO (paper: 15,000)"})
-    n_envs: int = field(default=8, metadata={"help": "parallel envs (one batched generate per step)"})
-    n_steps: int = field(default=32, metadata={"help": "rollout steps per env per update"})
-    batch_size: int = field(default=32, metadata={"help": "PPO minibatch size"})
-    n_epochs: int = field(default=2, metadata={"help": "PPO epochs per update (paper: 4)"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "PPO learning rate at the start (paper: 1e-5 for 7B)"})
-    learning_rate_end: float = field(default=5e-6, metadata={"help": "cosine schedule's final learning rate"})
-    clip_range: float = field(default=0.2, metadata={"help": "PPO clip (paper: 0.1)"})
-    target_kl: float = field(default=0.05, metadata={"help": "stop an update's epochs early past this approx KL (0: never)"})
-    gamma: float = field(default=0.9, metadata={"help": "discount (paper: 0.9)"})
-    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda (paper: 0.95)"})
-    max_grad_norm: float = field(default=0.5, metadata={"help": "gradient clip (paper: 0.01 for 7B)"})
-    ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus"})
-    vf_coef: float = field(default=0.5, metadata={"help": "value loss weight"})
-    temperature: float = field(default=0.5, metadata={"help": "sampling temperature during PPO (paper: 0.2)"})
-    cot_weight: float = field(default=0.5, metadata={"help": "lambda: weight of thought tokens' log-prob"})
-    max_new_tokens: int = field(default=0, metadata={
-        "help": "longest answer in tokens; 0: enough for the longest demonstration, at least 40 (paper: 256)"})
-    lora_r: int = field(default=0, metadata={"help": "PPO LoRA rank (0: all weights, the tiny model)"})
-    train_vision: bool = field(default=True, metadata={"help": "let PPO update the vision tower too"})
-    value_lr_scale: float = field(default=10.0, metadata={"help": "value head lr multiplier"})
-    kl_coef: float = field(default=0.1, metadata={
-        "help": "weight of the KL penalty towards the SFT checkpoint (0: none, as in the paper)"})
-    value_gradients_to_model: bool = field(default=False, metadata={
-        "help": "let the value loss train the VLM (the paper's shared trunk); off for the tiny model, whose "
-                "policy the random value head's early errors otherwise wreck"})
-    keep_checkpoints: int = field(default=3, metadata={
-        "help": "PPO checkpoints kept for --resume, the newest (0: all; each is ~40 MB for the tiny model)"})
-    # evaluation
-    eval_episodes: int = field(default=200, metadata={"help": "held-out episodes for the before/after table"})
-    eval_seed: int = field(default=100_000, metadata={"help": "first held-out seed (far from training seeds)"})
-    device: str = field(default="auto", metadata={"help": "'auto', 'cpu' or 'cuda'"})
-    progress: bool = field(default=True, metadata={"help": "progress bars"})
-
-
-def cosine_schedule(start: float, end: float):
-    """SB3 learning-rate schedule: cosine from ``start`` to ``end`` over training."""
-
-    def schedule(progress_remaining: float) -> float:
-        done = 1.0 - progress_remaining
-        return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * done))
-
-    return schedule
+def _group(cls, config: TrainConfig):
+    """The settings of one config group (e.g. :class:`SFTConfig`) taken from the whole ``config``."""
+    return cls(**{item.name: getattr(config, item.name) for item in fields(cls)})
 
 
 class Pipeline:
-    """Runs the stages of :class:`TrainConfig` in order; each one is resumable."""
+    """Runs the stages of :class:`TrainConfig` in order; each one is resumable. Nothing is written
+    before :meth:`run` (or a stage's own method) is called."""
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.out = Path(config.out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-        (self.out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        self.device = str(resolve_device(config.device))
 
-    @cached_property
-    def max_new_tokens(self) -> int:
+    def answer_budget(self, demos: Path) -> int:
         """The answer budget: the configured one, or (0) one that fits every demonstration answer.
 
         A configured budget shorter than a demonstration answer is an error: SFT would teach answers
@@ -128,7 +52,7 @@ class Pipeline:
         """
         from vlm_policy.training.demos import answer_token_budget, longest_answer_tokens, read_answers
 
-        longest = longest_answer_tokens(read_answers(self.demonstrations()), load_processor(self.config.model).tokenizer)
+        longest = longest_answer_tokens(read_answers(demos), load_processor(self.config.model).tokenizer)
         if self.config.max_new_tokens == 0:
             return answer_token_budget(longest)
         if self.config.max_new_tokens < longest:
@@ -137,63 +61,56 @@ class Pipeline:
         return self.config.max_new_tokens
 
     # ------------------------------------------------------------------ stages
-    def env_kwargs(self, model: str) -> dict[str, Any]:
-        size = preferred_image_size(load_processor(model))
-        return {"image_size": size} if size and self.config.env_id.startswith("gym_cards/") else {}
-
     def demonstrations(self) -> Path:
-        from vlm_policy.training.demos import DEMOS_FILE, write_demonstrations
+        from vlm_policy.training.demos import DEMOS_FILE, count_demonstrations, write_demonstrations
 
         path = self.out / "demos" / DEMOS_FILE
-        if path.is_file() and sum(1 for _ in path.open()) == self.config.demos:
+        if path.is_file() and count_demonstrations(path) == self.config.demos:
             return path
+        env_kwargs = frame_kwargs(self.config.env_id, load_processor(self.config.model))
         return write_demonstrations(self.config.env_id, self.config.demos, self.out / "demos", seed=self.config.seed,
-                                    chain_of_thought=self.config.prompt_style == "cot",
-                                    env_kwargs=self.env_kwargs(self.config.model))
+                                    chain_of_thought=self.config.prompt_style == "cot", env_kwargs=env_kwargs)
 
-    def sft(self) -> str:
+    def sft(self, demos: Path) -> str:
         from vlm_policy.training.demos import read_demonstrations
-        from vlm_policy.training.sft import SFTConfig, run_sft
+        from vlm_policy.training.sft import run_sft
 
         directory = self.out / "sft"
-        if (directory / "training.json").is_file():
+        if (directory / SFT_METADATA_FILE).is_file():
             return str(directory)
-        config = SFTConfig(model=self.config.model, steps=self.config.sft_steps, batch_size=self.config.sft_batch_size,
-                           learning_rate=self.config.sft_learning_rate, lora_r=self.config.sft_lora_r,
-                           vision_warmup_steps=self.config.vision_warmup_steps if self.config.model == TINY else 0,
-                           train_vision=self.config.sft_train_vision, warmup_labels=self.config.warmup_labels,
-                           seed=self.config.seed, progress=self.config.progress)
-        examples = read_demonstrations(self.demonstrations())
-        return str(run_sft(config, examples, directory, device=self.device))
+        c = self.config
+        return str(run_sft(read_demonstrations(demos), directory, sft=_group(SFTConfig, c), model=_group(ModelConfig, c),
+                           common=_group(CommonConfig, c)))
 
-    def make_eval_env(self, model: str):
-        processor = load_processor(model)
-        kwargs = self.env_kwargs(model)
+    def evaluate(self, policy, model: str, budget: int, name: str, record: bool = False):
+        from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm
 
-        def make() -> TokenActionWrapper:
-            return TokenActionWrapper(gym.make(self.config.env_id, **kwargs), processor.tokenizer,
-                                      self.max_new_tokens, self.config.prompt_style)
+        make_env = eval_env_factory(self.config.env_id, model, budget, self.config.prompt_style)
+        return evaluate_vlm(policy, make_env, self.config.eval_episodes, self.config.eval_seed, name=name,
+                            record_first=record, progress=self.config.progress)
 
-        return make
+    def policy_kwargs(self, model: str) -> dict[str, Any]:
+        """VLMPolicy's settings for PPO from ``model`` (also those of the "after SFT" evaluation)."""
+        c = self.config
+        return {"model": model, "temperature": c.temperature, "cot_weight": c.cot_weight, "lora_r": c.lora_r,
+                "lora_alpha": c.lora_alpha or None, "train_vision": c.train_vision, "value_lr_scale": c.value_lr_scale,
+                "value_gradients_to_model": c.value_gradients_to_model, "kl_coef": c.kl_coef,
+                "gradient_checkpointing": c.checkpointing_for(c.model), "micro_batch_size": c.micro_batch,
+                "rollout_logprobs": c.rollout_logprobs, "compute_entropy": c.ent_coef > 0, "dtype": c.dtype,
+                "device": self.device, "seed": c.seed}
 
-    def evaluate(self, policy, model: str, name: str, record: bool = False):
-        from vlm_policy.training.evaluation import evaluate_vlm
-
-        return evaluate_vlm(policy, self.make_eval_env(model), self.config.eval_episodes, self.config.eval_seed,
-                            name=name, record_first=record, progress=self.config.progress)
-
-    def ppo(self, sft_dir: str, resume: bool):
+    def ppo(self, sft_dir: str, budget: int, resume: bool):
         from stable_baselines3 import PPO
         from stable_baselines3.common.callbacks import CallbackList
 
-        from vlm_policy.training.callbacks import RotatingCheckpointCallback, VLMRolloutLogger
         from vlm_policy.env_bridge import make_vlm_vec_env
         from vlm_policy.policy import VLMPolicy
+        from vlm_policy.training.callbacks import RotatingCheckpointCallback, VLMRolloutLogger
 
         c = self.config
         final = self.out / "ppo" / "final.zip"
-        env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1, max_new_tokens=self.max_new_tokens,
-                               prompt_style=c.prompt_style, env_kwargs=self.env_kwargs(sft_dir))
+        env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1, max_new_tokens=budget,
+                               prompt_style=c.prompt_style)
         if final.is_file():
             return PPO.load(final, env=env, device=self.device)
         checkpoint = latest_checkpoint(self.out / "ppo" / "checkpoints") if resume else None
@@ -203,15 +120,11 @@ class Pipeline:
         else:
             if not resume:
                 (self.out / "curve.jsonl").unlink(missing_ok=True)
-            policy_kwargs = {"model": sft_dir, "temperature": c.temperature, "cot_weight": c.cot_weight,
-                             "lora_r": c.lora_r, "train_vision": c.train_vision, "value_lr_scale": c.value_lr_scale,
-                             "value_gradients_to_model": c.value_gradients_to_model, "kl_coef": c.kl_coef,
-                             "seed": c.seed}
             model = PPO(VLMPolicy, env, learning_rate=cosine_schedule(c.learning_rate, c.learning_rate_end),
                         n_steps=c.n_steps, batch_size=c.batch_size, n_epochs=c.n_epochs, gamma=c.gamma,
                         gae_lambda=c.gae_lambda, clip_range=c.clip_range, ent_coef=c.ent_coef, vf_coef=c.vf_coef,
-                        target_kl=c.target_kl or None,
-                        max_grad_norm=c.max_grad_norm, policy_kwargs=policy_kwargs, tensorboard_log=str(self.out / "tb"),
+                        target_kl=c.target_kl or None, max_grad_norm=c.max_grad_norm,
+                        policy_kwargs=self.policy_kwargs(sft_dir), tensorboard_log=str(self.out / "tb"),
                         seed=c.seed, device=self.device, verbose=0)
         remaining = c.ppo_timesteps - model.num_timesteps
         callbacks = CallbackList([
@@ -229,18 +142,23 @@ class Pipeline:
     # ------------------------------------------------------------------ whole run
     def run(self, resume: bool = False) -> list[EvalResult]:
         start = time.perf_counter()
-        self.demonstrations()
-        sft_dir = self.sft()
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        demos = self.demonstrations()
+        budget = self.answer_budget(demos)
+        sft_dir = self.sft(demos)
         results = self._cached_results()
         if "after SFT" not in results:
-            from vlm_policy.training.evaluation import standalone_policy
+            from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
 
-            policy = standalone_policy(sft_dir, self.make_eval_env(sft_dir)(), temperature=self.config.temperature,
-                                       cot_weight=self.config.cot_weight, lora_r=self.config.lora_r)
-            results["after SFT"] = self.evaluate(policy, sft_dir, "after SFT")[0]
+            env = eval_env_factory(self.config.env_id, sft_dir, budget, self.config.prompt_style)()
+            kwargs = {k: v for k, v in self.policy_kwargs(sft_dir).items()
+                      if k in ("temperature", "cot_weight", "lora_r", "lora_alpha", "micro_batch_size", "dtype", "seed")}
+            policy = standalone_policy(sft_dir, env, device=self.device, **kwargs)
+            results["after SFT"] = self.evaluate(policy, sft_dir, budget, "after SFT")[0]
             self._save_results(results)
-        model = self.ppo(sft_dir, resume)
-        result, record = self.evaluate(model.policy, sft_dir, "after PPO", record=True)
+        model = self.ppo(sft_dir, budget, resume)
+        result, record = self.evaluate(model.policy, sft_dir, budget, "after PPO", record=True)
         results["after PPO"] = result
         self._save_results(results)
         rows = [results["after SFT"], results["after PPO"]]

@@ -8,37 +8,22 @@ directory that ``VLMPolicy(model=PATH)`` / ``load_vlm(PATH)`` loads.
 from __future__ import annotations
 
 import json
-import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from vlm_policy.training.demos import Example
-from vlm_policy.loading import TINY, VLMBundle, load_vlm, vision_and_language_linears
+from vlm_policy.adapters import compute_autocast, is_vision_module, prepare_for_training
+from vlm_policy.checkpoints import save_sft_checkpoint
+from vlm_policy.loading import VLMBundle, load_vlm, resolve_device, resolve_dtype
+from vlm_policy.optim import cosine_value
 from vlm_policy.prompting import build_inputs, with_answer
-
-
-@dataclass
-class SFTConfig:
-    """Knobs of :func:`run_sft`."""
-
-    model: str = field(default=TINY, metadata={"help": "'tiny' or a checkpoint path to start from"})
-    steps: int = field(default=300, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=16, metadata={"help": "examples per step"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (cosine decay to 10%)"})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains every weight (the tiny model)"})
-    train_vision: bool = field(default=True, metadata={"help": "also train the vision tower and projector"})
-    vision_warmup_steps: int = field(default=150, metadata={
-        "help": "steps teaching a randomly initialised vision tower to tell the demos' states apart (0: skip)"})
-    warmup_labels: str = field(default="auto", metadata={
-        "help": "what the warm-up classifies: 'state', 'slots' (each card/number) or 'auto' (see WarmupLabels)"})
-    seed: int = field(default=0, metadata={"help": "model init (tiny), shuffling"})
-    dtype: str = field(default="auto", metadata={"help": "'auto', 'float32' or 'bfloat16'"})
-    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig
+from vlm_policy.training.demos import Example
 
 
 def answer_token_batch(bundle: VLMBundle, answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,71 +40,77 @@ def answer_token_batch(bundle: VLMBundle, answers: Sequence[str]) -> tuple[torch
     return tokens, mask
 
 
-def answer_loss(bundle: VLMBundle, examples: Sequence[Example], device: torch.device | str = "cpu") -> torch.Tensor:
-    """Mean cross-entropy of the answer tokens (end token included) given image and prompt."""
+def answer_loss(bundle: VLMBundle, examples: Sequence[Example], device: torch.device | str = "cpu",
+                compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Summed cross-entropy of the answer tokens (end token included) given image and prompt, and
+    the number of tokens it sums over (divide for the mean)."""
     inputs = build_inputs(bundle, [e.image for e in examples], [e.prompt for e in examples], device)
     tokens, mask = answer_token_batch(bundle, [e.answer for e in examples])
     tokens, mask = tokens.to(device), mask.to(device)
-    kwargs = with_answer(inputs, tokens, bundle.family)
-    logits = bundle.model(**kwargs, logits_to_keep=tokens.shape[1] + 1).logits[:, :-1].float()
-    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
-    return (losses * mask).sum() / mask.sum()
+    with compute_autocast(device, compute_dtype):
+        logits = bundle.model(**with_answer(inputs, tokens, bundle.family), logits_to_keep=tokens.shape[1] + 1).logits
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens, reduction="none")
+    return (losses * mask).sum(), mask.sum()
 
 
-def trainable_parameters(model: torch.nn.Module, lora_r: int, train_vision: bool, seed: int) -> torch.nn.Module:
-    """Full training (lora_r=0) or a LoRA adapter; returns the model to train."""
-    vision, language = vision_and_language_linears(model)
-    if lora_r == 0:
-        for name, parameter in model.named_parameters():
-            on_vision = any(marker in name for marker in ("vision", "visual", "projector", "connector"))
-            parameter.requires_grad_(train_vision or not on_vision)
-        return model
-    from peft import LoraConfig, get_peft_model
+def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | None = None,
+            model: ModelConfig | None = None, common: CommonConfig | None = None) -> Path:
+    """Fine-tunes ``model.model`` on ``examples`` and saves a checkpoint ``load_vlm(out_dir)`` reads.
 
-    targets = language + (vision if train_vision else [])
-    return get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules=targets))
-
-
-def run_sft(config: SFTConfig, examples: Sequence[Example], out_dir: str | Path, device: str = "cpu") -> Path:
-    """Fine-tunes ``config.model`` on ``examples`` and saves a loadable checkpoint to ``out_dir``."""
+    :param examples: demonstrations (:func:`vlm_policy.training.demos.read_demonstrations`).
+    :param out_dir: the checkpoint directory to write.
+    :param sft: steps, batch, learning rate, LoRA, vision warm-up.
+    :param model: which model, compute dtype, gradient checkpointing, micro-batch size (a batch is
+        split into micro-batches whose gradients accumulate into one optimizer step: the same step,
+        with one micro-batch's activations alive).
+    :param common: seed, device, progress bars.
+    """
+    sft, model, common = sft or SFTConfig(), model or ModelConfig(), common or CommonConfig()
     if not examples:
         raise ValueError("no examples to train on")
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    bundle = load_vlm(config.model, dtype=config.dtype, device=device, seed=config.seed)
-    if config.vision_warmup_steps > 0:
-        vision_warmup(bundle, examples, config.vision_warmup_steps, config.learning_rate, config.batch_size,
-                      config.seed, device, config.progress, config.warmup_labels)
-    model = trainable_parameters(bundle.model, config.lora_r, config.train_vision, config.seed).to(device)
-    model.train()
-    bundle = VLMBundle(model=model, processor=bundle.processor, source=bundle.source, family=bundle.family)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
+    device = resolve_device(common.device)
+    random.seed(common.seed)
+    torch.manual_seed(common.seed)
+    compute_dtype = resolve_dtype(model.dtype, device)
+    bundle = load_vlm(model.model, dtype=compute_dtype, device=device, seed=common.seed)
+    bundle.model.to(device)
+    warmup_steps = sft.warmup_steps_for(model.model)
+    if warmup_steps > 0:
+        vision_warmup(bundle, examples, warmup_steps, sft.sft_learning_rate, sft.sft_batch_size, common.seed, device,
+                      common.progress, sft.warmup_labels, compute_dtype)
+    trained = prepare_for_training(bundle.model, lora_r=sft.sft_lora_r, lora_alpha=sft.sft_lora_alpha or None,
+                                   train_vision=sft.sft_train_vision,
+                                   gradient_checkpointing=model.checkpointing_for(model.model))
+    trained.train()
+    bundle = VLMBundle(model=trained, processor=bundle.processor, source=bundle.source, family=bundle.family)
+    optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=sft.sft_learning_rate,
                                   weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
-    )
-    order = np.random.default_rng(config.seed)
-    steps = range(config.steps)
-    if config.progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="SFT", unit="step")
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_value(step / sft.sft_steps, 1.0, 0.1))
+    order = np.random.default_rng(common.seed)
+    steps = tqdm(range(sft.sft_steps), desc="SFT", unit="step", disable=not common.progress)
+    chunk = model.micro_batch or sft.sft_batch_size
     losses = []
     for _ in steps:
-        batch = [examples[int(i)] for i in order.integers(len(examples), size=config.batch_size)]
-        loss = answer_loss(bundle, batch, device)
-        if not torch.isfinite(loss):
-            raise FloatingPointError("SFT loss is NaN/inf; lower the learning rate")
+        batch = [examples[int(i)] for i in order.integers(len(examples), size=sft.sft_batch_size)]
+        total_tokens = sum(len(bundle.tokenizer(e.answer, add_special_tokens=False).input_ids) + 1 for e in batch)
         optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        step_loss = 0.0
+        for start in range(0, len(batch), chunk):
+            loss_sum, _ = answer_loss(bundle, batch[start:start + chunk], device, compute_dtype)
+            loss = loss_sum / total_tokens  # the mean over the whole batch's tokens, as one unsplit step
+            if not torch.isfinite(loss):
+                raise FloatingPointError("SFT loss is NaN/inf; lower --sft-learning-rate")
+            loss.backward()
+            step_loss += loss.item()
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(loss.item())
-        if config.progress:
-            steps.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-    model.eval()
-    return save_checkpoint(bundle, out_dir, {"sft": asdict(config), "final_loss": float(np.mean(losses[-20:]))})
+        losses.append(step_loss)
+        steps.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    trained.eval()
+    metadata = {"sft": asdict(sft), "model": asdict(model), "seed": common.seed,
+                "final_loss": float(np.mean(losses[-20:]))}
+    return save_sft_checkpoint(bundle, out_dir, metadata)
 
 
 def image_token_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -191,7 +182,8 @@ class WarmupLabels:
 
 
 def vision_warmup(bundle: VLMBundle, examples: Sequence[Example], steps: int, learning_rate: float, batch_size: int,
-                  seed: int, device: str | torch.device = "cpu", progress: bool = True, labels: str = "auto") -> float:
+                  seed: int, device: str | torch.device = "cpu", progress: bool = True, labels: str = "auto",
+                  compute_dtype: torch.dtype = torch.float32) -> float:
     """Teaches the vision tower and projector to tell the demonstrations' states apart.
 
     Why: a randomly initialised vision tower hardly changes its output between two frames that differ
@@ -213,21 +205,20 @@ def vision_warmup(bundle: VLMBundle, examples: Sequence[Example], steps: int, le
         images = [Image.fromarray(e.image) for e in batch]
         return processor(images=images, return_tensors="pt")["pixel_values"].to(device)
 
-    with torch.no_grad():
+    with torch.no_grad(), compute_autocast(device, compute_dtype):
         width = image_token_features(model, pixels(examples[:1])).flatten(1).shape[1]
     heads = torch.nn.ModuleList(torch.nn.Linear(width, size) for size in labeller.sizes()).to(device)
-    vision_params = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
+    vision_params = [p for n, p in model.named_parameters() if is_vision_module(n)]
+    for parameter in vision_params:  # trained weights stay float32 whatever the compute dtype
+        parameter.data = parameter.data.float()
     optimizer = torch.optim.AdamW(vision_params + list(heads.parameters()), lr=learning_rate, weight_decay=0.0)
     order = np.random.default_rng(seed + 1)
-    iterator = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc="vision warm-up", unit="step")
+    iterator = tqdm(range(steps), desc="vision warm-up", unit="step", disable=not progress)
     accuracy = 0.0
     for _ in iterator:
         batch = [examples[int(i)] for i in order.integers(len(examples), size=batch_size)]
-        features = image_token_features(model, pixels(batch)).flatten(1).float()
+        with compute_autocast(device, compute_dtype):
+            features = image_token_features(model, pixels(batch)).flatten(1).float()
         targets = labeller.targets([e.state for e in batch], device)
         logits = [head(features) for head in heads]
         loss = sum(torch.nn.functional.cross_entropy(l, t) for l, t in zip(logits, targets)) / len(heads)
@@ -235,21 +226,5 @@ def vision_warmup(bundle: VLMBundle, examples: Sequence[Example], steps: int, le
         loss.backward()
         optimizer.step()
         accuracy = float(np.mean([(l.argmax(-1) == t).float().mean().item() for l, t in zip(logits, targets)]))
-        if progress:
-            iterator.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{accuracy:.2f}")
+        iterator.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{accuracy:.2f}")
     return accuracy
-
-
-def save_checkpoint(bundle: VLMBundle, out_dir: str | Path, metadata: dict) -> Path:
-    """Saves model (LoRA merged in) and processor so that ``load_vlm(out_dir)`` reads them back."""
-    import json
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = bundle.model
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model.save_pretrained(out_dir, safe_serialization=True)
-    bundle.processor.save_pretrained(out_dir)
-    (out_dir / "training.json").write_text(json.dumps(metadata, indent=2))
-    return out_dir

@@ -1,0 +1,223 @@
+"""The policy's distribution over answers: sampling and teacher-forced scoring in one object.
+
+As SB3's policies hand sampling and log-probabilities to a ``Distribution``, :class:`VLMPolicy` hands
+them to :class:`TokenSequenceDistribution`. One logit function (:func:`vlm_policy.logprobs.process_logits`:
+temperature and banned tokens, nothing else) defines the distribution; generation samples from it and
+both the rollout and the update score with it.
+
+* **Exactly the scored distribution is sampled.** ``generate`` would fill every setting left unset
+  from the checkpoint's ``generation_config.json`` (Qwen2-VL Instruct ships ``repetition_penalty=1.05``;
+  others top-k, top-p, n-gram blocking) and run those processors on top of ours, which makes PPO
+  silently off-policy. During sampling the model's generation config is swapped for a neutral one.
+* **Micro-batches.** With ``micro_batch_size=k`` answers are generated and scored ``k`` at a time; in
+  a backward pass each chunk's forward is recomputed (activation checkpointing), so only one chunk's
+  activations and one chunk's full-vocabulary logits are alive at once: peak memory follows ``k``,
+  not the PPO minibatch, and the gradient is the unsplit one.
+* **Lean log-probabilities.** The sampled tokens' log-probabilities are ``logit - logsumexp`` (one
+  float32 copy of the logits kept for the backward pass, not the three of ``log_softmax`` + entropy);
+  the entropy is computed only when asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vlm_policy.adapters import compute_autocast
+from vlm_policy.loading import VLMBundle
+from vlm_policy.logprobs import TokenMasks, process_logits, token_masks, weighted_sum
+from vlm_policy.prompting import build_inputs, forward_kwargs, with_answer
+
+
+@dataclass
+class ScoredAnswers:
+    """Per-token results for a batch of answers (batch, max_new_tokens); zero past each answer's end."""
+
+    tokens: torch.Tensor
+    per_token: torch.Tensor  # log-probability of each token
+    entropy: torch.Tensor | None  # entropy of each position's distribution (None: not computed)
+    masks: TokenMasks
+    prompt_hidden: torch.Tensor  # last hidden state at the prompt's last token (the value head's input)
+
+    def log_prob(self, cot_weight: float) -> torch.Tensor:
+        """The paper's ``cot_weight * sum log p(thoughts) + sum log p(action)`` per answer."""
+        return weighted_sum(self.per_token, self.masks, cot_weight)
+
+    def weighted_entropy(self, cot_weight: float) -> torch.Tensor | None:
+        return None if self.entropy is None else weighted_sum(self.entropy, self.masks, cot_weight)
+
+
+class TokenSequenceDistribution:
+    """Samples and scores answers of ``bundle.model`` under one temperature / banned-token distribution.
+
+    :param bundle: the model (possibly peft-wrapped) with its processor.
+    :param end_ids: ids that end an answer.
+    :param banned: bool mask over the vocabulary of ids never sampled.
+    :param temperature: sampling temperature; 0 samples greedily.
+    :param max_new_tokens: the answer budget.
+    :param micro_batch_size: answers per forward (None: the whole batch at once).
+    :param compute_dtype: the dtype the frozen weights compute in (bf16 runs under autocast).
+    """
+
+    def __init__(self, bundle: VLMBundle, end_ids: Sequence[int], banned: torch.Tensor, temperature: float,
+                 max_new_tokens: int, micro_batch_size: int | None = None,
+                 compute_dtype: torch.dtype = torch.float32) -> None:
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 (or None for whole batches), got {micro_batch_size}")
+        self.bundle = bundle
+        self.end_ids = tuple(end_ids)
+        self.banned = banned.cpu()
+        self._banned_by_device: dict[torch.device, torch.Tensor] = {}
+        self.temperature = float(temperature)
+        self.max_new_tokens = int(max_new_tokens)
+        self.micro_batch_size = micro_batch_size
+        self.compute_dtype = compute_dtype
+
+    @property
+    def model(self) -> nn.Module:
+        return self.bundle.model
+
+    def _chunks(self, size: int) -> list[slice]:
+        step = self.micro_batch_size or size
+        return [slice(start, min(start + step, size)) for start in range(0, size, step)]
+
+    def banned_on(self, device: torch.device | str) -> torch.Tensor:
+        """The banned-token mask on ``device`` (copied there once)."""
+        device = torch.device(device)
+        if device not in self._banned_by_device:
+            self._banned_by_device[device] = self.banned.to(device)
+        return self._banned_by_device[device]
+
+    def _pad_id(self) -> int:
+        pad = self.bundle.tokenizer.pad_token_id
+        return int(pad) if pad is not None else self.end_ids[0]
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, images: Sequence[np.ndarray], prompts: Sequence[str], device: torch.device,
+               deterministic: bool = False, need_scores: bool = True) -> ScoredAnswers:
+        """Generates one answer per (image, prompt), with its per-token log-probabilities from the
+        generation's own logits (``need_scores=False`` skips them and the prompt hidden state)."""
+        parts = [self._sample_chunk(images[rows], prompts[rows], device, deterministic, need_scores)
+                 for rows in self._chunks(len(prompts))]
+        tokens = torch.cat([p[0] for p in parts])
+        masks = token_masks(self.bundle.tokenizer, tokens, self.end_ids)
+        if not need_scores:
+            empty = torch.zeros(tokens.shape, device=tokens.device)
+            return ScoredAnswers(tokens, empty, None, masks, torch.zeros(len(tokens), 0, device=tokens.device))
+        scores = torch.cat([p[1] for p in parts])
+        per_token = _valid_only(_chosen_log_probs(scores, tokens), masks)
+        return ScoredAnswers(tokens, per_token, None, masks, torch.cat([p[2] for p in parts]))
+
+    def _sample_chunk(self, images, prompts, device, deterministic: bool, need_scores: bool):
+        from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+        temperature = 0.0 if deterministic else self.temperature
+        banned = self.banned_on(device)
+
+        class _OurDistribution(LogitsProcessor):
+            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+                return process_logits(scores, temperature, banned)
+
+        config = GenerationConfig(
+            do_sample=temperature > 0, max_new_tokens=self.max_new_tokens, min_new_tokens=0, temperature=1.0,
+            top_k=0, top_p=1.0, num_beams=1, pad_token_id=self._pad_id(), eos_token_id=list(self.end_ids),
+            return_dict_in_generate=True, output_logits=need_scores, output_hidden_states=need_scores,
+        )
+        inputs = build_inputs(self.bundle, list(images), list(prompts), device)
+        self.model.eval()
+        with neutral_generation_config(self.model, config), compute_autocast(device, self.compute_dtype):
+            output = self.model.generate(**inputs, generation_config=config,
+                                         logits_processor=LogitsProcessorList([_OurDistribution()]))
+        generated = output.sequences[:, inputs["input_ids"].shape[1]:]
+        tokens = torch.full((len(prompts), self.max_new_tokens), self.end_ids[0], dtype=torch.long, device=device)
+        tokens[:, : generated.shape[1]] = generated
+        if not need_scores:
+            return tokens, None, None
+        logits = torch.stack(output.logits, dim=1)
+        if logits.shape[1] < self.max_new_tokens:  # every answer ended early: pad the scores (masked anyway)
+            logits = torch.cat([logits, logits[:, -1:].expand(-1, self.max_new_tokens - logits.shape[1], -1)], dim=1)
+        scores = process_logits(logits, temperature, banned)
+        return tokens, scores, output.hidden_states[0][-1][:, -1].float()
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, images: Sequence[np.ndarray], prompts: Sequence[str], tokens: torch.Tensor, device: torch.device,
+              with_entropy: bool = True, model: nn.Module | None = None) -> ScoredAnswers:
+        """Teacher-forced log-probabilities (and entropies) of ``tokens`` as answers to the prompts.
+
+        With ``micro_batch_size`` set and gradients on, each chunk's forward is checkpointed: its
+        activations are dropped after the forward and recomputed chunk by chunk in the backward pass.
+        """
+        model = model or self.model
+        masks = token_masks(self.bundle.tokenizer, tokens, self.end_ids)
+        checkpointed = self.micro_batch_size is not None and torch.is_grad_enabled()
+        parts = []
+        for rows in self._chunks(len(prompts)):
+            inputs = build_inputs(self.bundle, list(images[rows]), list(prompts[rows]), device)
+            chunk_tokens, valid = tokens[rows], masks.valid[rows].to(device)
+            if checkpointed:
+                parts.append(checkpoint(self._score_chunk, model, inputs, chunk_tokens, valid, with_entropy,
+                                        use_reentrant=False))
+            else:
+                parts.append(self._score_chunk(model, inputs, chunk_tokens, valid, with_entropy))
+        per_token = torch.cat([p[0] for p in parts])
+        entropy = torch.cat([p[1] for p in parts]) if with_entropy else None
+        return ScoredAnswers(tokens, per_token, entropy, masks, torch.cat([p[2] for p in parts]))
+
+    @torch.no_grad()
+    def prompt_hidden(self, images: Sequence[np.ndarray], prompts: Sequence[str], device: torch.device) -> torch.Tensor:
+        """The last hidden state at each prompt's last token (one forward, no generation)."""
+        parts = []
+        for rows in self._chunks(len(prompts)):
+            inputs = build_inputs(self.bundle, list(images[rows]), list(prompts[rows]), device)
+            with compute_autocast(device, self.compute_dtype):
+                outputs = self.model(**forward_kwargs(inputs, self.bundle.family), output_hidden_states=True,
+                                     logits_to_keep=1)
+            parts.append(outputs.hidden_states[-1][:, -1].float())
+        return torch.cat(parts)
+
+    def _score_chunk(self, model: nn.Module, inputs: dict[str, torch.Tensor], tokens: torch.Tensor, valid: torch.Tensor,
+                     with_entropy: bool):
+        prompt_length = inputs["input_ids"].shape[1]
+        with compute_autocast(tokens.device, self.compute_dtype):
+            outputs = model(**with_answer(inputs, tokens, self.bundle.family), output_hidden_states=True,
+                            logits_to_keep=tokens.shape[1] + 1)
+        scores = process_logits(outputs.logits[:, :-1], self.temperature, self.banned_on(tokens.device))  # position P-1+j predicts j
+        per_token = _chosen_log_probs(scores, tokens).masked_fill(~valid, 0.0)
+        entropy = _entropy(scores).masked_fill(~valid, 0.0) if with_entropy else torch.zeros(())
+        return per_token, entropy, outputs.hidden_states[-1][:, prompt_length - 1].float()
+
+
+def _chosen_log_probs(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) = its score - logsumexp(scores): keeps one float32 copy of the scores for backward."""
+    return scores.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scores, dim=-1)
+
+
+def _entropy(scores: torch.Tensor) -> torch.Tensor:
+    log_probs = torch.log_softmax(scores, dim=-1)
+    probs = log_probs.exp()
+    return -(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1)
+
+
+def _valid_only(per_token: torch.Tensor, masks: TokenMasks) -> torch.Tensor:
+    # -inf * 0 would be NaN: a banned token never appears where the mask is on, so zero the rest.
+    return per_token.masked_fill(~masks.valid.to(per_token.device), 0.0)
+
+
+@contextlib.contextmanager
+def neutral_generation_config(model: nn.Module, config):
+    """Within the block the model's own generation config is ``config``: nothing from the checkpoint's
+    ``generation_config.json`` (top-k, top-p, repetition penalty, n-gram blocking, ...) can join it."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = base.generation_config
+    base.generation_config = config
+    try:
+        yield
+    finally:
+        base.generation_config = saved

@@ -1,0 +1,219 @@
+"""The settings of every command, as focused dataclasses parsed together into one CLI.
+
+Each setting is named once, with one default, whichever command reads it: ``vlm-cards train`` parses
+:class:`CommonConfig`, :class:`RunConfig`, :class:`ModelConfig`, :class:`SFTConfig` and
+:class:`PPOConfig`; ``vlm-cards sft`` the common, model and SFT groups. Values are checked in
+``__post_init__`` with a message that names the flag. The defaults are the embedded tiny model's on
+the CPU (how they were chosen: ``docs/results.md``); the paper's 7B settings are in ``examples/``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from vlm_policy.loading import TINY
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+           unit_interval: tuple[str, ...] = ()) -> None:
+    """Raises a ValueError naming the flag of the first value out of its range."""
+    for name in positive:
+        value = getattr(config, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{_flag(name)} must be > 0, got {value}")
+    for name in non_negative:
+        value = getattr(config, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{_flag(name)} must be >= 0, got {value}")
+    for name in unit_interval:
+        value = getattr(config, name)
+        if not 0 <= value <= 1:
+            raise ValueError(f"{_flag(name)} must be between 0 and 1, got {value}")
+
+
+@dataclass
+class CommonConfig:
+    """Settings every training command shares."""
+
+    seed: int = field(default=0, metadata=_help("seeds demos, model init, PPO envs and sampling"))
+    device: str = field(default="auto", metadata=_help("'auto' (CUDA when available), 'cpu' or 'cuda'"))
+    progress: bool = field(default=True, metadata=_help("progress bars"))
+
+    def __post_init__(self) -> None:
+        self.validate_common()
+
+    def validate_common(self) -> None:
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Which model, in which precision, and how its activations are kept."""
+
+    model: str = field(default=TINY, metadata=_help("'tiny' (the embedded model) or a checkpoint path / cache id"))
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata=_help(
+        "compute dtype ('auto': bf16 on CUDA, fp32 on the CPU); optimised weights are fp32 whatever it is"))
+    gradient_checkpointing: Literal["auto", "on", "off"] = field(default="auto", metadata=_help(
+        "recompute activations in the backward pass (auto: on for real checkpoints, off for tiny)"))
+    micro_batch_size: int = field(default=0, metadata=_help(
+        "answers per forward/backward chunk in SFT and PPO; peak memory follows it (0: whole batches)"))
+
+    def __post_init__(self) -> None:
+        self.validate_model()
+
+    def validate_model(self) -> None:
+        _check(self, non_negative=("micro_batch_size",))
+        if not self.model:
+            raise ValueError("--model must be 'tiny' or a checkpoint path, got an empty string")
+
+    @property
+    def micro_batch(self) -> int | None:
+        return self.micro_batch_size or None
+
+    def checkpointing_for(self, model: str) -> bool:
+        """Whether ``model`` trains with gradient checkpointing."""
+        return model != TINY if self.gradient_checkpointing == "auto" else self.gradient_checkpointing == "on"
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on the demonstrations (and the tiny model's vision warm-up)."""
+
+    sft_steps: int = field(default=150, metadata=_help("SFT optimizer steps"))
+    sft_batch_size: int = field(default=16, metadata=_help("examples per SFT step"))
+    sft_learning_rate: float = field(default=1e-3, metadata=_help("SFT learning rate (cosine decay to a tenth)"))
+    sft_lora_r: int = field(default=0, metadata=_help("SFT LoRA rank (0: every weight, the tiny model)"))
+    sft_lora_alpha: int = field(default=0, metadata=_help("SFT LoRA scaling numerator (0: twice the rank)"))
+    sft_train_vision: bool = field(default=False, metadata=_help(
+        "let SFT update the vision tower (after the warm-up it is kept, so SFT cannot collapse it)"))
+    vision_warmup_steps: int = field(default=-1, metadata=_help(
+        "steps teaching a random vision tower to tell the demos' states apart before SFT "
+        "(-1: 150 for the tiny model, 0 for real checkpoints, which can already see)"))
+    warmup_labels: Literal["auto", "state", "slots"] = field(default="auto", metadata=_help(
+        "warm-up targets: whole states, each slot (card, number), or auto (slots when states rarely repeat)"))
+
+    def __post_init__(self) -> None:
+        self.validate_sft()
+
+    def validate_sft(self) -> None:
+        _check(self, positive=("sft_steps", "sft_batch_size", "sft_learning_rate"),
+               non_negative=("sft_lora_r", "sft_lora_alpha"))
+        if self.vision_warmup_steps < -1:
+            raise ValueError(f"--vision-warmup-steps must be >= 0 (or -1 for the default), got {self.vision_warmup_steps}")
+
+    def warmup_steps_for(self, model: str) -> int:
+        """The warm-up's steps for ``model``: only the tiny model's random vision tower needs one."""
+        if self.vision_warmup_steps == -1:
+            return 150 if model == TINY else 0
+        return self.vision_warmup_steps
+
+
+@dataclass
+class PPOConfig:
+    """PPO through SB3 (the paper's values where they carry over; the learning rate is the tiny model's)."""
+
+    ppo_timesteps: int = field(default=4096, metadata=_help("env steps of PPO (paper: 15,000)"))
+    n_envs: int = field(default=8, metadata=_help("parallel envs (one batched generate per step)"))
+    n_steps: int = field(default=32, metadata=_help("rollout steps per env per update"))
+    batch_size: int = field(default=32, metadata=_help("PPO minibatch size"))
+    n_epochs: int = field(default=2, metadata=_help("PPO epochs per update (paper: 4)"))
+    learning_rate: float = field(default=5e-5, metadata=_help("PPO learning rate at the start (paper: 1e-5 for 7B)"))
+    learning_rate_end: float = field(default=5e-6, metadata=_help("cosine schedule's final learning rate"))
+    clip_range: float = field(default=0.2, metadata=_help("PPO clip (paper: 0.1)"))
+    target_kl: float = field(default=0.05, metadata=_help("stop an update's epochs past this approx KL (0: never)"))
+    gamma: float = field(default=0.9, metadata=_help("discount (paper: 0.9)"))
+    gae_lambda: float = field(default=0.95, metadata=_help("GAE lambda (paper: 0.95)"))
+    max_grad_norm: float = field(default=0.5, metadata=_help("gradient clip (paper: 0.01 for 7B)"))
+    ent_coef: float = field(default=0.0, metadata=_help("entropy bonus"))
+    vf_coef: float = field(default=0.5, metadata=_help("value loss weight"))
+    temperature: float = field(default=0.5, metadata=_help("sampling temperature during PPO (paper: 0.2)"))
+    cot_weight: float = field(default=0.5, metadata=_help("lambda: weight of the thought tokens' log-prob"))
+    lora_r: int = field(default=0, metadata=_help("PPO LoRA rank (0: all weights, the tiny model)"))
+    lora_alpha: int = field(default=0, metadata=_help("PPO LoRA scaling numerator (0: twice the rank)"))
+    train_vision: bool = field(default=True, metadata=_help("let PPO update the vision tower too"))
+    value_lr_scale: float = field(default=10.0, metadata=_help("value head learning-rate multiplier"))
+    kl_coef: float = field(default=0.1, metadata=_help(
+        "weight of the KL penalty towards the SFT checkpoint (0: none, as in the paper)"))
+    value_gradients_to_model: bool = field(default=False, metadata=_help(
+        "let the value loss train the VLM (the paper's shared trunk); off for the tiny model, whose policy "
+        "the random value head's early errors otherwise wreck"))
+    rollout_logprobs: Literal["auto", "generate", "recompute"] = field(default="auto", metadata=_help(
+        "old log-probs from the generation's logits or recomputed with the update's forward "
+        "(auto: recompute unless the model computes in fp32)"))
+    keep_checkpoints: int = field(default=3, metadata=_help(
+        "PPO checkpoints kept for --resume, the newest (0: all; each is ~40 MB for the tiny model)"))
+
+    def __post_init__(self) -> None:
+        self.validate_ppo()
+
+    def validate_ppo(self) -> None:
+        _check(self, positive=("ppo_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "learning_rate",
+                               "clip_range", "max_grad_norm"),
+               non_negative=("learning_rate_end", "target_kl", "ent_coef", "vf_coef", "temperature", "cot_weight",
+                             "lora_r", "lora_alpha", "value_lr_scale", "kl_coef", "keep_checkpoints"),
+               unit_interval=("gamma", "gae_lambda"))
+        if self.batch_size > self.n_envs * self.n_steps:
+            raise ValueError(f"--batch-size {self.batch_size} is larger than a rollout "
+                             f"(--n-envs x --n-steps = {self.n_envs * self.n_steps})")
+
+
+@dataclass
+class RunConfig:
+    """What the main job learns, where it writes, and how it is evaluated."""
+
+    env_id: str = field(default="gym_cards/NumberLine-v0", metadata=_help("task to learn", aliases=["--env"]))
+    out_dir: str = field(default="runs/numberline", metadata=_help("where every stage writes"))
+    prompt_style: Literal["cot", "action_only"] = field(default="cot", metadata=_help(
+        "'cot' (thoughts then action) or 'action_only'"))
+    demos: int = field(default=400, metadata=_help("oracle steps recorded for SFT"))
+    max_new_tokens: int = field(default=0, metadata=_help(
+        "longest answer in tokens; 0: enough for the longest demonstration, at least 40 (paper: 256)"))
+    eval_episodes: int = field(default=200, metadata=_help("held-out episodes for the before/after table"))
+    eval_seed: int = field(default=100_000, metadata=_help("first held-out seed (far from training seeds)"))
+
+    def __post_init__(self) -> None:
+        self.validate_run()
+
+    def validate_run(self) -> None:
+        _check(self, positive=("demos", "eval_episodes"), non_negative=("max_new_tokens", "eval_seed"))
+
+
+@dataclass
+class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
+    """Every setting of ``vlm-cards train`` (the union of the groups above), flat: ``config.sft_steps``."""
+
+    def __post_init__(self) -> None:
+        self.validate_common()
+        self.validate_run()
+        self.validate_model()
+        self.validate_sft()
+        self.validate_ppo()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_groups(cls, *groups: Any) -> TrainConfig:
+        values: dict[str, Any] = {}
+        for group in groups:
+            values.update(asdict(group))
+        return cls(**values)
+
+
+TRAIN_GROUPS = (CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig)
+SFT_GROUPS = (CommonConfig, ModelConfig, SFTConfig)
+
+
+def field_names(cls: type) -> list[str]:
+    return [item.name for item in fields(cls)]
