@@ -10,6 +10,8 @@ from vlm_policy import VLMPolicy, make_vlm_vec_env
 from vlm_policy.models.random_models import SAVERS
 from tests.policy_helpers import PROMPTS, answer_tokens, batch_obs, make_policy, wrapped_env
 
+FAMILIES = sorted(SAVERS)  # llava, llava_next, qwen2_vl, idefics3
+
 
 @pytest.fixture(scope="module")
 def random_checkpoints(tmp_path_factory):
@@ -33,7 +35,7 @@ def test_readme_snippet_trains_saves_and_loads_on_cpu_in_under_a_minute(tmp_path
     assert np.array_equal(first, again)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_rollout_log_probs_equal_teacher_forced_ones(family, random_checkpoints):
     policy, _ = make_policy(random_checkpoints[family], temperature=1.0)
     obs = batch_obs(policy)
@@ -45,7 +47,7 @@ def test_rollout_log_probs_equal_teacher_forced_ones(family, random_checkpoints)
     assert (entropy > 0).all()
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_log_probs_do_not_depend_on_padding_or_batch_mates(family, random_checkpoints):
     policy, _ = make_policy(random_checkpoints[family], temperature=1.0)
     obs = batch_obs(policy)

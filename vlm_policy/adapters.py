@@ -80,7 +80,10 @@ def prepare_for_training(
         prepared = get_peft_model(model, config)
     keep_trainable_weights_in_float32(prepared)
     if gradient_checkpointing:
-        prepared.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(prepared, "activation_checkpointing_enable"):  # transformers 5's name (the old one warns)
+            prepared.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            prepared.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(prepared, "enable_input_require_grads"):
             prepared.enable_input_require_grads()
     return prepared

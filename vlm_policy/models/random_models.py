@@ -8,6 +8,7 @@ downloaded LLaVA, Qwen2-VL or Idefics3 / SmolVLM checkpoint.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,29 @@ IDEFICS3_CHAT_TEMPLATE = (
 )
 
 
-def _random_model(model_class, config, seed: int, eos_id: int, pad_id: int):
-    """A randomly initialised model from ``seed`` whose generation stops at ``eos_id``."""
-    model = seeded(seed, lambda: model_class(config))
+def _random_model(model_class, config, seed: int, eos_id: int, pad_id: int, device: str | None = None,
+                  dtype: torch.dtype | None = None):
+    """A randomly initialised model from ``seed`` whose generation stops at ``eos_id``.
+
+    ``device="cuda"`` / ``dtype=torch.bfloat16`` build a real-sized model where it is fast to
+    initialise (a 7B model takes minutes to initialise on a CPU, seconds on a GPU).
+    """
+
+    def build():
+        previous = torch.get_default_dtype()
+        if dtype is not None:
+            torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device or "cpu"):
+                return model_class(config)
+        finally:
+            torch.set_default_dtype(previous)
+
+    if device is not None and torch.device(device).type == "cuda":
+        torch.manual_seed(seed)  # seeds the CUDA generators too
+        model = build()
+    else:
+        model = seeded(seed, build)
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = pad_id
     return model
@@ -115,4 +136,67 @@ def save_random_idefics3(directory: str | Path, seed: int = 0, image_size: int =
     return directory
 
 
-SAVERS: dict[str, Any] = {"llava": save_random_llava, "qwen2_vl": save_random_qwen2_vl, "idefics3": save_random_idefics3}
+@dataclass(frozen=True)
+class LlavaNextSizes:
+    """Sizes of a LLaVA-NeXT (CLIP tower with anyres tiling + Mistral / Llama language model)."""
+
+    vision_hidden: int = 32
+    vision_intermediate: int = 64
+    vision_layers: int = 1
+    vision_heads: int = 2
+    image_size: int = 28
+    patch_size: int = 14
+    text_hidden: int = 64
+    text_intermediate: int = 128
+    text_layers: int = 2
+    text_heads: int = 2
+    text_kv_heads: int = 1
+    vocab_size: int = 0  # 0: the tokenizer's size
+
+
+#: LLaVA-1.6-Mistral-7B's architecture (llava-hf/llava-v1.6-mistral-7b-hf): CLIP ViT-L/14 at 336 px with
+#: anyres tiles, Mistral-7B (32 layers, hidden 4096, 8 KV heads), a 32,000-token vocabulary.
+LLAVA_NEXT_MISTRAL_7B = LlavaNextSizes(vision_hidden=1024, vision_intermediate=4096, vision_layers=24,
+                                       vision_heads=16, image_size=336, patch_size=14, text_hidden=4096,
+                                       text_intermediate=14336, text_layers=32, text_heads=32, text_kv_heads=8,
+                                       vocab_size=32000)
+
+
+def save_random_llava_next(directory: str | Path, seed: int = 0, sizes: LlavaNextSizes = LlavaNextSizes(),
+                           device: str | None = None, dtype: torch.dtype | None = None) -> Path:
+    """A random LLaVA-NeXT (Mistral language model, anyres image tiling) with its processor."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor, MistralConfig
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from vlm_policy.models.tiny import IMAGE_TOKEN, SPECIAL_TOKENS, TINY_CHAT_TEMPLATE
+
+    directory = Path(directory)
+    tokenizer = build_tiny_tokenizer()
+    side = sizes.image_size
+    pinpoints = [[side, 2 * side], [2 * side, side], [2 * side, 2 * side], [3 * side, side], [side, 3 * side]]
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=sizes.vision_hidden, intermediate_size=sizes.vision_intermediate,
+                                       num_hidden_layers=sizes.vision_layers, num_attention_heads=sizes.vision_heads,
+                                       image_size=side, patch_size=sizes.patch_size, projection_dim=sizes.vision_hidden),
+        text_config=MistralConfig(vocab_size=sizes.vocab_size or len(tokenizer), hidden_size=sizes.text_hidden,
+                                  intermediate_size=sizes.text_intermediate, num_hidden_layers=sizes.text_layers,
+                                  num_attention_heads=sizes.text_heads, num_key_value_heads=sizes.text_kv_heads,
+                                  max_position_embeddings=32768, sliding_window=None,
+                                  pad_token_id=SPECIAL_TOKENS.index("<pad>"), bos_token_id=SPECIAL_TOKENS.index("<s>"),
+                                  eos_token_id=SPECIAL_TOKENS.index("</s>")),
+        image_token_index=SPECIAL_TOKENS.index(IMAGE_TOKEN), image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default", vision_feature_layer=-2, tie_word_embeddings=False,
+    )
+    model = _random_model(LlavaNextForConditionalGeneration, config, seed, SPECIAL_TOKENS.index("</s>"),
+                          SPECIAL_TOKENS.index("<pad>"), device, dtype)
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                                 image_grid_pinpoints=pinpoints, do_center_crop=True)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=sizes.patch_size,
+                                   vision_feature_select_strategy="default", chat_template=TINY_CHAT_TEMPLATE,
+                                   image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+SAVERS: dict[str, Any] = {"llava_next": save_random_llava_next, "llava": save_random_llava, "qwen2_vl": save_random_qwen2_vl, "idefics3": save_random_idefics3}
