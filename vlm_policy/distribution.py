@@ -178,7 +178,7 @@ class TokenSequenceDistribution:
             inputs = build_inputs(self.bundle, list(images[rows]), list(prompts[rows]), device)
             with compute_autocast(device, self.compute_dtype):
                 outputs = self.model(**forward_kwargs(inputs, self.bundle.family), output_hidden_states=True,
-                                     logits_to_keep=1)
+                                     logits_to_keep=1, use_cache=False)
             parts.append(outputs.hidden_states[-1][:, -1].float())
         return torch.cat(parts)
 
@@ -187,7 +187,7 @@ class TokenSequenceDistribution:
         prompt_length = inputs["input_ids"].shape[1]
         with compute_autocast(tokens.device, self.compute_dtype):
             outputs = model(**with_answer(inputs, tokens, self.bundle.family), output_hidden_states=True,
-                            logits_to_keep=tokens.shape[1] + 1)
+                            logits_to_keep=tokens.shape[1] + 1, use_cache=False)
         scores = process_logits(outputs.logits[:, :-1], self.temperature, self.banned_on(tokens.device))  # position P-1+j predicts j
         per_token = _chosen_log_probs(scores, tokens).masked_fill(~valid, 0.0)
         entropy = _entropy(scores).masked_fill(~valid, 0.0) if with_entropy else torch.zeros(())

@@ -9,6 +9,7 @@ downloaded LLaVA, Qwen2-VL or Idefics3 / SmolVLM checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,29 +76,71 @@ def save_random_llava(directory: str | Path, seed: int = 0, config: TinyConfig =
     return directory
 
 
-def save_random_qwen2_vl(directory: str | Path, seed: int = 0, image_size: int = 56, hidden: int = 64) -> Path:
-    """A tiny random Qwen2-VL (M-RoPE, dynamic-resolution vision tower) with its processor."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+@dataclass(frozen=True)
+class QwenVLSizes:
+    """Sizes of a Qwen2-VL / Qwen2.5-VL (dynamic-resolution vision tower, M-RoPE language model)."""
+
+    text_hidden: int = 64
+    text_intermediate: int = 128
+    text_layers: int = 2
+    text_heads: int = 2
+    text_kv_heads: int = 1
+    vision_hidden: int = 32
+    vision_intermediate: int = 64
+    vision_depth: int = 1
+    vision_heads: int = 2
+    vocab_size: int = 0  # 0: the tokenizer's size
+
+
+#: Qwen2.5-VL-3B-Instruct's and -7B-Instruct's architectures (36 / 28 layers, 151,936-token vocabulary).
+QWEN2_5_VL_3B = QwenVLSizes(text_hidden=2048, text_intermediate=11008, text_layers=36, text_heads=16, text_kv_heads=2,
+                            vision_hidden=1280, vision_intermediate=3420, vision_depth=32, vision_heads=16,
+                            vocab_size=151936)
+QWEN2_5_VL_7B = QwenVLSizes(text_hidden=3584, text_intermediate=18944, text_layers=28, text_heads=28, text_kv_heads=4,
+                            vision_hidden=1280, vision_intermediate=3420, vision_depth=32, vision_heads=16,
+                            vocab_size=151936)
+
+
+def save_random_qwen2_vl(directory: str | Path, seed: int = 0, image_size: int = 56, hidden: int = 64,
+                         sizes: QwenVLSizes | None = None, version: str = "2", device: str | None = None,
+                         dtype: torch.dtype | None = None) -> Path:
+    """A random Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``) with its processor; tiny by default."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    sizes = sizes or QwenVLSizes(text_hidden=hidden, text_intermediate=2 * hidden)
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer(QWEN_SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                      chat_template=QWEN_CHAT_TEMPLATE, image_token="<|image_pad|>")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    heads = 2
-    head_dim = hidden // heads
-    config = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                         num_attention_heads=heads, num_key_value_heads=1, max_position_embeddings=2048,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                          "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]},
-                         pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], bos_token_id=None),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, patch_size=14, spatial_merge_size=2,
-                           temporal_patch_size=2, mlp_ratio=2),
+    head_dim = sizes.text_hidden // sizes.text_heads
+    text = dict(vocab_size=sizes.vocab_size or len(tokenizer), hidden_size=sizes.text_hidden,
+                intermediate_size=sizes.text_intermediate, num_hidden_layers=sizes.text_layers,
+                num_attention_heads=sizes.text_heads, num_key_value_heads=sizes.text_kv_heads,
+                max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], bos_token_id=None)
+    if version == "2":
+        text["rope_parameters"]["mrope_section"] = [head_dim // 4, head_dim // 8, head_dim // 8]
+        vision = dict(depth=sizes.vision_depth, embed_dim=sizes.vision_hidden, hidden_size=sizes.text_hidden,
+                      num_heads=sizes.vision_heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                      mlp_ratio=max(1, sizes.vision_intermediate // sizes.vision_hidden))
+        config_class, model_class = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    elif version == "2.5":
+        text["rope_parameters"]["mrope_section"] = [head_dim // 8, head_dim // 8 * 3 // 2, head_dim // 8 * 3 // 2]
+        depth = sizes.vision_depth
+        vision = dict(depth=depth, hidden_size=sizes.vision_hidden, intermediate_size=sizes.vision_intermediate,
+                      num_heads=sizes.vision_heads, out_hidden_size=sizes.text_hidden, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                      fullatt_block_indexes=[i for i in range(depth) if i % 8 == 7] or [depth - 1])
+        config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    else:
+        raise ValueError(f"version must be '2' or '2.5', got {version!r}")
+    config = config_class(
+        text_config=text, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
-    model = _random_model(Qwen2VLForConditionalGeneration, config, seed, ids["<|im_end|>"], ids["<|endoftext|>"])
+    model = _random_model(model_class, config, seed, ids["<|im_end|>"], ids["<|endoftext|>"], device, dtype)
     pixels = image_size * image_size
     image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2,
                                                temporal_patch_size=2)
@@ -144,7 +187,7 @@ class LlavaNextSizes:
     vision_intermediate: int = 64
     vision_layers: int = 1
     vision_heads: int = 2
-    image_size: int = 28
+    image_size: int = 42
     patch_size: int = 14
     text_hidden: int = 64
     text_intermediate: int = 128
@@ -199,4 +242,7 @@ def save_random_llava_next(directory: str | Path, seed: int = 0, sizes: LlavaNex
     return directory
 
 
-SAVERS: dict[str, Any] = {"llava_next": save_random_llava_next, "llava": save_random_llava, "qwen2_vl": save_random_qwen2_vl, "idefics3": save_random_idefics3}
+#: One saver per supported architecture (tiny sizes by default), for tests that cover them all.
+SAVERS: dict[str, Any] = {"llava": save_random_llava, "llava_next": save_random_llava_next,
+                          "qwen2_vl": save_random_qwen2_vl, "qwen2_5_vl": partial(save_random_qwen2_vl, version="2.5"),
+                          "idefics3": save_random_idefics3}
