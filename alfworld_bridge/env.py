@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -59,12 +60,13 @@ class ALFWorldEnv(gym.Env):
     random admissible command (``"random"``).
 
     ## Episode End
-    Terminated on a win; truncated after ``max_episode_steps`` (default 50).
+    Terminated on a win; truncated by Gymnasium's ``TimeLimit`` (registered: 50 steps, the paper's).
 
     ## Arguments
     ``data_root`` (default ``$ALFWORLD_DATA``), ``split`` ("train", "valid_seen", "valid_unseen" or
     None for the root itself), ``game_files`` (explicit list instead), ``render_style``, ``image_size``,
-    ``max_episode_steps``, ``invalid_action``, ``cache_dir`` (for game files built from raw data).
+    ``invalid_action``, ``cache_dir`` (for game files built from raw data); the step limit is
+    ``gym.make``'s ``max_episode_steps``.
     ``reset(options={"game": path_or_index})`` plays a given game.
     """
 
@@ -77,7 +79,6 @@ class ALFWorldEnv(gym.Env):
         game_files: Sequence[str | os.PathLike] | None = None,
         render_style: str = "text",
         image_size: int | tuple[int, int] = 300,
-        max_episode_steps: int = 50,
         invalid_action: str = "penalize",
         render_mode: str | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -100,7 +101,6 @@ class ALFWorldEnv(gym.Env):
         self.render_style = render_style
         self.render_mode = render_mode
         self.height, self.width = _image_shape(image_size)
-        self.max_episode_steps = int(max_episode_steps)
         self.invalid_action = invalid_action
         self.observation_space = spaces.Box(0, 255, (self.height, self.width, 3), dtype=np.uint8)
         import string
@@ -178,11 +178,9 @@ class ALFWorldEnv(gym.Env):
         won = bool(self.state["won"])
         rate = self.goal_condition_success_rate
         reward = WIN_BONUS * won + rate - (INADMISSIBLE_PENALTY if parsed is None else 0.0)
-        truncated = not won and self.elapsed_steps >= self.max_episode_steps
         info = self._info(parsed_action=parsed, action_is_valid=parsed is not None, executed_action=executed)
-        if won or truncated:
-            info["is_success"] = won
-        return self._frame(), float(reward), won, truncated, info
+        info["is_success"] = won  # in every step's info: the last one has it however the episode ends
+        return self._frame(), float(reward), won, False, info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode == "rgb_array":

@@ -8,8 +8,8 @@ receptacle, some target object is hot, and one hot target object is in a target 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 STATE_PREDICATES = {
     "pick_clean_then_place_in_recep": "isclean",
@@ -36,7 +36,7 @@ class Targets:
     toggle_type: str = ""
 
     @classmethod
-    def from_traj_data(cls, traj: dict) -> "Targets":
+    def from_traj_data(cls, traj: dict) -> Targets:
         params = traj.get("pddl_params", {})
         task_type = traj.get("task_type", "")
         if task_type not in TASK_TYPES:

@@ -55,8 +55,8 @@ def main() -> None:
     from stable_baselines3 import PPO
 
     from vlm_policy.env_bridge import TokenActionWrapper
-    from vlm_policy.training.evaluation import standalone_policy
     from vlm_policy.loading import load_processor, preferred_image_size
+    from vlm_policy.training.evaluation import standalone_policy
 
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())

@@ -26,7 +26,7 @@ class Card:
     rank: str
 
     @classmethod
-    def parse(cls, code: object) -> "Card":
+    def parse(cls, code: object) -> Card:
         """Reads a code such as ``"H5"`` or ``"st"`` (case-insensitive); raises ValueError otherwise."""
         if not isinstance(code, str) or len(code.strip()) != 2:
             raise ValueError(

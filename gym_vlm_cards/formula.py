@@ -14,8 +14,8 @@ Grammar (standard precedence, left-associative, no unary minus)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence
 
 OPERATORS = frozenset("+-*/")
 

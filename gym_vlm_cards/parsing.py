@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 # A quoted key "action" / 'action' (any case), then a colon.
 _QUOTED_KEY = re.compile(r"""["']action["']\s*:\s*""", re.IGNORECASE)
@@ -82,11 +82,9 @@ def action_key_start(text: str) -> int | None:
 def _last_action_key(text: str) -> re.Match | None:
     """The last quoted ``action`` key, or failing that the last bare one."""
     for pattern in (_QUOTED_KEY, _BARE_KEY):
-        last = None
-        for last in pattern.finditer(text):
-            pass
-        if last is not None:
-            return last
+        matches = list(pattern.finditer(text))
+        if matches:
+            return matches[-1]
     return None
 
 

@@ -7,11 +7,12 @@ lists with only the parentheses that precedence needs, ready to be played action
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from functools import lru_cache
-from typing import Sequence, Union
+from typing import Union
 
-Expr = Union[int, tuple[str, "Expr", "Expr"]]
+Expr = Union[int, tuple[str, "Expr", "Expr"]]  # noqa: UP007 (a recursive alias needs Union on 3.10)
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 

@@ -8,7 +8,9 @@ its legal actions and its drawing; the base class does the rest the same way for
 * parsing the answer with :mod:`gym_vlm_cards.parsing` and reporting ``info["parsed_action"]`` and
   ``info["action_is_valid"]``;
 * what an unparseable answer does (``invalid_action="penalize"`` or ``"random"``);
-* the step limit, ``info["is_success"]`` at the end of an episode (read by SB3's Monitor);
+* ``info["is_success"]`` in every step's info, so the final one has it however the episode ends
+  (SB3 reads it there); step limits come from Gymnasium's ``TimeLimit``: each task is registered
+  with ``max_episode_steps`` and ``gym.make(id, max_episode_steps=n)`` overrides it;
 * the prompts and the text description of the state in ``info``;
 * rendering: ``render_mode="rgb_array"`` returns the frame, ``"human"`` shows it in a pygame window.
 
@@ -18,8 +20,9 @@ See ``examples/custom_task.py`` for a complete task written this way.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -59,7 +62,9 @@ class TextActionEnv(gym.Env):
         invalid_action: ``"penalize"`` (default: reward -1, state unchanged, the step counts) or
             ``"random"`` (a random legal action is taken instead, as in the paper's training runs).
         render_mode: ``None``, ``"rgb_array"`` or ``"human"``.
-        max_episode_steps: truncate after this many steps (None: the task's own rules only).
+
+    There is no step-limit argument: ``gym.make`` wraps the env in ``TimeLimit`` with the limit
+    registered for the task (or the ``max_episode_steps`` passed to ``gym.make``).
     """
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 4}
@@ -78,7 +83,6 @@ class TextActionEnv(gym.Env):
         action_mode: str = "text",
         invalid_action: str = "penalize",
         render_mode: str | None = None,
-        max_episode_steps: int | None = None,
     ) -> None:
         if action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
@@ -94,7 +98,6 @@ class TextActionEnv(gym.Env):
         self.action_mode = action_mode
         self.invalid_action = invalid_action
         self.render_mode = render_mode
-        self.max_episode_steps = max_episode_steps
         self.observation_space = spaces.Box(0, 255, (self.height, self.width, 3), dtype=np.uint8)
         if action_mode == "text":
             import string
@@ -161,11 +164,10 @@ class TextActionEnv(gym.Env):
         else:
             outcome = self._apply(executed)
         truncated = outcome.truncated
-        if self.max_episode_steps is not None and self.elapsed_steps >= self.max_episode_steps:
-            truncated = truncated or not outcome.terminated
         info = self._info(parsed_action=parsed, action_is_valid=parsed is not None, executed_action=executed)
-        if outcome.terminated or truncated:
-            info["is_success"] = bool(outcome.success)
+        # In every step's info, so that the last one has it whether the episode terminated, was
+        # truncated by the task's rules, or by the TimeLimit wrapper around it.
+        info["is_success"] = bool(outcome.success)
         if self.render_mode == "human":
             self.render()
         return self._observation(), float(outcome.reward), bool(outcome.terminated), bool(truncated), info

@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 import alfworld_bridge  # noqa: F401  (registers alfworld/ALFWorld-v0)
 from alfworld_bridge.games import GameDataError, find_games
 from alfworld_bridge.render import thor_available
-from alfworld_bridge.toy_games import write_toy_games, walkthrough
+from alfworld_bridge.toy_games import walkthrough, write_toy_games
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "alfworld-sample"
 REAL_GAME = SAMPLE / "json_2.1.1" / "train" / "pick_heat_then_place_in_recep-Potato-None-SinkBasin-14" / "trial_T20190908_231731_054988"

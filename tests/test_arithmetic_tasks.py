@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import gym_vlm_cards  # noqa: F401
-from gym_vlm_cards.solver import is_solvable, solve
 from gym_vlm_cards.formula import evaluate
+from gym_vlm_cards.solver import is_solvable, solve
 from tests.helpers import answer
 
 

@@ -231,8 +231,9 @@ def test_the_env_package_does_not_import_torch():
 
 
 def test_base_dependencies_are_light():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     base = " ".join(project["dependencies"]).lower()
@@ -283,3 +284,15 @@ def test_the_formula_stays_inside_small_frames(env_id, cards, formula, size):
     assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:]))
     green = np.array([0x35, 0x65, 0x4D], dtype=np.uint8)
     assert (frames[-1][-1] == green).all() and (frames[-1][:, -1] == green).all()
+
+
+@pytest.mark.parametrize("env_id", sorted(gym_vlm_cards.TASK_IDS))
+def test_step_limits_are_registered_and_gym_make_can_change_them(env_id):
+    assert gym.spec(env_id).max_episode_steps == gym_vlm_cards.registration.STEP_LIMITS[env_id]
+    env = gym.make(env_id, max_episode_steps=3)
+    assert env.spec.max_episode_steps == 3
+    env.reset(seed=0)
+    for step in range(1, 4):
+        _, _, terminated, truncated, info = env.step("an answer naming no action")  # changes nothing
+        assert not terminated and truncated == (step == 3)
+        assert info["is_success"] is False  # in every info, the final (truncated) one included

@@ -6,9 +6,9 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
+from tests.policy_helpers import PROMPTS, answer_tokens, batch_obs, make_policy, wrapped_env
 from vlm_policy import VLMPolicy, make_vlm_vec_env
 from vlm_policy.models.random_models import SAVERS
-from tests.policy_helpers import PROMPTS, answer_tokens, batch_obs, make_policy, wrapped_env
 
 FAMILIES = sorted(SAVERS)  # llava, llava_next, qwen2_vl, idefics3
 

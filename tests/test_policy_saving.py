@@ -5,9 +5,9 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
+from tests.policy_helpers import batch_obs, make_policy
 from vlm_policy import VLMPolicy, make_vlm_vec_env
 from vlm_policy.models.random_models import save_random_llava
-from tests.policy_helpers import batch_obs, make_policy
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.policy_helpers import batch_obs, make_policy
 from vlm_policy.models.random_models import save_random_llava, save_random_qwen2_vl
 from vlm_policy.models.tiny import TinyConfig
-from tests.policy_helpers import batch_obs, make_policy
 
 # generate() would apply each of these on top of the policy's own distribution if they leaked in.
 KNOBS = {"no_repeat_ngram_size": 1, "repetition_penalty": 1.5, "top_k": 3, "top_p": 0.5, "do_sample": True}

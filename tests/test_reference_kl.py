@@ -4,11 +4,11 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
+from tests.policy_helpers import batch_obs, make_policy
 from vlm_policy import VLMPolicy, make_vlm_vec_env
-from vlm_policy.training.callbacks import VLMRolloutLogger
 from vlm_policy.models.random_models import save_random_llava
 from vlm_policy.reference import ReferenceCache, carrying_loss_term, kl_to_reference
-from tests.policy_helpers import batch_obs, make_policy
+from vlm_policy.training.callbacks import VLMRolloutLogger
 
 
 def _perturb(policy, scale=0.05, seed=0):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_policy.training.demos import Example
 from vlm_policy.loading import load_vlm
+from vlm_policy.training.demos import Example
 from vlm_policy.training.sft import WarmupLabels, state_slots, vision_warmup
 
 

@@ -15,7 +15,7 @@ form the vision side, how LoRA is scaled, and in which precision the optimised w
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

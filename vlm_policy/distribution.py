@@ -10,7 +10,8 @@ both the rollout and the update score with it.
   others top-k, top-p, n-gram blocking) and run those processors on top of ours, which makes PPO
   silently off-policy. During sampling the model's generation config is swapped for a neutral one.
 * **Micro-batches.** With ``micro_batch_size=k`` answers are scored ``k`` at a time (generation takes
-  the whole rollout batch at once: it keeps no activations for a backward pass); in a backward pass each chunk's forward is recomputed (activation checkpointing), so only one chunk's
+  the whole rollout batch at once: it keeps no activations for a backward pass); in a backward pass
+  each chunk's forward is recomputed (activation checkpointing), so only one chunk's
   activations and one chunk's full-vocabulary logits are alive at once: peak memory follows ``k``,
   not the PPO minibatch, and the gradient is the unsplit one.
 * **Lean log-probabilities.** The sampled tokens' log-probabilities are ``logit - logsumexp`` (one
@@ -21,8 +22,8 @@ both the rollout and the update score with it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -128,8 +129,9 @@ class TokenSequenceDistribution:
                 return process_logits(scores, temperature, banned)
 
         config = GenerationConfig(
-            do_sample=temperature > 0, max_new_tokens=self.max_new_tokens, min_new_tokens=0, temperature=1.0,
-            top_k=0, top_p=1.0, num_beams=1, pad_token_id=self._pad_id(), eos_token_id=list(self.end_ids),
+            # Every other knob stays None (off): the processor below is the whole distribution.
+            do_sample=temperature > 0, max_new_tokens=self.max_new_tokens, min_new_tokens=0, num_beams=1,
+            pad_token_id=self._pad_id(), eos_token_id=list(self.end_ids),
             return_dict_in_generate=True, output_logits=need_scores, output_hidden_states=need_scores,
         )
         inputs = build_inputs(self.bundle, list(images), list(prompts), device)
@@ -190,7 +192,8 @@ class TokenSequenceDistribution:
         with compute_autocast(tokens.device, self.compute_dtype):
             outputs = model(**with_answer(inputs, tokens, self.bundle.family), output_hidden_states=True,
                             logits_to_keep=tokens.shape[1] + 1, use_cache=False)
-        scores = process_logits(outputs.logits[:, :-1], self.temperature, self.banned_on(tokens.device))  # position P-1+j predicts j
+        # Position P-1+j of the logits predicts answer token j.
+        scores = process_logits(outputs.logits[:, :-1], self.temperature, self.banned_on(tokens.device))
         per_token = _chosen_log_probs(scores, tokens).masked_fill(~valid, 0.0)
         entropy = _entropy(scores).masked_fill(~valid, 0.0) if with_entropy else torch.zeros(())
         return per_token, entropy, outputs.hidden_states[-1][:, prompt_length - 1].float()

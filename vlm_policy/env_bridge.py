@@ -10,7 +10,8 @@ beside the image and a fingerprint of the tokenizer that the policy checks again
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np

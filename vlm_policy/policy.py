@@ -12,8 +12,9 @@ keeps SB3's surface only; the work is done by the objects it owns:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -226,7 +227,8 @@ class VLMPolicy(ActorCriticPolicy):
                 f"(fingerprints {expected} vs {actual}); pass the same model= to make_vlm_vec_env and to the policy"
             )
         if len(bundle.tokenizer) != int(self.action_space.nvec[0]):
-            raise ValueError(f"action space vocabulary {int(self.action_space.nvec[0])} != tokenizer size {len(bundle.tokenizer)}")
+            raise ValueError(f"action space vocabulary {int(self.action_space.nvec[0])} != tokenizer size "
+                             f"{len(bundle.tokenizer)}; build the env with the policy's model")
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections import OrderedDict, deque
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,6 @@ class ArithmeticCardsEnv(TextActionEnv):
         target: int,
         formula_limit: int,
         face_cards_as_ten: bool = True,
-        max_episode_steps: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.target = int(target)
@@ -43,11 +43,7 @@ class ArithmeticCardsEnv(TextActionEnv):
         self.face_cards_as_ten = bool(face_cards_as_ten)
         self.max_number = 10 if self.face_cards_as_ten else 13
         numbers = tuple(str(n) for n in range(1, self.max_number + 1))
-        # A safety net beyond the reference: a stream of numbers that are not in hand is never
-        # written, so the formula limit alone would never end such an episode.
-        if max_episode_steps is None:
-            max_episode_steps = 4 * (self.formula_limit + 1)
-        super().__init__(numbers + self.operators + ("=",), max_episode_steps=max_episode_steps, **kwargs)
+        super().__init__(numbers + self.operators + ("=",), **kwargs)
         self.cards: list[Card] = []
         self.formula: list[str] = []
         self.used: list[int] = []

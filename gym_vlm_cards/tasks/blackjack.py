@@ -82,7 +82,19 @@ class BlackjackEnv(TextActionEnv):
 
     ## Episode End
     Terminated when the player stands or busts (``info["is_success"]`` is a win); truncated only by
-    ``max_episode_steps`` (default 20, more than any hand can take).
+    the registered step limit (20, more than any hand can take).
+
+    ## Information
+    Every step's ``info`` holds "Dealer Card" and "Player Card", ``text_state`` (the state in words), ``prompt`` and
+    ``action_only_prompt``; after a step also ``parsed_action`` (the canonical action or None),
+    ``action_is_valid``, ``executed_action`` and ``is_success`` (True only on a won final step).
+
+    ## Version History
+    * v0: the reference gym_cards id and its Gymnasium Blackjack rules, with these differences: the action is the
+      model's raw text answer (``action_mode="discrete"`` gives the reference's ``Discrete`` order);
+      an unreadable answer costs -1 and changes nothing by default (the reference played a random
+      action; ``invalid_action="random"``); the step limit (20 steps) is registered with Gymnasium
+      rather than built into the env; the cards are drawn as cards rather than the toy-text sprites.
 
     ## Arguments
     ``natural`` (False), ``sab`` (False), plus the :class:`TextActionEnv` arguments.
@@ -95,7 +107,6 @@ class BlackjackEnv(TextActionEnv):
     action_only_prompt = BLACKJACK_ACTION_ONLY_PROMPT
 
     def __init__(self, natural: bool = False, sab: bool = False, **kwargs: Any) -> None:
-        kwargs.setdefault("max_episode_steps", 20)
         super().__init__(("stand", "hit"), **kwargs)
         self.natural = bool(natural)
         self.sab = bool(sab)

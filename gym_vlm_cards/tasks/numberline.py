@@ -42,7 +42,19 @@ class NumberLineEnv(TextActionEnv):
     pushing against either end); 0 otherwise. An unreadable answer: -1 (``invalid_action="penalize"``).
 
     ## Episode End
-    Terminated when current == target (a success); truncated after ``2 * max_position`` steps.
+    Terminated when current == target (a success); truncated by the registered step limit (10).
+
+    ## Information
+    Every step's ``info`` holds "Target" and "Current", ``text_state`` (the state in words), ``prompt`` and
+    ``action_only_prompt``; after a step also ``parsed_action`` (the canonical action or None),
+    ``action_is_valid``, ``executed_action`` and ``is_success`` (True only on a won final step).
+
+    ## Version History
+    * v0: the reference gym_cards id and its rules and rewards, with these differences: the action is the
+      model's raw text answer (``action_mode="discrete"`` gives the reference's ``Discrete`` order);
+      an unreadable answer costs -1 and changes nothing by default (the reference played a random
+      action; ``invalid_action="random"``); the step limit (10 steps) is registered with Gymnasium
+      rather than built into the env; frames are drawn with the shipped font at any ``image_size``.
 
     ## Arguments
     ``max_position`` (default 5), plus the :class:`TextActionEnv` arguments. ``reset(options=
@@ -56,7 +68,6 @@ class NumberLineEnv(TextActionEnv):
         if int(max_position) < 1:
             raise ValueError(f"max_position must be at least 1, got {max_position!r}")
         self.max_position = int(max_position)
-        kwargs.setdefault("max_episode_steps", 2 * self.max_position)
         super().__init__(("-", "+"), **kwargs)
         self.current = 0
         self.target = 1

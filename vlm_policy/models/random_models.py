@@ -68,9 +68,10 @@ def _random_model(model_class, config, seed: int, eos_id: int, pad_id: int, devi
     return model
 
 
-def save_random_llava(directory: str | Path, seed: int = 0, config: TinyConfig = TinyConfig()) -> Path:
+def save_random_llava(directory: str | Path, seed: int = 0, config: TinyConfig | None = None) -> Path:
     """The embedded tiny LLaVA written as a checkpoint directory (model + processor)."""
     directory = Path(directory)
+    config = config or TinyConfig()
     build_tiny_model(seed=seed, config=config).save_pretrained(directory)
     build_tiny_processor(config).save_pretrained(directory)
     return directory
@@ -105,7 +106,12 @@ def save_random_qwen2_vl(directory: str | Path, seed: int = 0, image_size: int =
                          sizes: QwenVLSizes | None = None, version: str = "2", device: str | None = None,
                          dtype: torch.dtype | None = None) -> Path:
     """A random Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``) with its processor; tiny by default."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     sizes = sizes or QwenVLSizes(text_hidden=hidden, text_intermediate=2 * hidden)
@@ -208,7 +214,13 @@ LLAVA_NEXT_MISTRAL_7B = LlavaNextSizes(vision_hidden=1024, vision_intermediate=4
 def save_random_llava_next(directory: str | Path, seed: int = 0, sizes: LlavaNextSizes = LlavaNextSizes(),
                            device: str | None = None, dtype: torch.dtype | None = None) -> Path:
     """A random LLaVA-NeXT (Mistral language model, anyres image tiling) with its processor."""
-    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor, MistralConfig
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+        MistralConfig,
+    )
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     from vlm_policy.models.tiny import IMAGE_TOKEN, SPECIAL_TOKENS, TINY_CHAT_TEMPLATE

@@ -13,8 +13,9 @@ The options of ``train`` and ``sft`` are generated from the dataclasses of
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Literal, Sequence
+from typing import Literal
 
 from gym_vlm_cards.evaluate import TABLE_HEADER, evaluate_agents, format_table
 from vlm_policy.training.configs import SFT_GROUPS, TRAIN_GROUPS, TrainConfig

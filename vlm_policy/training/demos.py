@@ -13,9 +13,10 @@ Episode ``i`` is reset with ``seed + i``, so the same arguments write the same f
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import gymnasium as gym
 import numpy as np

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -221,10 +221,10 @@ def vision_warmup(bundle: VLMBundle, examples: Sequence[Example], steps: int, le
             features = image_token_features(model, pixels(batch)).flatten(1).float()
         targets = labeller.targets([e.state for e in batch], device)
         logits = [head(features) for head in heads]
-        loss = sum(torch.nn.functional.cross_entropy(l, t) for l, t in zip(logits, targets)) / len(heads)
+        loss = sum(torch.nn.functional.cross_entropy(z, t) for z, t in zip(logits, targets)) / len(heads)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        accuracy = float(np.mean([(l.argmax(-1) == t).float().mean().item() for l, t in zip(logits, targets)]))
+        accuracy = float(np.mean([(z.argmax(-1) == t).float().mean().item() for z, t in zip(logits, targets)]))
         iterator.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{accuracy:.2f}")
     return accuracy
