@@ -99,7 +99,7 @@ def _from_strict_json(text: str) -> str | None:
         return None
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting exhausts json's recursion: use the tolerant path
         return None
     if not isinstance(obj, dict):
         return None

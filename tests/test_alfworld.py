@@ -12,7 +12,9 @@ from alfworld_bridge.games import GameDataError, find_games
 from alfworld_bridge.render import thor_available
 from alfworld_bridge.toy_games import walkthrough, write_toy_games
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "alfworld-sample"
+# One real game ships with the tests (MIT; see tests/data/alfworld/SOURCE.md), so they need nothing
+# outside the repository.
+SAMPLE = Path(__file__).resolve().parent / "data" / "alfworld"
 REAL_GAME = SAMPLE / "json_2.1.1" / "train" / "pick_heat_then_place_in_recep-Potato-None-SinkBasin-14" / "trial_T20190908_231731_054988"
 
 
@@ -22,8 +24,7 @@ def answer(command: str) -> str:
 
 @pytest.fixture(scope="module")
 def sample_root():
-    if not REAL_GAME.is_dir():
-        pytest.fail(f"the shared ALFWorld sample is missing at {SAMPLE} (it ships in ../shared)")
+    assert REAL_GAME.is_dir(), f"the ALFWorld game shipped with the tests is missing at {REAL_GAME}"
     return SAMPLE
 
 

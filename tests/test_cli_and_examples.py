@@ -32,9 +32,18 @@ def test_play_reads_typed_actions_until_the_episode_ends(capsys):
     assert "Episode over: won" in out and total == 1.0
 
 
-def test_play_with_a_window_draws_through_pygame():
+def test_play_with_a_window_draws_through_pygame(monkeypatch, capsys):
+    import pygame
+
+    frames = []
+    flip = pygame.display.flip
+    monkeypatch.setattr(pygame.display, "flip", lambda: frames.append(pygame.display.get_surface().copy()) or flip())
     typed = iter(["stand"])
-    play.play("gym_cards/Blackjack-v0", seed=0, window=True, read=lambda _: next(typed))
+    total = play.play("gym_cards/Blackjack-v0", seed=0, window=True, read=lambda _: next(typed))
+    assert total in (-1.0, 0.0, 1.0) and "Episode over" in capsys.readouterr().out
+    assert len(frames) >= 2  # the deal and the result were drawn
+    assert frames[0].get_size() == (300, 300)
+    assert len({pygame.image.tobytes(frame, "RGB") for frame in frames}) >= 2  # standing revealed the dealer's hand
 
 
 def _load_example():

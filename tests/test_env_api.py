@@ -126,14 +126,10 @@ def test_random_mode_takes_a_random_legal_action():
     assert info["Current"] in (1, 3)
 
 
-def test_a_one_megabyte_answer_is_handled_quickly():
-    import time
-
+def test_a_one_megabyte_answer_is_parsed():
     env = gym.make("gym_cards/NumberLine-v0")
     env.reset(seed=0)
-    start = time.perf_counter()
-    _, r, *_ , info = env.step("x" * 1_000_000 + '{"action": "+"}')
-    assert time.perf_counter() - start < 2.0
+    _, r, *_ , info = env.step("x" * 1_000_000 + '{"action": "+"}')  # its speed: benchmarks/hostile_answers.py
     assert info["parsed_action"] == "+"
 
 

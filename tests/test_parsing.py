@@ -1,5 +1,4 @@
 import json
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -56,11 +55,13 @@ def test_non_string_answer_is_a_type_error():
         extract_action(b'{"action": "+"}')
 
 
-def test_a_one_megabyte_answer_parses_in_bounded_time():
-    for body in ('"action": ' * 100_000, "action:" * 150_000, "{" * 1_000_000, "'" + "a" * 1_000_000):
-        start = time.perf_counter()
-        parse_action(body, LEGAL)
-        assert time.perf_counter() - start < 2.0
+HOSTILE_BODIES = ('"action": ' * 100_000, "action:" * 150_000, "{" * 1_000_000, "'" + "a" * 1_000_000)
+
+
+def test_megabyte_answers_of_repeated_keys_and_brackets_name_no_action():
+    # How fast they parse is measured by benchmarks/hostile_answers.py, not asserted here.
+    for body in HOSTILE_BODIES:
+        assert parse_action(body, LEGAL) is None
 
 
 def test_match_action_returns_the_canonical_spelling():
@@ -109,3 +110,15 @@ def test_action_key_start_is_none_without_a_key():
     from gym_vlm_cards.parsing import action_key_start
 
     assert action_key_start("just thinking") is None
+
+
+def test_deeply_nested_answers_parse_instead_of_raising():
+    nested = '{"a":' + "[" * 1000 + "]" * 1000 + ', "action": "+"}'
+    assert parse_action(nested, LEGAL) == "+"
+    import gymnasium as gym
+
+    import gym_vlm_cards  # noqa: F401
+
+    env = gym.make("gym_cards/NumberLine-v0")
+    env.reset(seed=0)
+    assert env.step(nested)[-1]["parsed_action"] == "+"
