@@ -117,6 +117,7 @@ def test_the_same_seed_picks_the_same_game(toy_root, tmp_path):
     env.close()
 
 
+@pytest.mark.slow
 def test_gymnasium_check_env_passes(sample_root):
     env = gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train")
     check_env(env.unwrapped, skip_render_check=True)
@@ -142,6 +143,7 @@ def test_thor_style_says_why_it_is_unavailable(sample_root):
         gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train", render_style="thor")
 
 
+@pytest.mark.slow
 def test_map_never_shows_what_is_inside_receptacles(sample_root):
     frames = {}
     for style in ("map", "text"):
@@ -201,6 +203,7 @@ def test_missing_data_says_what_was_looked_for_and_how_to_get_it(tmp_path):
         find_games(tmp_path, "test")
 
 
+@pytest.mark.slow
 def test_ppo_with_the_tiny_vlm_runs_a_few_updates_on_the_bridge(toy_root, tmp_path):
     from stable_baselines3 import PPO
 

@@ -119,6 +119,7 @@ def test_points24_solvable_flag_matches_the_solver():
         assert len(set(info["Cards"])) == 4  # one deck, no card twice
 
 
+@pytest.mark.slow
 def test_solver_counts_the_known_number_of_solvable_deals():
     deals = list(itertools.combinations_with_replacement(range(1, 14), 4))
     solvable = [d for d in deals if is_solvable(d, 24)]

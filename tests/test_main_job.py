@@ -128,6 +128,7 @@ def test_eval_command_prints_the_model_random_and_oracle_rows(finished_run, caps
         assert names[1:] == ["random", "oracle"] and names[0].endswith(("sft", "final.zip"))
 
 
+@pytest.mark.slow
 def test_cnn_baselines_train_and_report(capsys):
     assert cli.main(["baseline", "--env", "gym_cards/NumberLine-v0", "--timesteps", "512", "--episodes", "10"]) == 0
     out = capsys.readouterr().out

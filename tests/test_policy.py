@@ -19,6 +19,7 @@ def random_checkpoints(tmp_path_factory):
     return {family: str(save(root / family)) for family, save in SAVERS.items()}
 
 
+@pytest.mark.slow
 def test_readme_snippet_trains_saves_and_loads_on_cpu(tmp_path):
     env = make_vlm_vec_env("gym_cards/NumberLine-v0", n_envs=4, model="tiny", seed=0)
     model = PPO(VLMPolicy, env, n_steps=8, batch_size=8, n_epochs=1, policy_kwargs={"model": "tiny"})

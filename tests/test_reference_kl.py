@@ -99,6 +99,7 @@ def test_negative_kl_coef_is_refused():
         make_policy(kl_coef=-0.1)
 
 
+@pytest.mark.slow
 def test_ppo_with_penalty_logs_it_and_saves_no_reference_weights(tmp_path):
     env = make_vlm_vec_env("gym_cards/NumberLine-v0", n_envs=2, model="tiny", seed=0, max_new_tokens=16)
     kwargs = {"model": "tiny", "lora_r": 0, "kl_coef": 0.5, "temperature": 1.0}
