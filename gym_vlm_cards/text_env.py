@@ -65,6 +65,16 @@ class TextActionEnv(gym.Env):
 
     There is no step-limit argument: ``gym.make`` wraps the env in ``TimeLimit`` with the limit
     registered for the task (or the ``max_episode_steps`` passed to ``gym.make``).
+
+    Information (every task): each ``info`` holds the task's symbolic state (its own keys),
+    ``text_state`` (the state in words), ``prompt`` and ``action_only_prompt``; after a step also
+    ``parsed_action`` (the canonical action or None), ``action_is_valid``, ``executed_action`` and
+    ``is_success`` (True only on a won step, present in every step's info).
+
+    What every v0 task changes from the reference gym_cards with the same id: the action is the
+    model's raw text answer (``action_mode="discrete"`` gives the reference's ``Discrete`` order); an
+    unreadable answer costs -1 and changes nothing by default (the reference played a random action:
+    ``invalid_action="random"``); step limits are registered with Gymnasium, not built into the env.
     """
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 4}

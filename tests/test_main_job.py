@@ -103,16 +103,48 @@ def test_pipeline_runs_end_to_end(finished_run):
 
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_without_redoing_work(finished_run, tmp_path, capsys):
+    from vlm_policy.checkpoints import load_agent, read_agent_data
+
     run = tmp_path / "run"
     shutil.copytree(finished_run[0], run)
     sft_stamp = (run / "sft" / "training.json").stat().st_mtime_ns
-    # An interrupted run: the final model is gone, the checkpoints are there; --resume continues.
+    # Killed after the first of the two updates: the final agent and the last checkpoint are gone.
     (run / "ppo" / "final.zip").unlink()
-    resumed = Pipeline(_micro_config(run, ppo_timesteps=24)).run(resume=True)
+    (run / "ppo" / "checkpoints" / "rl_model_16_steps.zip").unlink()
+    resumed = Pipeline(_micro_config(run)).run(resume=True)
     assert "resuming PPO from" in capsys.readouterr().out
     assert (run / "sft" / "training.json").stat().st_mtime_ns == sft_stamp  # SFT was not redone
-    assert latest_checkpoint(run / "ppo" / "checkpoints").name == "rl_model_24_steps.zip"
-    assert len(resumed) == 2
+    assert latest_checkpoint(run / "ppo" / "checkpoints").name == "rl_model_16_steps.zip"
+    data = read_agent_data(run / "ppo" / "final.zip")
+    assert (data["num_timesteps"], data["_n_updates"]) == (16, 2)  # each update made once
+    assert len(resumed) == 2 and load_agent  # noqa: B015
+
+
+@pytest.mark.slow
+def test_changed_settings_stop_the_run_before_anything_is_touched(finished_run, tmp_path):
+    from vlm_policy.training.stages import SettingsChanged
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(SettingsChanged, match="env_id: 'gym_cards/NumberLine-v0' -> 'gym_cards/Blackjack-v0'"):
+        Pipeline(_micro_config(run, env_id="gym_cards/Blackjack-v0")).run()
+    with pytest.raises(SettingsChanged, match="n_epochs: 1 -> 2"):
+        Pipeline(_micro_config(run, n_epochs=2)).run(resume=True)  # --resume refuses changed PPO settings
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert cli.main(["train", "--out-dir", str(run), "--demos", "24", "--no-progress"]) == 2
+
+
+@pytest.mark.slow
+def test_overwrite_redoes_only_the_changed_stages_and_those_made_from_them(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    final = (run / "ppo" / "final.zip").read_bytes()
+    rows = Pipeline(_micro_config(run, eval_episodes=2)).run(overwrite=True)
+    assert "--overwrite: redoing after SFT, after PPO" in capsys.readouterr().out
+    assert [r.episodes for r in rows] == [2, 2]  # no table mixes two evaluations
+    assert (run / "ppo" / "final.zip").read_bytes() == final  # PPO did not depend on it: kept
+    assert json.loads((run / "config.json").read_text())["eval_episodes"] == 2
 
 
 @pytest.mark.slow

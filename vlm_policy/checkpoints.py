@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +26,41 @@ if TYPE_CHECKING:
     from vlm_policy.policy import VLMPolicy
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+TEMPORARY_MARK = ".partial-"
 POLICY_CONFIG_FILE = "vlm_policy.json"
 SFT_METADATA_FILE = "training.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yields a temporary path beside ``path``; renames it to ``path`` only if the block succeeds.
+
+    A file or directory is then either whole or absent: a run killed while writing leaves at most a
+    ``.partial-`` leftover, never a torn file under the real name (the rename is atomic on POSIX).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{TEMPORARY_MARK}{os.getpid()}-{path.name}")
+    _remove(temporary)
+    try:
+        yield temporary
+        if path.is_dir() and temporary.is_dir():
+            _remove(path)
+        os.replace(temporary, path)
+    finally:
+        _remove(temporary)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def saves_whole_model(policy: VLMPolicy) -> bool:
@@ -85,11 +121,88 @@ def load_pretrained(policy: VLMPolicy, directory: str | Path) -> None:
 def save_sft_checkpoint(bundle: VLMBundle, out_dir: str | Path, metadata: dict[str, Any]) -> Path:
     """Saves model (LoRA merged in) and processor so that ``load_vlm(out_dir)`` reads them back."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model = bundle.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(out_dir, safe_serialization=True)
-    bundle.processor.save_pretrained(out_dir)
-    (out_dir / SFT_METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    with atomic_path(out_dir) as temporary:  # a killed save leaves no half-written checkpoint
+        model.save_pretrained(temporary, safe_serialization=True)
+        bundle.processor.save_pretrained(temporary)
+        (temporary / SFT_METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading an agent zip without running code from it
+#
+# SB3 writes some of an algorithm's attributes into the zip's "data" entry as cloudpickle payloads
+# (the policy class, the spaces, schedules, buffers); ``PPO.load`` unpickles them, so loading an
+# untrusted zip with it runs whatever code the payloads hold. ``load_agent`` reads only the entry's
+# JSON values and the weights (``torch.load(weights_only=True)``), and rebuilds every pickled field
+# from this package's own classes and the env it is given.
+
+#: Pickled fields rebuilt from the env / policy rather than unpickled; None: SB3 rebuilds them itself.
+_NOT_NEEDED_PICKLED = {"_last_obs": None, "_last_episode_starts": None, "_last_original_obs": None,
+                       "ep_info_buffer": None, "ep_success_buffer": None, "rollout_buffer_class": None}
+
+
+def read_agent_data(path: str | Path) -> dict[str, Any]:
+    """The JSON ``data`` entry of an SB3 agent zip (its pickled fields are left as they are, unread)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("data"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as error:
+        raise ValueError(f"{path} is not a readable SB3 agent zip ({type(error).__name__}: {error})") from None
+
+
+def _is_pickled(value: Any) -> bool:
+    return isinstance(value, dict) and ":serialized:" in value
+
+
+def agent_answer_length(data: dict[str, Any]) -> int:
+    """The agent's ``max_new_tokens``, read from its action space's JSON shape (nothing unpickled)."""
+    import re
+
+    numbers = re.findall(r"\d+", str(data.get("action_space", {}).get("_shape", "")))
+    if len(numbers) != 1:
+        raise ValueError("the agent zip records no MultiDiscrete token action space: not a VLMPolicy agent")
+    return int(numbers[0])
+
+
+def load_agent(path: str | Path, env, device: str = "auto", **overrides: Any):
+    """``PPO.load`` without unpickling anything from the zip (see above).
+
+    :param path: the agent zip.
+    :param env: an env (or VecEnv) built for the agent's model and answer length
+        (:func:`vlm_policy.make_vlm_vec_env`); its spaces replace the pickled ones.
+    :param device: where to load it.
+    :param overrides: values for pickled fields needed to keep training, e.g. ``learning_rate`` (a
+        schedule) and ``clip_range``; without them the agent acts but trains at learning rate 0.
+    :return: the PPO algorithm with its VLMPolicy.
+    """
+    from stable_baselines3 import PPO
+
+    from vlm_policy.policy import VLMPolicy
+
+    data = read_agent_data(path)
+    kwargs = data.get("policy_kwargs")
+    if not isinstance(kwargs, dict) or any(_is_pickled(v) for v in kwargs.values()):
+        raise ValueError(f"{path}: its policy_kwargs hold pickled objects; only a VLMPolicy agent with plain "
+                         "settings loads safely (PPO.load would run the pickled code: use it only on files you trust)")
+    module = data.get("policy_class", {}).get("__module__", "") if _is_pickled(data.get("policy_class")) else ""
+    if module != "vlm_policy.policy":
+        raise ValueError(f"{path} holds no VLMPolicy agent (policy class from {module or 'nowhere'!r})")
+    answer_length = agent_answer_length(data)
+    action_space = getattr(env, "action_space", None)
+    if action_space is None or len(getattr(action_space, "nvec", ())) != answer_length:
+        raise ValueError(f"the env's token action space does not match the agent's {answer_length}-token answers; "
+                         "build it with the agent's model and max_new_tokens")
+    # The spaces as SB3 will see the env (it transposes images to channel-first, as it did when saving).
+    seen = PPO._wrap_env(env, verbose=0)
+    custom: dict[str, Any] = {key: None for key, value in data.items() if _is_pickled(value)}
+    custom.update(_NOT_NEEDED_PICKLED)
+    custom.update(policy_class=VLMPolicy, observation_space=seen.observation_space, action_space=seen.action_space,
+                  learning_rate=0.0, lr_schedule=lambda _: 0.0, clip_range=0.2)
+    custom.update(overrides)
+    return PPO.load(path, env=env, device=device, custom_objects=custom)

@@ -85,16 +85,11 @@ class BlackjackEnv(TextActionEnv):
     the registered step limit (20, more than any hand can take).
 
     ## Information
-    Every step's ``info`` holds "Dealer Card" and "Player Card", ``text_state`` (the state in words), ``prompt`` and
-    ``action_only_prompt``; after a step also ``parsed_action`` (the canonical action or None),
-    ``action_is_valid``, ``executed_action`` and ``is_success`` (True only on a won final step).
+    The state under "Dealer Card" and "Player Card"; the keys every task shares are listed in :class:`TextActionEnv`.
 
     ## Version History
-    * v0: the reference gym_cards id and its Gymnasium Blackjack rules, with these differences: the action is the
-      model's raw text answer (``action_mode="discrete"`` gives the reference's ``Discrete`` order);
-      an unreadable answer costs -1 and changes nothing by default (the reference played a random
-      action; ``invalid_action="random"``); the step limit (20 steps) is registered with Gymnasium
-      rather than built into the env; the cards are drawn as cards rather than the toy-text sprites.
+    * v0: the reference's id, rules and rewards, with the changes every task makes (see
+      :class:`TextActionEnv`); registered step limit 20; cards are drawn as cards, not the toy-text sprites.
 
     ## Arguments
     ``natural`` (False), ``sab`` (False), plus the :class:`TextActionEnv` arguments.

@@ -33,17 +33,12 @@ class EZPointsEnv(ArithmeticCardsEnv):
     safety net, after 24 steps).
 
     ## Information
-    Every step's ``info`` holds "Cards", "Numbers" and "Formula", ``text_state`` (the state in words), ``prompt`` and
-    ``action_only_prompt``; after a step also ``parsed_action`` (the canonical action or None),
-    ``action_is_valid``, ``executed_action`` and ``is_success`` (True only on a won final step).
+    The state under "Cards", "Numbers" and "Formula"; the keys every task shares are listed in :class:`TextActionEnv`.
 
     ## Version History
-    * v0: the reference gym_cards id and its rules and rewards, with these differences: the action is the
-      model's raw text answer (``action_mode="discrete"`` gives the reference's ``Discrete`` order);
-      an unreadable answer costs -1 and changes nothing by default (the reference played a random
-      action; ``invalid_action="random"``); the step limit (24 steps, a safety net the reference
-      lacks) is registered with Gymnasium rather than built into the env; formulas are evaluated
-      exactly (fractions), never with ``eval``.
+    * v0: the reference's id, rules and rewards, with the changes every task makes (see
+      :class:`TextActionEnv`); registered step limit 24 (a safety net the reference
+      lacks); formulas are evaluated exactly, never with ``eval``.
 
     ## Arguments
     ``target`` (12), ``formula_limit`` (5), plus the :class:`TextActionEnv` arguments.

@@ -45,16 +45,11 @@ class NumberLineEnv(TextActionEnv):
     Terminated when current == target (a success); truncated by the registered step limit (10).
 
     ## Information
-    Every step's ``info`` holds "Target" and "Current", ``text_state`` (the state in words), ``prompt`` and
-    ``action_only_prompt``; after a step also ``parsed_action`` (the canonical action or None),
-    ``action_is_valid``, ``executed_action`` and ``is_success`` (True only on a won final step).
+    The state under "Target" and "Current"; the keys every task shares are listed in :class:`TextActionEnv`.
 
     ## Version History
-    * v0: the reference gym_cards id and its rules and rewards, with these differences: the action is the
-      model's raw text answer (``action_mode="discrete"`` gives the reference's ``Discrete`` order);
-      an unreadable answer costs -1 and changes nothing by default (the reference played a random
-      action; ``invalid_action="random"``); the step limit (10 steps) is registered with Gymnasium
-      rather than built into the env; frames are drawn with the shipped font at any ``image_size``.
+    * v0: the reference's id, rules and rewards, with the changes every task makes (see
+      :class:`TextActionEnv`); registered step limit 10; frames are drawn with the shipped font at any ``image_size``.
 
     ## Arguments
     ``max_position`` (default 5), plus the :class:`TextActionEnv` arguments. ``reset(options=

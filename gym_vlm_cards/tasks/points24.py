@@ -36,17 +36,13 @@ class Points24Env(ArithmeticCardsEnv):
     a safety net, after 84 steps).
 
     ## Information
-    Every step's ``info`` holds "Cards", "Numbers", "Formula" and "solvable", ``text_state`` (the state in words), ``prompt`` and
-    ``action_only_prompt``; after a step also ``parsed_action`` (the canonical action or None),
-    ``action_is_valid``, ``executed_action`` and ``is_success`` (True only on a won final step).
+    The state under "Cards", "Numbers", "Formula" and "solvable" (new); the keys every task shares
+    are listed in :class:`TextActionEnv`.
 
     ## Version History
-    * v0: the reference gym_cards id and its rules and rewards, with these differences: the action is the
-      model's raw text answer (``action_mode="discrete"`` gives the reference's ``Discrete`` order);
-      an unreadable answer costs -1 and changes nothing by default (the reference played a random
-      action; ``invalid_action="random"``); the step limit (84 steps, a safety net the reference
-      lacks) is registered with Gymnasium rather than built into the env; formulas are evaluated
-      exactly (fractions), never with ``eval``; the solvable flag is new.
+    * v0: the reference's id, rules and rewards, with the changes every task makes (see
+      :class:`TextActionEnv`); registered step limit 84 (a safety net the reference
+      lacks); formulas are evaluated exactly, never with ``eval``.
 
     ## Arguments
     ``target`` (24), ``formula_limit`` (20), ``face_cards_as_ten`` (True), plus the

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback
 
 
 class VLMRolloutLogger(BaseCallback):
@@ -83,21 +83,55 @@ def saved_checkpoints(directory: str | Path, name_prefix: str = "rl_model") -> l
     return [path for _, path in sorted(found)]
 
 
-class RotatingCheckpointCallback(CheckpointCallback):
-    """SB3's CheckpointCallback, keeping only the newest ``keep`` checkpoints (SB3 keeps all of them:
-    about 40 MB each for the tiny model, a gigabyte per NumberLine run). ``keep=0`` keeps every one.
-    A checkpoint is removed only after a newer one has been written.
+class UpdateCheckpointCallback(BaseCallback):
+    """Saves the agent after every ``every`` PPO updates, keeping the newest ``keep`` it wrote.
+
+    SB3's ``CheckpointCallback`` saves at a rollout's last env step, before PPO trains on that
+    rollout, so a run resumed from it redoes that rollout's env steps without its update (a resumed
+    96-step run made 5 updates where 6 were due). Here a checkpoint is written when the next rollout
+    starts and when training ends, that is after the update: resuming from ``rl_model_<n>_steps.zip``
+    continues with every update of the first ``n`` env steps made. Each file is written atomically
+    (a killed save leaves no torn checkpoint), and only files this callback wrote are rotated
+    (leftovers of another run in the folder are never mistaken for its own). ``keep=0`` keeps all.
     """
 
-    def __init__(self, save_freq: int, save_path: str, keep: int = 3, **kwargs) -> None:
+    def __init__(self, save_path: str | Path, keep: int = 3, every: int = 1, name_prefix: str = "rl_model",
+                 verbose: int = 0) -> None:
         if keep < 0:
             raise ValueError(f"keep must be >= 0 (0 keeps every checkpoint), got {keep}")
-        super().__init__(save_freq, save_path, **kwargs)
+        if every < 1:
+            raise ValueError(f"every must be >= 1 update, got {every}")
+        super().__init__(verbose)
+        self.save_path = Path(save_path)
         self.keep = keep
+        self.every = every
+        self.name_prefix = name_prefix
+        self.written: list[Path] = []
+        self._rollouts = 0
 
     def _on_step(self) -> bool:
-        continue_training = super()._on_step()
-        if self.keep and self.n_calls % self.save_freq == 0:
-            for old in saved_checkpoints(self.save_path, self.name_prefix)[: -self.keep]:
-                old.unlink()
-        return continue_training
+        return True
+
+    def _on_rollout_start(self) -> None:
+        # The first rollout of a learn() call follows no update of this call.
+        if self._rollouts and self._rollouts % self.every == 0:
+            self._save()
+        self._rollouts += 1
+
+    def _on_training_end(self) -> None:
+        if self._rollouts:
+            self._save()
+
+    def _save(self) -> None:
+        from vlm_policy.checkpoints import atomic_path
+
+        path = self.save_path / f"{self.name_prefix}_{self.num_timesteps}_steps.zip"
+        if path in self.written:
+            return
+        with atomic_path(path) as temporary:
+            self.model.save(temporary)  # SB3 appends ".zip" to a name without it; ours has one
+        self.written.append(path)
+        if self.keep:
+            for old in self.written[: -self.keep]:
+                old.unlink(missing_ok=True)
+            self.written = self.written[-self.keep:]

@@ -13,6 +13,7 @@ The options of ``train`` and ``sft`` are generated from the dataclasses of
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal
@@ -23,7 +24,9 @@ from vlm_policy.training.configs import SFT_GROUPS, TRAIN_GROUPS, TrainConfig
 
 @dataclass
 class ResumeOption:
-    resume: bool = field(default=False, metadata={"help": "continue PPO from the last checkpoint in --out-dir"})
+    resume: bool = field(default=False, metadata={"help": "continue PPO from the newest whole checkpoint in --out-dir"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "redo the stages in --out-dir made with other settings (and every later one) instead of stopping"})
 
 
 @dataclass
@@ -39,7 +42,7 @@ class EvalOptions:
     episodes: int = field(default=200, metadata={"help": "episodes, seeds --seed onwards"})
     seed: int = field(default=100_000, metadata={"help": "first episode's seed"})
     max_new_tokens: int = field(default=0, metadata={
-        "help": "longest answer; 0: a PPO agent's own, else enough for the task oracle's answers"})
+        "help": "longest answer for a checkpoint (0: enough for the task oracle's answers); an agent .zip uses its own"})
     prompt_style: Literal["cot", "action_only"] = field(default="cot", metadata={"help": "prompt with or without thoughts"})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu' or 'cuda'"})
 
@@ -122,9 +125,14 @@ def _into_groups(groups, args: argparse.Namespace) -> list:
 
 def _train(groups: list) -> int:
     from vlm_policy.training.pipeline import Pipeline
+    from vlm_policy.training.stages import SettingsChanged
 
     *config_groups, options = groups
-    Pipeline(TrainConfig.from_groups(*config_groups)).run(resume=options.resume)
+    try:
+        Pipeline(TrainConfig.from_groups(*config_groups)).run(resume=options.resume, overwrite=options.overwrite)
+    except SettingsChanged as error:
+        print(f"vlm-cards train: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -146,16 +154,18 @@ def _eval(groups: list) -> int:
     if options.model:
         policy = None
         if options.model.endswith(".zip"):
-            from stable_baselines3 import PPO
+            # Read without unpickling anything from the file (see vlm_policy.checkpoints.load_agent).
+            from vlm_policy.checkpoints import agent_answer_length, load_agent, read_agent_data
 
-            policy = PPO.load(options.model, device=options.device).policy
+            data = read_agent_data(options.model)
+            source, budget = data["policy_kwargs"]["model"], agent_answer_length(data)
+            make = eval_env_factory(options.env, source, budget, options.prompt_style)
+            policy = load_agent(options.model, make(), device=options.device).policy
             policy.set_training_mode(False)
-            source = policy.model_source
         else:
             source = options.model
-        budget = options.max_new_tokens or _answer_budget(options, policy, source)
-        make = eval_env_factory(options.env, source, budget, options.prompt_style)
-        if policy is None:
+            budget = options.max_new_tokens or _answer_budget(options, source)
+            make = eval_env_factory(options.env, source, budget, options.prompt_style)
             policy = standalone_policy(source, make(), device=options.device)
         result, _ = evaluate_vlm(policy, make, options.episodes, options.seed, name=options.model, progress=True)
         rows.append(result)
@@ -166,10 +176,8 @@ def _eval(groups: list) -> int:
     return 0
 
 
-def _answer_budget(options: EvalOptions, agent_policy, source: str) -> int:
-    """A PPO agent's own answer length; for a checkpoint, one that fits the task oracle's answers."""
-    if agent_policy is not None:
-        return len(agent_policy.action_space.nvec)
+def _answer_budget(options: EvalOptions, source: str) -> int:
+    """For a checkpoint, an answer budget that fits the task oracle's answers."""
     from vlm_policy.env_bridge import frame_kwargs
     from vlm_policy.loading import load_processor
     from vlm_policy.training.demos import answer_token_budget, longest_answer_tokens, oracle_answers

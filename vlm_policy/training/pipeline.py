@@ -15,17 +15,19 @@ interrupted run loses nothing it had saved; ``resume=True`` continues PPO from i
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from gym_vlm_cards.evaluate import TABLE_HEADER, EvalResult, format_table
-from vlm_policy.checkpoints import SFT_METADATA_FILE
+from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_path, atomic_write_text
 from vlm_policy.env_bridge import frame_kwargs
 from vlm_policy.loading import load_processor, resolve_device
 from vlm_policy.optim import cosine_schedule
 from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig, TrainConfig
+from vlm_policy.training.stages import StageRecords
 
 __all__ = ["Pipeline", "TrainConfig", "cosine_schedule", "latest_checkpoint"]
 
@@ -68,14 +70,17 @@ class Pipeline:
         if path.is_file() and count_demonstrations(path) == self.config.demos:
             return path
         env_kwargs = frame_kwargs(self.config.env_id, load_processor(self.config.model))
-        return write_demonstrations(self.config.env_id, self.config.demos, self.out / "demos", seed=self.config.seed,
-                                    chain_of_thought=self.config.prompt_style == "cot", env_kwargs=env_kwargs)
+        with atomic_path(self.out / "demos") as temporary:  # whole or absent, never a torn JSONL
+            write_demonstrations(self.config.env_id, self.config.demos, temporary, seed=self.config.seed,
+                                 chain_of_thought=self.config.prompt_style == "cot", env_kwargs=env_kwargs)
+        return path
 
     def sft(self, demos: Path) -> str:
         from vlm_policy.training.demos import read_demonstrations
         from vlm_policy.training.sft import run_sft
 
-        directory = self.out / "sft"
+        # Absolute: the path is recorded in the PPO agent, which must load from any working directory.
+        directory = (self.out / "sft").resolve()
         if (directory / SFT_METADATA_FILE).is_file():
             return str(directory)
         c = self.config
@@ -103,23 +108,27 @@ class Pipeline:
         from stable_baselines3 import PPO
         from stable_baselines3.common.callbacks import CallbackList
 
+        from vlm_policy.checkpoints import load_agent
         from vlm_policy.env_bridge import make_vlm_vec_env
         from vlm_policy.policy import VLMPolicy
-        from vlm_policy.training.callbacks import RotatingCheckpointCallback, VLMRolloutLogger
+        from vlm_policy.training.callbacks import UpdateCheckpointCallback, VLMRolloutLogger
 
         c = self.config
         final = self.out / "ppo" / "final.zip"
         env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1, max_new_tokens=budget,
                                prompt_style=c.prompt_style)
+        # Agents are read without unpickling (load_agent); training state comes from the config.
+        training = {"learning_rate": cosine_schedule(c.learning_rate, c.learning_rate_end), "clip_range": c.clip_range}
         if final.is_file():
-            return PPO.load(final, env=env, device=self.device)
+            return load_agent(final, env, device=self.device, **training)
         checkpoint = latest_checkpoint(self.out / "ppo" / "checkpoints") if resume else None
         if checkpoint is not None:
             print(f"resuming PPO from {checkpoint}")
-            model = PPO.load(checkpoint, env=env, device=self.device)
+            model = load_agent(checkpoint, env, device=self.device, **training)
         else:
-            if not resume:
+            if not resume:  # a fresh start: nothing of an unfinished earlier attempt is kept
                 (self.out / "curve.jsonl").unlink(missing_ok=True)
+                shutil.rmtree(self.out / "ppo" / "checkpoints", ignore_errors=True)
             model = PPO(VLMPolicy, env, learning_rate=cosine_schedule(c.learning_rate, c.learning_rate_end),
                         n_steps=c.n_steps, batch_size=c.batch_size, n_epochs=c.n_epochs, gamma=c.gamma,
                         gae_lambda=c.gae_lambda, clip_range=c.clip_range, ent_coef=c.ent_coef, vf_coef=c.vf_coef,
@@ -128,27 +137,44 @@ class Pipeline:
                         seed=c.seed, device=self.device, verbose=0)
         remaining = c.ppo_timesteps - model.num_timesteps
         callbacks = CallbackList([
-            RotatingCheckpointCallback(save_freq=c.n_steps, save_path=str(self.out / "ppo" / "checkpoints"),
-                                       keep=c.keep_checkpoints),
+            UpdateCheckpointCallback(self.out / "ppo" / "checkpoints", keep=c.keep_checkpoints),
             VLMRolloutLogger(self.out / "curve.jsonl"),
         ])
         if remaining > 0:
             model.learn(remaining, callback=callbacks, reset_num_timesteps=checkpoint is None,
                         tb_log_name="ppo", progress_bar=c.progress)
-        model.save(final)
-        model.policy.save_pretrained(self.out / "ppo" / "adapter")
+        with atomic_path(self.out / "ppo" / "adapter") as temporary:
+            model.policy.save_pretrained(temporary)
+        with atomic_path(final) as temporary:  # last: its presence marks the stage as done
+            model.save(temporary)
         return model
 
     # ------------------------------------------------------------------ whole run
-    def run(self, resume: bool = False) -> list[EvalResult]:
+    def run(self, resume: bool = False, overwrite: bool = False) -> list[EvalResult]:
+        """Runs every stage not already done with these settings.
+
+        :param resume: continue PPO from its newest whole checkpoint (else an unfinished PPO stage
+            starts again).
+        :param overwrite: redo the stages made with other settings (and every later one) instead
+            of stopping with the differences named.
+        """
         start = time.perf_counter()
+        results = self._cached_results()
+        records = StageRecords(self.out, self.config)
+        redone = records.check(results, overwrite)  # before anything is written
+        if redone:
+            print(f"--overwrite: redoing {', '.join(redone)}")
+            self._save_results(results)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        # Every output in out_dir now matches this config (or is about to be made with it).
+        atomic_write_text(self.out / "config.json", json.dumps(self.config.to_dict(), indent=2))
+        records.begin("demos")
         demos = self.demonstrations()
         budget = self.answer_budget(demos)
+        records.begin("sft")
         sft_dir = self.sft(demos)
-        results = self._cached_results()
         if "after SFT" not in results:
+            records.begin("after SFT")
             from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
 
             env = eval_env_factory(self.config.env_id, sft_dir, budget, self.config.prompt_style)()
@@ -157,7 +183,9 @@ class Pipeline:
             policy = standalone_policy(sft_dir, env, device=self.device, **kwargs)
             results["after SFT"] = self.evaluate(policy, sft_dir, budget, "after SFT")[0]
             self._save_results(results)
+        records.begin("ppo")
         model = self.ppo(sft_dir, budget, resume)
+        records.begin("after PPO")
         result, record = self.evaluate(model.policy, sft_dir, budget, "after PPO", record=True)
         results["after PPO"] = result
         self._save_results(results)
@@ -179,15 +207,40 @@ class Pipeline:
         path = self.out / "results.json"
         if not path.is_file():
             return {}
-        return {name: EvalResult(**row) for name, row in json.loads(path.read_text()).items()}
+        try:
+            return {name: EvalResult(**row) for name, row in json.loads(path.read_text()).items()}
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path} is not a results table this package wrote ({error}); move it away or "
+                             "choose a fresh --out-dir") from None
 
     def _save_results(self, results: dict[str, EvalResult]) -> None:
-        (self.out / "results.json").write_text(json.dumps({k: asdict(v) for k, v in results.items()}, indent=2))
+        atomic_write_text(self.out / "results.json", json.dumps({k: asdict(v) for k, v in results.items()}, indent=2))
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
-    """The SB3 checkpoint with the most timesteps in ``directory``, or None."""
+    """The SB3 checkpoint with the most timesteps in ``directory`` that is whole, or None; a torn or
+    unreadable newer one is skipped, and said so."""
     from vlm_policy.training.callbacks import saved_checkpoints
 
-    found = saved_checkpoints(directory)
-    return found[-1] if found else None
+    for path in reversed(saved_checkpoints(directory)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        print(f"skipping checkpoint {path}: {problem}")
+    return None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why an agent zip cannot be loaded whole (None: it can)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as error:
+        return f"not a readable zip ({error})"
+    if broken is not None:
+        return f"entry {broken} is corrupt"
+    missing = {"data", "policy.pth"} - names
+    return f"it lacks {sorted(missing)}" if missing else None

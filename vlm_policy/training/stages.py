@@ -1,0 +1,131 @@
+"""What each stage of the main job depends on, recorded so that a stage is reused only when it matches.
+
+Every stage writes a record of its settings into ``out_dir/stages/<stage>.json`` *before* it starts;
+each record nests the records of the stages it builds on, so a change anywhere upstream shows
+downstream too. A later run with the same ``--out-dir`` compares its own settings with the records
+before touching anything: a stage whose record differs (or whose outputs exist with no record, as
+written by an older version) stops the run with the differing settings named, unless ``--overwrite``
+asks to redo it and every stage after it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from vlm_policy.checkpoints import atomic_write_text
+from vlm_policy.training.configs import PPOConfig, SFTConfig, TrainConfig
+
+STAGES = ("demos", "sft", "after SFT", "ppo", "after PPO")
+#: The stages each stage is made from.
+UPSTREAM = {"demos": (), "sft": ("demos",), "after SFT": ("sft",), "ppo": ("sft",), "after PPO": ("ppo",)}
+
+
+def downstream(stage: str) -> list[str]:
+    """``stage`` and every stage made from it, in run order."""
+    found = {stage}
+    for later in STAGES:
+        if any(up in found for up in UPSTREAM[later]):
+            found.add(later)
+    return [s for s in STAGES if s in found]
+#: Settings that change how a stage runs but not what it produces.
+NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device"}
+
+
+class SettingsChanged(RuntimeError):
+    """An output directory holds stages made with other settings than this run's."""
+
+
+def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Each stage's record: the settings its outputs depend on, upstream stages' records nested."""
+    values = asdict(config)
+
+    def pick(names) -> dict[str, Any]:
+        return {name: values[name] for name in names if name not in NOT_RESULT_SETTINGS}
+
+    demos = pick(("env_id", "demos", "seed", "prompt_style", "model"))
+    sft = {"demos": demos, **pick([f.name for f in fields(SFTConfig)] + ["dtype", "gradient_checkpointing"])}
+    evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens"))
+    ppo = {"sft": sft, **pick([f.name for f in fields(PPOConfig)] + ["max_new_tokens", "micro_batch_size"])}
+    return {"demos": demos, "sft": sft, "after SFT": {"sft": sft, "temperature": values["temperature"], **evaluation},
+            "ppo": ppo, "after PPO": {"ppo": ppo, **evaluation}}
+
+
+def differences(recorded: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """``name: old -> new`` for every setting that differs between two records."""
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        found: list[str] = []
+        for key in sorted(set(recorded) | set(wanted)):
+            if key in ("demos", "sft", "ppo") and prefix:
+                continue  # an upstream record: reported at its own stage
+            found += differences(recorded.get(key, "<unset>"), wanted.get(key, "<unset>"), key)
+        return found
+    return [] if recorded == wanted else [f"{prefix}: {recorded!r} -> {wanted!r}"]
+
+
+class StageRecords:
+    """The stage records of one output directory, and the outputs each stage owns."""
+
+    def __init__(self, out: Path, config: TrainConfig) -> None:
+        self.out = out
+        self.wanted = stage_settings(config)
+
+    def path(self, stage: str) -> Path:
+        return self.out / "stages" / f"{stage.replace(' ', '_')}.json"
+
+    def outputs(self, stage: str) -> list[Path]:
+        return {
+            "demos": [self.out / "demos"],
+            "sft": [self.out / "sft"],
+            "after SFT": [],  # a row of results.json
+            "ppo": [self.out / "ppo", self.out / "curve.jsonl", self.out / "tb"],
+            "after PPO": [self.out / "learning_curve.png", self.out / "episode_strip.png"],
+        }[stage]
+
+    def _has_output(self, stage: str, results: dict) -> bool:
+        if stage in ("after SFT", "after PPO"):
+            return stage in results
+        return any(path.exists() for path in self.outputs(stage))
+
+    def check(self, results: dict, overwrite: bool) -> list[str]:
+        """Stops (``SettingsChanged``, every difference named) if stages were made with other
+        settings; with ``overwrite`` deletes them and the stages made from them instead, and returns
+        the stages deleted."""
+        changed: dict[str, list[str]] = {}
+        for stage in STAGES:
+            path = self.path(stage)
+            if path.is_file():
+                found = differences(json.loads(path.read_text()), self.wanted[stage])
+            elif self._has_output(stage, results):
+                found = ["no settings record: made by an older version of this package"]
+            else:
+                continue
+            if found:
+                changed[stage] = found
+        if not changed:
+            return []
+        if not overwrite:
+            listing = "; ".join(f"{stage}: {', '.join(found)}" for stage, found in changed.items())
+            raise SettingsChanged(
+                f"{self.out} holds stages made with other settings ({listing}); rerun with the same settings, "
+                "pass --overwrite to redo those stages (and the ones made from them), or choose a fresh --out-dir")
+        redo = [stage for stage in STAGES if any(stage in downstream(c) for c in changed)]
+        self.remove(redo, results)
+        return redo
+
+    def remove(self, stages, results: dict) -> None:
+        for stage in stages:
+            self.path(stage).unlink(missing_ok=True)
+            results.pop(stage, None)
+            for output in self.outputs(stage):
+                if output.is_dir():
+                    shutil.rmtree(output)
+                else:
+                    output.unlink(missing_ok=True)
+
+    def begin(self, stage: str) -> None:
+        """Records the settings a stage is about to be made with."""
+        atomic_write_text(self.path(stage), json.dumps(self.wanted[stage], indent=2))
