@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from alfworld_bridge.games import find_games, read_traj_data
+from alfworld_bridge.games import GameDataError, find_games, read_traj_data
 from alfworld_bridge.goals import Targets, goal_condition_rate
 from alfworld_bridge.render import draw_map_view, draw_text_view, floor_plan_of, thor_available
 from gym_vlm_cards.parsing import extract_action, normalize
@@ -108,6 +108,7 @@ class ALFWorldEnv(gym.Env):
         self.action_space = spaces.Text(max_length=MAX_ANSWER_CHARS, charset=string.printable)
         self._engine = None
         self._loaded: Path | None = None
+        self._episode_over = True  # until the first reset
         self.game_file: Path | None = None
         self.state: Any = None
         self.targets: Targets | None = None
@@ -121,16 +122,24 @@ class ALFWorldEnv(gym.Env):
         import textworld
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
-        if self._engine is None:
-            infos = textworld.EnvInfos(won=True, admissible_commands=True, facts=True, feedback=True,
-                                       extras=["gamefile"])
-            self._engine = textworld.start(str(game), request_infos=infos, wrappers=[AlfredDemangler(), AlfredInfos])
-        elif self._loaded != game:
-            self._engine.load(str(game))
-        self._loaded = game
-        return self._engine.reset()
+        try:
+            if self._engine is None:
+                infos = textworld.EnvInfos(won=True, admissible_commands=True, facts=True, feedback=True,
+                                           extras=["gamefile"])
+                self._engine = textworld.start(str(game), request_infos=infos,
+                                               wrappers=[AlfredDemangler(), AlfredInfos])
+            elif self._loaded != game:
+                self._engine.load(str(game))
+            self._loaded = game
+            return self._engine.reset()
+        except (ValueError, KeyError, UnicodeDecodeError) as error:  # json errors are ValueErrors
+            self._engine, self._loaded = None, None
+            raise GameDataError(f"game file {game} could not be read ({type(error).__name__}: {error}); "
+                                "it is corrupted: rebuild it or remove it from the data") from None
 
     def _pick_game(self, options: dict[str, Any] | None) -> Path:
+        if options and set(options) - {"game"}:
+            raise ValueError(f"ALFWorld options take only 'game', got {sorted(options)}")
         if options and "game" in options:
             choice = options["game"]
             if isinstance(choice, (int, np.integer)) and not isinstance(choice, bool):
@@ -141,8 +150,6 @@ class ALFWorldEnv(gym.Env):
             if not path.is_file():
                 raise ValueError(f"option 'game' must be an index or an existing game file, got {choice!r}")
             return path
-        if options and set(options) - {"game"}:
-            raise ValueError(f"ALFWorld options take only 'game', got {sorted(options)}")
         return self.games[int(self.np_random.integers(len(self.games)))]
 
     # ------------------------------------------------------------------ Gymnasium API
@@ -157,9 +164,12 @@ class ALFWorldEnv(gym.Env):
         self.task = feedback.split("Your task is to:", 1)[1].strip().rstrip(".") if "Your task is to:" in feedback else ""
         self.observation_text = feedback.split("-=", 1)[-1].split("=-", 1)[-1].strip()
         self.elapsed_steps = 0
+        self._episode_over = False
         return self._frame(), self._info()
 
     def step(self, action: Any):
+        if self._episode_over:
+            raise RuntimeError("ALFWorldEnv: the episode has ended; call reset() before stepping again")
         if not isinstance(action, str):
             raise TypeError(f"the action must be the model's answer as a str, got {type(action).__name__}")
         if self.state is None:
@@ -180,6 +190,7 @@ class ALFWorldEnv(gym.Env):
         reward = WIN_BONUS * won + rate - (INADMISSIBLE_PENALTY if parsed is None else 0.0)
         info = self._info(parsed_action=parsed, action_is_valid=parsed is not None, executed_action=executed)
         info["is_success"] = won  # in every step's info: the last one has it however the episode ends
+        self._episode_over = won
         return self._frame(), float(reward), won, False, info
 
     def render(self) -> np.ndarray | None:

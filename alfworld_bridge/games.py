@@ -16,7 +16,8 @@ from pathlib import Path
 GAME_FILE = "game.tw-pddl"
 TRAJ_FILE = "traj_data.json"
 PROBLEM_FILE = "initial_state.pddl"
-SPLITS = ("train", "valid_seen", "valid_unseen")
+# ALFWorld's download has the first three; "valid_train" is a held-out part of the training games.
+SPLITS = ("train", "valid_seen", "valid_unseen", "valid_train", "valid_unseen_train")
 DOWNLOAD_HINT = (
     "get the dataset with `alfworld-download` on a machine with internet access (it fills $ALFWORLD_DATA, "
     "default ~/.cache/alfworld), then copy that folder here"
@@ -126,4 +127,7 @@ def read_traj_data(game_file: Path) -> dict:
     path = Path(game_file).parent / TRAJ_FILE
     if not path.is_file():
         raise GameDataError(f"{game_file} has no {TRAJ_FILE} beside it (needed for the task type and targets)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise GameDataError(f"{path} is not valid JSON ({error}); the game's data is corrupted") from None

@@ -125,12 +125,14 @@ def _fit(text: str, size: int, width: int) -> str:
 
 
 def floor_plan_of(traj: dict) -> str | None:
+    """The scene's layout name (``FloorPlan<n>``), or None when the data names none or names it
+    oddly: it becomes a file name under ALFWorld's layouts folder, so nothing else is let through
+    (a ``floor_plan`` of ``../../x`` would otherwise read a file outside that folder)."""
     scene = traj.get("scene", {})
     plan = scene.get("floor_plan")
-    if plan:
-        return str(plan)
-    number = scene.get("scene_num")
-    return f"FloorPlan{number}" if number is not None else None
+    if not plan and scene.get("scene_num") is not None:
+        plan = f"FloorPlan{scene.get('scene_num')}"
+    return str(plan) if plan and re.fullmatch(r"FloorPlan\d+(_physics)?", str(plan)) else None
 
 
 def thor_available() -> tuple[bool, str]:

@@ -78,6 +78,8 @@ def parse_cards(codes: object, count: int | None = None, what: str = "cards") ->
     if isinstance(codes, str) or not isinstance(codes, (list, tuple)):
         raise ValueError(f"{what} must be a list of card codes such as ['H5', 'S7'], got {codes!r}")
     cards = [Card.parse(c) for c in codes]
+    if len(set(cards)) != len(cards):
+        raise ValueError(f"{what} hold the same card twice (a deck has one of each): {list(codes)!r}")
     if count is not None and len(cards) != count:
         raise ValueError(f"{what} must hold exactly {count} cards, got {len(cards)}: {list(codes)!r}")
     return cards

@@ -116,6 +116,7 @@ class TextActionEnv(gym.Env):
         else:
             self.action_space = spaces.Discrete(len(self.legal_actions))
         self.elapsed_steps = 0
+        self._episode_over = True  # until the first reset
         self._window = None
         self._clock = None
 
@@ -159,11 +160,14 @@ class TextActionEnv(gym.Env):
             raise ValueError(f"options must be a dict, got {type(options).__name__}")
         self._start_episode(options or None)
         self.elapsed_steps = 0
+        self._episode_over = False
         if self.render_mode == "human":
             self.render()
         return self._observation(), self._info()
 
     def step(self, action: Any):
+        if self._episode_over:
+            raise RuntimeError(f"{type(self).__name__}: the episode has ended; call reset() before stepping again")
         parsed = self._parse(action)
         self.elapsed_steps += 1
         executed = parsed
@@ -174,6 +178,7 @@ class TextActionEnv(gym.Env):
         else:
             outcome = self._apply(executed)
         truncated = outcome.truncated
+        self._episode_over = outcome.terminated or truncated
         info = self._info(parsed_action=parsed, action_is_valid=parsed is not None, executed_action=executed)
         # In every step's info, so that the last one has it whether the episode terminated, was
         # truncated by the task's rules, or by the TimeLimit wrapper around it.

@@ -218,3 +218,40 @@ def test_ppo_with_the_tiny_vlm_runs_a_few_updates_on_the_bridge(toy_root, tmp_pa
     model = PPO(VLMPolicy, env, n_steps=4, batch_size=8, n_epochs=1, policy_kwargs={"model": "tiny"})
     model.learn(16)
     assert model.num_timesteps == 16 and np.isfinite(model.logger.name_to_value["train/loss"])
+
+
+def test_stepping_after_a_win_is_an_error_not_a_second_reward(real_env):
+    real_env.reset(options={"game": 0})
+    for command in json.loads((REAL_GAME / "game.tw-pddl").read_text())["walkthrough"]:
+        _, _, terminated, _, _ = real_env.step(answer(command))
+    assert terminated
+    with pytest.raises(RuntimeError, match="call reset"):
+        real_env.step(answer("look"))
+
+
+def test_unknown_option_keys_are_refused_even_beside_game(real_env):
+    with pytest.raises(ValueError, match="only 'game'"):
+        real_env.reset(options={"game": 0, "difficulty": 3})
+
+
+def test_a_corrupted_game_file_is_an_error_naming_it(tmp_path):
+    trial = tmp_path / "json_2.1.1" / "train" / "task" / "trial"
+    shutil.copytree(REAL_GAME, trial)
+    (trial / "game.tw-pddl").write_text('{"pddl_domain": ')
+    env = gym.make("alfworld/ALFWorld-v0", data_root=tmp_path, split="train")
+    with pytest.raises(GameDataError, match="game.tw-pddl"):
+        env.reset(seed=0)
+
+
+def test_a_floor_plan_outside_the_layouts_folder_is_not_read():
+    from alfworld_bridge.render import floor_plan_of
+
+    assert floor_plan_of({"scene": {"floor_plan": "../../etc/passwd"}}) is None
+    assert floor_plan_of({"scene": {"floor_plan": "FloorPlan14"}}) == "FloorPlan14"
+    assert floor_plan_of({"scene": {"scene_num": 7}}) == "FloorPlan7"
+
+
+def test_every_split_folder_of_the_download_is_accepted(tmp_path):
+    trial = tmp_path / "json_2.1.1" / "valid_train" / "task" / "trial"
+    shutil.copytree(REAL_GAME, trial)
+    assert find_games(tmp_path, "valid_train") == [trial / "game.tw-pddl"]

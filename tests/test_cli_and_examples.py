@@ -66,3 +66,30 @@ def test_custom_task_example_registers_and_plays():
     with pytest.raises(ValueError, match="colour"):
         env.reset(options={"colour": "pink"})
     assert isinstance(env.unwrapped, module.ColourNameEnv)
+
+
+@pytest.mark.parametrize("command", ["train", "sft", "eval", "demos", "baseline"])
+def test_every_vlm_cards_command_prints_its_help(command, capsys):
+    from vlm_policy.training import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: vlm-cards " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demos", "--out", "x", "--n", "-5"], "--n must be > 0"),
+    (["eval", "--episodes", "-3"], "--episodes must be > 0"),
+    (["sft", "--demos", "d", "--out", "o", "--sft-steps", "-5"], "--sft-steps must be > 0"),
+    (["sft", "--demos", "d", "--out", "o", "--sft-batch-size", "0"], "--sft-batch-size must be > 0"),
+    (["train", "--n-envs", "0"], "--n-envs must be > 0"),
+    (["train", "--gamma", "1.5"], "--gamma must be between 0 and 1"),
+    (["train", "--batch-size", "512"], "larger than a rollout"),
+])
+def test_bad_numbers_are_refused_when_parsed(argv, message, capsys):
+    from vlm_policy.training import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -292,3 +292,32 @@ def test_step_limits_are_registered_and_gym_make_can_change_them(env_id):
         _, _, terminated, truncated, info = env.step("an answer naming no action")  # changes nothing
         assert not terminated and truncated == (step == 3)
         assert info["is_success"] is False  # in every info, the final (truncated) one included
+
+
+@pytest.mark.parametrize("env_id, options", [
+    ("gym_cards/EZPoints-v0", {"cards": ["H5", "H5"]}),
+    ("gym_cards/Points24-v0", {"cards": ["H5", "S7", "D2", "S7"]}),
+    ("gym_cards/Blackjack-v0", {"player": ["H5", "S7"], "dealer": ["S7", "C9"]}),
+])
+def test_the_same_card_twice_is_refused(env_id, options):
+    with pytest.raises(ValueError, match="card"):
+        gym.make(env_id).reset(options=options)
+
+
+def test_numpy_integers_are_accepted_as_options():
+    _, info = gym.make("gym_cards/NumberLine-v0").reset(options={"current": np.int64(1), "target": np.int32(3)})
+    assert (info["Current"], info["Target"]) == (1, 3)
+    with pytest.raises(ValueError, match="current"):
+        gym.make("gym_cards/NumberLine-v0").reset(options={"current": True, "target": 3})
+
+
+def test_stepping_after_the_end_is_an_error_not_another_reward():
+    env = gym.make("gym_cards/EZPoints-v0")
+    env.reset(options={"cards": ["H5", "S7"]})
+    for action in ("5", "+", "7"):
+        env.step(json.dumps({"action": action}))
+    assert env.step('{"action": "="}')[1] == 10.0
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step('{"action": "="}')
+    env.reset(seed=0)  # and a reset starts over
+    env.step('{"action": "+"}')

@@ -121,6 +121,8 @@ class BlackjackEnv(TextActionEnv):
                 raise ValueError(f"Blackjack options take exactly 'player' and 'dealer', got {sorted(options)}")
             self.player = parse_cards(options["player"], what="player")
             self.dealer = parse_cards(options["dealer"], what="dealer")
+            if set(self.player) & set(self.dealer):
+                raise ValueError(f"player and dealer share cards (a deck has one of each): {options!r}")
             if len(self.player) < 2 or len(self.dealer) < 2:
                 raise ValueError("player and dealer must each hold at least 2 cards")
             if hand_total(self.player) > 21:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
+
+import numpy as np
 
 from gym_vlm_cards.rendering import BLACK, Canvas, fitting_size
 from gym_vlm_cards.text_env import Outcome, TextActionEnv
@@ -88,9 +91,11 @@ class NumberLineEnv(TextActionEnv):
         values = []
         for key in ("current", "target"):
             value = options[key]
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= self.max_position:
+            # Any integer type (numpy's too), but not bools, which Python counts as ints.
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+                    or not 0 <= value <= self.max_position:
                 raise ValueError(f"option {key!r} must be an int in [0, {self.max_position}], got {value!r}")
-            values.append(value)
+            values.append(int(value))
         if values[0] == values[1]:
             raise ValueError(f"current and target must differ at the start, both are {values[0]}")
         return values[0], values[1]
