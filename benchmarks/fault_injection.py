@@ -1,0 +1,159 @@
+"""Kill a small main-job run at random points of every stage, resume it, and check what it left.
+
+Each trial starts ``vlm-cards train`` (a few seconds' worth of every stage) in a child process that
+kills itself with SIGKILL at a random call of one stage's work: writing a demonstration frame, a
+vision warm-up step, an SFT step, a PPO rollout env step, a checkpoint being written, an evaluation
+step. The run is then resumed (``--resume``) until it finishes, and checked against one run that was
+never interrupted:
+
+* every output is there and whole (results with both rows, the final agent, the pictures);
+* no torn file is taken as valid (every checkpoint and agent zip reads whole);
+* the demonstrations and the SFT checkpoint are byte-identical to the uninterrupted run's;
+* PPO made exactly the env steps and updates asked for.
+
+    python benchmarks/fault_injection.py --trials 20
+
+It prints one line per trial and the count of trials that passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# A run small enough to finish in seconds: 16 demonstrations, 2 warm-up and 2 SFT steps, PPO over
+# 16 env steps (2 envs x 4 steps: 2 updates of 1 epoch), 2 evaluation episodes per agent.
+RUN = ["--demos", "16", "--vision-warmup-steps", "2", "--sft-steps", "2", "--sft-batch-size", "4",
+       "--ppo-timesteps", "16", "--n-envs", "2", "--n-steps", "4", "--batch-size", "8", "--n-epochs", "1",
+       "--eval-episodes", "2", "--max-new-tokens", "24", "--no-progress", "--device", "cpu"]
+PPO_TIMESTEPS, PPO_UPDATES = 16, 2
+
+# stage -> (object to patch, attribute, how many calls the stage makes at most)
+KILL_POINTS = {
+    "demos": ("PIL.Image.Image", "save", 16),
+    "warm-up": ("vlm_policy.training.sft", "image_token_features", 3),
+    "sft": ("vlm_policy.training.sft", "answer_loss", 2),
+    "ppo rollout": ("stable_baselines3.common.vec_env.dummy_vec_env.DummyVecEnv", "step_wait", 8),
+    "checkpoint save": ("zipfile.ZipFile", "writestr", 12),
+    "evaluation": ("vlm_policy.training.evaluation", "answer_tokens", 8),
+}
+
+
+def _child(out: str, kill: str | None) -> None:
+    """Runs the pipeline in this process, killing it at the ``stage:N``-th call of that stage's work."""
+    import importlib
+
+    import torch
+
+    torch.set_num_threads(1)  # the same numbers in every process
+    if kill:
+        stage, nth = kill.rsplit(":", 1)
+        module_name, attribute, _ = KILL_POINTS[stage]
+        try:
+            owner = importlib.import_module(module_name)
+        except ModuleNotFoundError:  # a class path: import its module and take the class
+            module_name, class_name = module_name.rsplit(".", 1)
+            owner = getattr(importlib.import_module(module_name), class_name)
+        original = getattr(owner, attribute)
+        calls = {"n": 0}
+
+        def killing(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == int(nth):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(*args, **kwargs)
+
+        setattr(owner, attribute, killing)
+    from vlm_policy.training.cli import main
+
+    sys.exit(main(["train", "--out-dir", out, "--resume", *RUN]))
+
+
+def _run(out: Path, kill: str | None = None) -> int:
+    command = [sys.executable, __file__, "--child", str(out)] + (["--kill", kill] if kill else [])
+    return subprocess.run(command, capture_output=True, text=True).returncode
+
+
+def _digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        hasher.update(str(file.relative_to(path)).encode() + file.read_bytes())
+    return hasher.hexdigest()
+
+
+def _check(out: Path, reference: Path) -> list[str]:
+    """What is wrong with a finished run (nothing: an empty list)."""
+    from vlm_policy.checkpoints import read_agent_data
+    from vlm_policy.training.pipeline import checkpoint_problem
+
+    problems = []
+    results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    if set(results) != {"after SFT", "after PPO"}:
+        problems.append(f"results rows {sorted(results)}")
+    for name in ("learning_curve.png", "episode_strip.png", "ppo/final.zip", "config.json"):
+        if not (out / name).is_file():
+            problems.append(f"missing {name}")
+    for agent in [out / "ppo" / "final.zip", *(out / "ppo" / "checkpoints").glob("rl_model_*_steps.zip")]:
+        if agent.is_file() and checkpoint_problem(agent):
+            problems.append(f"torn {agent.name}: {checkpoint_problem(agent)}")
+    if (out / "ppo" / "final.zip").is_file():
+        data = read_agent_data(out / "ppo" / "final.zip")
+        if (data["num_timesteps"], data["_n_updates"]) != (PPO_TIMESTEPS, PPO_UPDATES):
+            problems.append(f"PPO made {data['num_timesteps']} env steps and {data['_n_updates']} updates")
+    for stage in ("demos", "sft"):
+        if _digest(out / stage) != _digest(reference / stage):
+            problems.append(f"{stage} differs from the uninterrupted run's")
+    return problems
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--kill", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child, args.kill)
+    rng = random.Random(args.seed)
+    root = Path(tempfile.mkdtemp(prefix="fault_injection_"))
+    start = time.perf_counter()
+    reference = root / "uninterrupted"
+    if _run(reference) != 0:
+        raise SystemExit("the uninterrupted run failed")
+    print(f"uninterrupted run: {time.perf_counter() - start:.0f} s", flush=True)
+    passed = 0
+    stages = list(KILL_POINTS)
+    for trial in range(args.trials):
+        stage = stages[trial % len(stages)]
+        nth = rng.randint(1, KILL_POINTS[stage][2])
+        out = root / f"trial{trial:02d}"
+        first = _run(out, f"{stage}:{nth}")
+        resumes, finished = 0, first == 0
+        while not finished and resumes < 3:  # a resumed run finishes at once; three tries are plenty
+            resumes += 1
+            finished = _run(out) == 0
+        problems = _check(out, reference)
+        killed = "killed" if first == -signal.SIGKILL else f"exit {first} (the kill point was not reached)"
+        print(f"trial {trial:2d}: {stage} call {nth}: {killed}, {resumes} resume(s): "
+              f"{'ok' if not problems else '; '.join(problems)}", flush=True)
+        passed += not problems
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"\n{passed} of {args.trials} interrupted runs finished complete and identical to the uninterrupted one "
+          f"({time.perf_counter() - start:.0f} s)")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0 if passed == args.trials else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
