@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -105,3 +106,46 @@ def test_agents_from_the_pipeline_name_their_base_by_absolute_path(tmp_path, mon
     (tmp_path / "run" / "sft" / "training.json").write_text("{}")  # a finished SFT stage
     sft_dir = Pipeline(TrainConfig(out_dir="run", progress=False)).sft(demos=None)
     assert os.path.isabs(sft_dir) and Path(sft_dir) == tmp_path / "run" / "sft"
+
+
+@pytest.mark.slow
+def test_the_main_jobs_agent_loads_without_its_sft_directory(tmp_path, monkeypatch):
+    from tests.test_main_job import _micro_config
+    from vlm_policy.training.pipeline import Pipeline
+
+    monkeypatch.setenv("VLM_CARDS_CACHE", str(tmp_path / "cache"))
+    config = _micro_config(tmp_path / "run", ppo_timesteps=8)
+    Pipeline(config).run()
+    moved = tmp_path / "elsewhere" / "final.zip"
+    moved.parent.mkdir()
+    shutil.copy(tmp_path / "run" / "ppo" / "final.zip", moved)
+    original = load_agent(tmp_path / "run" / "ppo" / "final.zip", _env_for(moved), device="cpu")
+    shutil.rmtree(tmp_path / "run")  # the SFT checkpoint the agent was trained from is gone
+    monkeypatch.chdir(moved.parent)
+    loaded = load_agent(moved, _env_for(moved), device="cpu")
+    for (name, a), (_, b) in zip(sorted(original.policy.state_dict().items()), sorted(loaded.policy.state_dict().items())):
+        assert torch.equal(a, b), name
+    assert cli.main(["eval", "--model", str(moved), "--episodes", "2", "--device", "cpu"]) == 0
+
+
+def _env_for(agent_zip):
+    from vlm_policy.checkpoints import agent_answer_length, agent_base, read_agent_data
+    from vlm_policy.training.evaluation import eval_env_factory
+
+    data = read_agent_data(agent_zip)
+    return eval_env_factory("gym_cards/NumberLine-v0", agent_base(agent_zip, data), agent_answer_length(data))()
+
+
+def test_a_missing_base_is_named(agent, tmp_path):
+    agent_zip, _, env, _ = agent
+    data_zip = tmp_path / "moved.zip"
+    with zipfile.ZipFile(agent_zip) as source, zipfile.ZipFile(data_zip, "w") as target:
+        for name in source.namelist():
+            content = source.read(name)
+            if name == "data":
+                data = json.loads(content)
+                data["policy_kwargs"]["model"] = str(tmp_path / "gone")
+                content = json.dumps(data).encode()
+            target.writestr(name, content)
+    with pytest.raises(FileNotFoundError, match="trained from the base model .*gone.*not there"):
+        load_agent(data_zip, env, device="cpu")

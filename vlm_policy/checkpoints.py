@@ -160,6 +160,27 @@ def _is_pickled(value: Any) -> bool:
     return isinstance(value, dict) and ":serialized:" in value
 
 
+def agent_base(path: str | Path, data: dict[str, Any] | None = None) -> str:
+    """The model an agent was trained from: its recorded base if that is at hand, else the base
+    embedded in the zip; an error naming what is missing otherwise."""
+    data = data if data is not None else read_agent_data(path)
+    base = str(data.get("policy_kwargs", {}).get("model", ""))
+    if base == "tiny" or Path(base).is_dir():
+        return base
+    embedded = _extract_base(Path(path))
+    if embedded is not None:
+        return embedded
+    try:  # a Hugging Face cache id that resolves offline
+        from vlm_policy.loading import load_processor
+
+        load_processor(base)
+        return base
+    except (FileNotFoundError, OSError, ValueError):
+        raise FileNotFoundError(
+            f"agent {path} was trained from the base model {base!r}, which is not there; put that checkpoint "
+            "back at that path (or in the Hugging Face cache) to load the agent") from None
+
+
 def agent_answer_length(data: dict[str, Any]) -> int:
     """The agent's ``max_new_tokens``, read from its action space's JSON shape (nothing unpickled)."""
     import re
@@ -168,6 +189,43 @@ def agent_answer_length(data: dict[str, Any]) -> int:
     if len(numbers) != 1:
         raise ValueError("the agent zip records no MultiDiscrete token action space: not a VLMPolicy agent")
     return int(numbers[0])
+
+
+EMBEDDED_BASE = "vlm_base/"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def embed_base(agent_zip: str | Path, base_dir: str | Path) -> None:
+    """Adds the base model's configuration and processor files (not its weights) to an agent zip
+    whose state dict holds every weight, so that the agent loads where the base directory is not."""
+    import zipfile
+
+    with zipfile.ZipFile(agent_zip, "a") as archive:
+        for file in sorted(Path(base_dir).iterdir()):
+            if file.is_file() and not file.name.endswith(_WEIGHT_SUFFIXES):
+                archive.write(file, EMBEDDED_BASE + file.name)
+
+
+def _extract_base(path: Path) -> str | None:
+    """The agent's embedded base, extracted once into a cache folder (None if it has none)."""
+    import hashlib
+    import zipfile
+
+    from vlm_policy.loading import WEIGHTS_ELSEWHERE_FILE
+
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.startswith(EMBEDDED_BASE) and n != EMBEDDED_BASE]
+        if not names:
+            return None
+        digest = hashlib.sha256(b"".join(archive.read(n) for n in sorted(names))).hexdigest()[:16]
+        folder = Path(os.environ.get("VLM_CARDS_CACHE", Path.home() / ".cache" / "gym-vlm-cards")) / "agent-bases" / digest
+        if not (folder / WEIGHTS_ELSEWHERE_FILE).is_file():
+            with atomic_path(folder) as temporary:
+                temporary.mkdir()
+                for name in names:
+                    (temporary / Path(name).name).write_bytes(archive.read(name))
+                (temporary / WEIGHTS_ELSEWHERE_FILE).write_text(json.dumps({"agent": str(path)}))
+    return str(folder)
 
 
 def load_agent(path: str | Path, env, device: str = "auto", **overrides: Any):
@@ -190,6 +248,8 @@ def load_agent(path: str | Path, env, device: str = "auto", **overrides: Any):
     if not isinstance(kwargs, dict) or any(_is_pickled(v) for v in kwargs.values()):
         raise ValueError(f"{path}: its policy_kwargs hold pickled objects; only a VLMPolicy agent with plain "
                          "settings loads safely (PPO.load would run the pickled code: use it only on files you trust)")
+    kwargs = dict(kwargs)
+    kwargs["model"] = agent_base(path, data)
     module = data.get("policy_class", {}).get("__module__", "") if _is_pickled(data.get("policy_class")) else ""
     if module != "vlm_policy.policy":
         raise ValueError(f"{path} holds no VLMPolicy agent (policy class from {module or 'nowhere'!r})")
@@ -202,7 +262,8 @@ def load_agent(path: str | Path, env, device: str = "auto", **overrides: Any):
     seen = PPO._wrap_env(env, verbose=0)
     custom: dict[str, Any] = {key: None for key, value in data.items() if _is_pickled(value)}
     custom.update(_NOT_NEEDED_PICKLED)
-    custom.update(policy_class=VLMPolicy, observation_space=seen.observation_space, action_space=seen.action_space,
+    custom.update(policy_kwargs=kwargs, policy_class=VLMPolicy, observation_space=seen.observation_space,
+                  action_space=seen.action_space,
                   learning_rate=0.0, lr_schedule=lambda _: 0.0, clip_range=0.2)
     custom.update(overrides)
     return PPO.load(path, env=env, device=device, custom_objects=custom)

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 
 TINY = "tiny"
+#: Marks a model directory that holds a configuration and processor but no weights on purpose (the
+#: base of a self-contained agent zip, whose own state dict supplies every weight).
+WEIGHTS_ELSEWHERE_FILE = "weights_in_agent.json"
 FAMILIES = {
     "llava": "llava",
     "llava_next": "llava",
@@ -126,7 +129,11 @@ def load_vlm(
         kwargs.update(_four_bit_kwargs(device))
     elif torch.device(device).type == "cuda":
         kwargs["device_map"] = {"": str(torch.device(device))}  # straight onto the GPU, not through host memory
-    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    if (Path(path) / WEIGHTS_ELSEWHERE_FILE).is_file():
+        # The architecture of an agent's base, extracted from the agent zip, which holds the weights.
+        model = AutoModelForImageTextToText.from_config(config, dtype=kwargs["dtype"])
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     return VLMBundle(model=model.eval(), processor=_processor_for(path, family), source=source, family=family)
 
 

@@ -155,10 +155,10 @@ def _eval(groups: list) -> int:
         policy = None
         if options.model.endswith(".zip"):
             # Read without unpickling anything from the file (see vlm_policy.checkpoints.load_agent).
-            from vlm_policy.checkpoints import agent_answer_length, load_agent, read_agent_data
+            from vlm_policy.checkpoints import agent_answer_length, agent_base, load_agent, read_agent_data
 
             data = read_agent_data(options.model)
-            source, budget = data["policy_kwargs"]["model"], agent_answer_length(data)
+            source, budget = agent_base(options.model, data), agent_answer_length(data)
             make = eval_env_factory(options.env, source, budget, options.prompt_style)
             policy = load_agent(options.model, make(), device=options.device).policy
             policy.set_training_mode(False)

@@ -108,7 +108,7 @@ class Pipeline:
         from stable_baselines3 import PPO
         from stable_baselines3.common.callbacks import CallbackList
 
-        from vlm_policy.checkpoints import load_agent
+        from vlm_policy.checkpoints import embed_base, load_agent, saves_whole_model
         from vlm_policy.env_bridge import make_vlm_vec_env
         from vlm_policy.policy import VLMPolicy
         from vlm_policy.training.callbacks import UpdateCheckpointCallback, VLMRolloutLogger
@@ -147,6 +147,8 @@ class Pipeline:
             model.policy.save_pretrained(temporary)
         with atomic_path(final) as temporary:  # last: its presence marks the stage as done
             model.save(temporary)
+            if saves_whole_model(model.policy):  # then the zip loads without the SFT directory too
+                embed_base(temporary, sft_dir)
         return model
 
     # ------------------------------------------------------------------ whole run
