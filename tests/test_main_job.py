@@ -204,3 +204,25 @@ def test_demos_and_sft_commands_write_a_checkpoint_the_policy_loads(tmp_path, ca
     assert "saved the SFT checkpoint" in capsys.readouterr().out
     bundle = load_vlm(str(tmp_path / "ckpt"))
     assert bundle.family == "llava" and json.loads((tmp_path / "ckpt" / "training.json").read_text())["sft"]["sft_steps"] == 2
+
+
+def test_the_learning_curve_skips_torn_lines_and_keeps_the_resumed_points(tmp_path):
+    from vlm_policy.training.plots import read_curve
+
+    curve = tmp_path / "curve.jsonl"
+    curve.write_text('{"timesteps": 8, "success_rate": 0.1}\n{"timesteps": 16, "success_rate": 0.2}\n'
+                     '{"timesteps": 16, "success_rate": 0.3}\n{"timesteps": 24, "succ')  # resumed at 8, then killed
+    assert [(p["timesteps"], p["success_rate"]) for p in read_curve(curve)] == [(8, 0.1), (16, 0.3)]
+
+
+def test_sft_runs_the_vision_warm_up_for_the_tiny_model_only(tmp_path, capsys):
+    from vlm_policy.models.random_models import save_random_qwen2_vl
+    from vlm_policy.training.configs import SFTConfig
+
+    assert SFTConfig().warmup_steps_for("tiny") == 150 and SFTConfig().warmup_steps_for("/a/checkpoint") == 0
+    qwen = save_random_qwen2_vl(tmp_path / "qwen")
+    write_demonstrations("gym_cards/NumberLine-v0", 4, tmp_path / "demos", env_kwargs={"image_size": 56})
+    # `vlm-cards sft` on a real architecture: no warm-up by default (it would fail on Qwen2-VL).
+    assert cli.main(["sft", "--demos", str(tmp_path / "demos"), "--out", str(tmp_path / "out"), "--model", str(qwen),
+                     "--sft-steps", "1", "--sft-batch-size", "2", "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "out" / "training.json").read_text())["sft"]["vision_warmup_steps"] == -1

@@ -122,3 +122,14 @@ def test_deeply_nested_answers_parse_instead_of_raising():
     env = gym.make("gym_cards/NumberLine-v0")
     env.reset(seed=0)
     assert env.step(nested)[-1]["parsed_action"] == "+"
+
+
+STRUCTURE = "{}[]\\\"':, actionAOI\n+-"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.text(alphabet=STRUCTURE, max_size=400))
+def test_no_string_makes_the_parser_raise(noise, structure):
+    for text in (noise, structure, structure + noise, '{"action": ' + structure):
+        result = parse_action(text, LEGAL)
+        assert result is None or result in LEGAL

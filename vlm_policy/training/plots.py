@@ -14,6 +14,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 from vlm_policy.training.evaluation import EpisodeRecord  # noqa: E402
 
 
+def read_curve(curve_path: str | Path) -> list[dict]:
+    """The rollout points of ``curve.jsonl``, one per env-step count (the last written wins: a resumed
+    run redoes the rollouts after its checkpoint), sorted; a line torn by a kill is skipped."""
+    path = Path(curve_path)
+    points: dict[int, dict] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            point = json.loads(line)
+            points[int(point["timesteps"])] = point
+        except (ValueError, KeyError, TypeError):
+            continue
+    return [points[steps] for steps in sorted(points)]
+
+
 def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_success: float | None = None,
                         title: str = "", ppo_success: float | None = None) -> Path:
     """Success rate of the training episodes per PPO rollout, against env steps.
@@ -21,8 +35,7 @@ def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_succes
     ``sft_success`` (a dashed line at the start level) and ``ppo_success`` (a star at the last step)
     are the held-out greedy results, so the noisy sampled training curve can be read against both.
     """
-    points = [json.loads(line) for line in Path(curve_path).read_text().splitlines()] if Path(curve_path).is_file() else []
-    points = [p for p in points if p.get("success_rate") is not None]
+    points = [p for p in read_curve(curve_path) if p.get("success_rate") is not None]
     figure, axis = plt.subplots(figsize=(6, 3.5), dpi=120)
     if points:
         axis.plot([p["timesteps"] for p in points], [100 * p["success_rate"] for p in points], marker="o",
