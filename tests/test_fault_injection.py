@@ -14,4 +14,4 @@ def test_a_killed_run_resumes_complete_and_identical(capsys):
     spec.loader.exec_module(module)
     assert module.main(["--trials", "2"]) == 0  # one kill while writing demonstrations, one in the warm-up
     out = capsys.readouterr().out
-    assert "2 of 2 interrupted runs finished complete" in out and out.count(": killed,") == 2
+    assert "2 of 2 runs (2 of them killed) finished complete" in out and out.count(": killed,") == 2
