@@ -14,7 +14,7 @@ from gym_vlm_cards.registration import TASK_IDS, register_tasks
 from gym_vlm_cards.tasks import BlackjackEnv, EZPointsEnv, NumberLineEnv, Points24Env
 from gym_vlm_cards.text_env import Outcome, TextActionEnv
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "TASK_IDS",
     "BlackjackEnv",
