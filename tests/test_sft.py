@@ -54,3 +54,22 @@ def test_slot_warmup_teaches_the_tiny_vision_tower_to_read_a_card_position():
                              progress=False, labels="slots")
     # The step is not drawn at all (chance: 1/8), so reading both cards gives at least (1 + 1 + 1/8) / 3.
     assert accuracy > 0.65
+
+
+def test_sft_micro_batches_accumulate_to_the_same_step(tmp_path):
+    from safetensors.torch import load_file
+
+    from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig
+    from vlm_policy.training.demos import read_demonstrations, write_demonstrations
+    from vlm_policy.training.sft import run_sft
+
+    write_demonstrations("gym_cards/NumberLine-v0", 8, tmp_path / "demos", env_kwargs={"image_size": 64})
+    examples = read_demonstrations(tmp_path / "demos")
+    sft = SFTConfig(sft_steps=2, sft_batch_size=4, vision_warmup_steps=0)
+    common = CommonConfig(progress=False, device="cpu")
+    for name, micro in (("whole", 0), ("micro", 1)):
+        run_sft(examples, tmp_path / name, sft=sft, model=ModelConfig(micro_batch_size=micro), common=common)
+    whole, micro = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("whole", "micro"))
+    assert whole.keys() == micro.keys()
+    for key in whole:
+        torch.testing.assert_close(micro[key], whole[key], rtol=1e-4, atol=1e-5)
