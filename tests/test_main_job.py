@@ -226,3 +226,16 @@ def test_sft_runs_the_vision_warm_up_for_the_tiny_model_only(tmp_path, capsys):
     assert cli.main(["sft", "--demos", str(tmp_path / "demos"), "--out", str(tmp_path / "out"), "--model", str(qwen),
                      "--sft-steps", "1", "--sft-batch-size", "2", "--no-progress", "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "out" / "training.json").read_text())["sft"]["vision_warmup_steps"] == -1
+
+
+@pytest.mark.slow
+def test_a_torn_final_agent_is_not_taken_as_done(finished_run, tmp_path, capsys):
+    from vlm_policy.checkpoints import read_agent_data
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    final = run / "ppo" / "final.zip"
+    final.write_bytes(final.read_bytes()[:300])
+    Pipeline(_micro_config(run)).run(resume=True)
+    assert "is not whole" in capsys.readouterr().out
+    assert read_agent_data(final)["num_timesteps"] == 16

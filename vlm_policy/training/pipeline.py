@@ -119,8 +119,11 @@ class Pipeline:
                                prompt_style=c.prompt_style)
         # Agents are read without unpickling (load_agent); training state comes from the config.
         training = {"learning_rate": cosine_schedule(c.learning_rate, c.learning_rate_end), "clip_range": c.clip_range}
-        if final.is_file():
+        if final.is_file() and checkpoint_problem(final) is None:
             return load_agent(final, env, device=self.device, **training)
+        if final.is_file():  # torn by a crash of an older version, or damaged since: PPO is not done
+            print(f"{final} is not whole ({checkpoint_problem(final)}); PPO runs again")
+            final.unlink()
         checkpoint = latest_checkpoint(self.out / "ppo" / "checkpoints") if resume else None
         if checkpoint is not None:
             print(f"resuming PPO from {checkpoint}")
