@@ -68,6 +68,7 @@ def test_matching_is_exact_after_normalising_case_and_spaces(real_env):
     assert real_env.step(answer("go to countertop"))[4]["action_is_valid"] is False  # no fuzzy matching
 
 
+@pytest.mark.slow
 def test_expert_walkthrough_wins_with_reward_51_and_the_goal_rate_climbs(real_env):
     _, info = real_env.reset(seed=0)
     steps = json.loads(Path(info["game_file"]).read_text())["walkthrough"]
@@ -94,6 +95,7 @@ def test_an_inadmissible_command_costs_one_and_changes_nothing(real_env):
     assert real_env.step("no json at all")[1] == -1.0
 
 
+@pytest.mark.slow
 def test_random_mode_plays_a_random_admissible_command(sample_root):
     env = gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train", invalid_action="random")
     _, info = env.reset(seed=0)
@@ -124,6 +126,7 @@ def test_gymnasium_check_env_passes(sample_root):
     env.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["text", "map"])
 def test_each_render_style_draws(sample_root, style):
     env = gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train", render_style=style,
@@ -173,6 +176,7 @@ def test_self_written_problem_is_solved_by_its_walkthrough(toy_root, tmp_path, t
     env.close()
 
 
+@pytest.mark.slow
 def test_game_files_are_built_from_raw_data(sample_root, tmp_path):
     raw = tmp_path / "data" / "json_2.1.1" / "train" / "task" / "trial"
     raw.mkdir(parents=True)
@@ -220,6 +224,7 @@ def test_ppo_with_the_tiny_vlm_runs_a_few_updates_on_the_bridge(toy_root, tmp_pa
     assert model.num_timesteps == 16 and np.isfinite(model.logger.name_to_value["train/loss"])
 
 
+@pytest.mark.slow
 def test_stepping_after_a_win_is_an_error_not_a_second_reward(real_env):
     real_env.reset(options={"game": 0})
     for command in json.loads((REAL_GAME / "game.tw-pddl").read_text())["walkthrough"]:
