@@ -19,8 +19,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import gymnasium as gym
-
 import gym_vlm_cards  # noqa: F401  (registers the tasks)
 
 
@@ -52,25 +50,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=100_000)
     args = parser.parse_args()
 
-    from stable_baselines3 import PPO
-
-    from vlm_policy.env_bridge import TokenActionWrapper
-    from vlm_policy.loading import load_processor, preferred_image_size
-    from vlm_policy.training.evaluation import standalone_policy
+    from vlm_policy.checkpoints import agent_answer_length, agent_base, load_agent, read_agent_data
+    from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
 
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
-    ppo = PPO.load(run / "ppo" / "final.zip", device="cpu").policy
+    agent = run / "ppo" / "final.zip"
+    data = read_agent_data(agent)
+    make = eval_env_factory(config["env_id"], agent_base(agent, data), agent_answer_length(data), config["prompt_style"])
+    ppo = load_agent(agent, make(), device="cpu").policy
     ppo.set_training_mode(False)
-    processor = load_processor(str(run / "sft"))
-    size = preferred_image_size(processor)
-    budget = len(ppo.action_space.nvec)
 
-    def make() -> TokenActionWrapper:
-        env = gym.make(config["env_id"], **({"image_size": size} if size else {}))
-        return TokenActionWrapper(env, processor.tokenizer, budget, config["prompt_style"])
-
-    agents = {"after SFT": standalone_policy(str(run / "sft"), make()), "after PPO": ppo}
+    agents = {"after SFT": standalone_policy(str((run / "sft").resolve()), make(), device="cpu"), "after PPO": ppo}
     for name, policy in agents.items():
         envs, observations, winnable, oracle, states = [make() for _ in range(args.episodes)], [], [], [], []
         for i, env in enumerate(envs):
