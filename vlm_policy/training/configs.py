@@ -148,6 +148,8 @@ class PPOConfig:
     value_gradients_to_model: bool = field(default=False, metadata=_help(
         "let the value loss train the VLM (the paper's shared trunk); off for the tiny model, whose policy "
         "the random value head's early errors otherwise wreck"))
+    normalize_advantage: bool = field(default=True, metadata=_help(
+        "normalise advantages per minibatch (SB3's default); off is the lead for seed robustness in docs/results.md"))
     rollout_logprobs: Literal["auto", "generate", "recompute"] = field(default="auto", metadata=_help(
         "old log-probs from the generation's logits or recomputed with the update's forward "
         "(auto: recompute unless the model computes in fp32)"))

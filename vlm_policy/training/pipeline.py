@@ -136,6 +136,7 @@ class Pipeline:
                         n_steps=c.n_steps, batch_size=c.batch_size, n_epochs=c.n_epochs, gamma=c.gamma,
                         gae_lambda=c.gae_lambda, clip_range=c.clip_range, ent_coef=c.ent_coef, vf_coef=c.vf_coef,
                         target_kl=c.target_kl or None, max_grad_norm=c.max_grad_norm,
+                        normalize_advantage=c.normalize_advantage,
                         policy_kwargs=self.policy_kwargs(sft_dir), tensorboard_log=str(self.out / "tb"),
                         seed=c.seed, device=self.device, verbose=0)
         remaining = c.ppo_timesteps - model.num_timesteps
