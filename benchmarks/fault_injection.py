@@ -94,8 +94,7 @@ def _digest(path: Path) -> str:
 
 def _check(out: Path, reference: Path) -> list[str]:
     """What is wrong with a finished run (nothing: an empty list)."""
-    from vlm_policy.checkpoints import read_agent_data
-    from vlm_policy.training.pipeline import checkpoint_problem
+    from vlm_policy.checkpoints import checkpoint_problem, read_agent_data
 
     problems = []
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
@@ -105,8 +104,9 @@ def _check(out: Path, reference: Path) -> list[str]:
         if not (out / name).is_file():
             problems.append(f"missing {name}")
     for agent in [out / "ppo" / "final.zip", *(out / "ppo" / "checkpoints").glob("rl_model_*_steps.zip")]:
-        if agent.is_file() and checkpoint_problem(agent):
-            problems.append(f"torn {agent.name}: {checkpoint_problem(agent)}")
+        problem = checkpoint_problem(agent) if agent.is_file() else None
+        if problem:
+            problems.append(f"torn {agent.name}: {problem}")
     if (out / "ppo" / "final.zip").is_file():
         data = read_agent_data(out / "ppo" / "final.zip")
         if (data["num_timesteps"], data["_n_updates"]) != (PPO_TIMESTEPS, PPO_UPDATES):

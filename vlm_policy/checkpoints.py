@@ -156,6 +156,22 @@ def read_agent_data(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a readable SB3 agent zip ({type(error).__name__}: {error})") from None
 
 
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why an agent zip cannot be loaded whole (None: it can)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as error:
+        return f"not a readable zip ({error})"
+    if broken is not None:
+        return f"entry {broken} is corrupt"
+    missing = {"data", "policy.pth"} - names
+    return f"it lacks {sorted(missing)}" if missing else None
+
+
 def _is_pickled(value: Any) -> bool:
     return isinstance(value, dict) and ":serialized:" in value
 

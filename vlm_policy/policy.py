@@ -84,9 +84,9 @@ class VLMPolicy(ActorCriticPolicy):
         0 turns it off.
     :param gradient_checkpointing: recompute activations in the backward pass; None: on for real
         checkpoints, off for the tiny model.
-    :param micro_batch_size: answers per forward in generation and scoring; each chunk's forward is
-        recomputed in the backward pass, so peak memory follows it rather than PPO's minibatch, and the
-        gradient is the unsplit one (None: whole batches).
+    :param micro_batch_size: answers per scoring forward; each chunk's forward is recomputed in the
+        backward pass, so peak memory follows it rather than PPO's minibatch, and the gradient is the
+        unsplit one (None: whole batches). Generation always takes the whole rollout batch.
     :param rollout_logprobs: where PPO's old log-probabilities and values come from: ``"generate"`` (the
         generation's own logits, no second pass), ``"recompute"`` (one teacher-forced pass, the same
         computation as the update's, right after generation), ``"auto"``: recompute unless the model
@@ -257,10 +257,11 @@ class VLMPolicy(ActorCriticPolicy):
     def forward(self, obs: dict[str, torch.Tensor], deterministic: bool = False):
         """Samples answers for a batch of observations: (token ids, values, log-probabilities)."""
         images, prompts = self._unpack(obs)
-        recompute = self.recomputes_rollout_logprobs
-        scored = self.answer_distribution.sample(images, prompts, self.device, deterministic, need_scores=not recompute)
-        if recompute:
-            scored = self.answer_distribution.score(images, prompts, scored.tokens, self.device, with_entropy=False)
+        if self.recomputes_rollout_logprobs:  # score with the update's own forward, right after generation
+            tokens = self.answer_distribution.generate(images, prompts, self.device, deterministic)
+            scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=False)
+        else:
+            scored = self.answer_distribution.sample(images, prompts, self.device, deterministic)
         log_prob = scored.log_prob(self.cot_weight)
         values = self.value_head(scored.prompt_hidden)
         _check_finite(values=values, log_prob=log_prob)
@@ -294,7 +295,7 @@ class VLMPolicy(ActorCriticPolicy):
 
     def _predict(self, observation: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
         images, prompts = self._unpack(observation)
-        return self.answer_distribution.sample(images, prompts, self.device, deterministic, need_scores=False).tokens
+        return self.answer_distribution.generate(images, prompts, self.device, deterministic)
 
     def extract_features(self, obs, features_extractor=None):  # pragma: no cover - SB3 hook, unused here
         raise NotImplementedError("VLMPolicy reads images and prompts directly; it has no feature extractor")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gym_vlm_cards.evaluate import TABLE_HEADER, EvalResult, format_table
-from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_path, atomic_write_text
+from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_path, atomic_write_text, checkpoint_problem
 from vlm_policy.env_bridge import frame_kwargs
 from vlm_policy.loading import load_processor, resolve_device
 from vlm_policy.optim import cosine_schedule
@@ -119,10 +119,12 @@ class Pipeline:
                                prompt_style=c.prompt_style)
         # Agents are read without unpickling (load_agent); training state comes from the config.
         training = {"learning_rate": cosine_schedule(c.learning_rate, c.learning_rate_end), "clip_range": c.clip_range}
-        if final.is_file() and checkpoint_problem(final) is None:
-            return load_agent(final, env, device=self.device, **training)
-        if final.is_file():  # torn by a crash of an older version, or damaged since: PPO is not done
-            print(f"{final} is not whole ({checkpoint_problem(final)}); PPO runs again")
+        if final.is_file():
+            problem = checkpoint_problem(final)
+            if problem is None:
+                return load_agent(final, env, device=self.device, **training)
+            # Torn by a crash of an older version, or damaged since: PPO is not done.
+            print(f"{final} is not whole ({problem}); PPO runs again")
             final.unlink()
         checkpoint = latest_checkpoint(self.out / "ppo" / "checkpoints") if resume else None
         if checkpoint is not None:
@@ -132,8 +134,8 @@ class Pipeline:
             if not resume:  # a fresh start: nothing of an unfinished earlier attempt is kept
                 (self.out / "curve.jsonl").unlink(missing_ok=True)
                 shutil.rmtree(self.out / "ppo" / "checkpoints", ignore_errors=True)
-            model = PPO(VLMPolicy, env, learning_rate=cosine_schedule(c.learning_rate, c.learning_rate_end),
-                        n_steps=c.n_steps, batch_size=c.batch_size, n_epochs=c.n_epochs, gamma=c.gamma,
+            model = PPO(VLMPolicy, env, learning_rate=training["learning_rate"], n_steps=c.n_steps,
+                        batch_size=c.batch_size, n_epochs=c.n_epochs, gamma=c.gamma,
                         gae_lambda=c.gae_lambda, clip_range=c.clip_range, ent_coef=c.ent_coef, vf_coef=c.vf_coef,
                         target_kl=c.target_kl or None, max_grad_norm=c.max_grad_norm,
                         normalize_advantage=c.normalize_advantage,
@@ -234,19 +236,3 @@ def latest_checkpoint(directory: Path) -> Path | None:
             return path
         print(f"skipping checkpoint {path}: {problem}")
     return None
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why an agent zip cannot be loaded whole (None: it can)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            broken = archive.testzip()
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError) as error:
-        return f"not a readable zip ({error})"
-    if broken is not None:
-        return f"entry {broken} is corrupt"
-    missing = {"data", "policy.pth"} - names
-    return f"it lacks {sorted(missing)}" if missing else None

@@ -41,7 +41,7 @@ def answer_token_batch(bundle: VLMBundle, answers: Sequence[str]) -> tuple[torch
 
 
 def answer_loss(bundle: VLMBundle, examples: Sequence[Example], device: torch.device | str = "cpu",
-                compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                compute_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of the answer tokens (end token included) given image and prompt, and
     the number of tokens it sums over (divide for the mean)."""
     inputs = build_inputs(bundle, [e.image for e in examples], [e.prompt for e in examples], device)
@@ -92,16 +92,19 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     losses = []
     for _ in steps:
         batch = [examples[int(i)] for i in order.integers(len(examples), size=sft.sft_batch_size)]
-        total_tokens = sum(len(bundle.tokenizer(e.answer, add_special_tokens=False).input_ids) + 1 for e in batch)
         optimizer.zero_grad()
-        step_loss = 0.0
+        loss_sum, total_tokens = 0.0, 0
         for start in range(0, len(batch), chunk):
-            loss_sum, _ = answer_loss(bundle, batch[start:start + chunk], device, compute_dtype)
-            loss = loss_sum / total_tokens  # the mean over the whole batch's tokens, as one unsplit step
-            if not torch.isfinite(loss):
+            chunk_sum, chunk_tokens = answer_loss(bundle, batch[start:start + chunk], device, compute_dtype)
+            if not torch.isfinite(chunk_sum):
                 raise FloatingPointError("SFT loss is NaN/inf; lower --sft-learning-rate")
-            loss.backward()
-            step_loss += loss.item()
+            chunk_sum.backward()
+            loss_sum, total_tokens = loss_sum + chunk_sum.item(), total_tokens + int(chunk_tokens)
+        # The summed gradients over the whole batch's tokens: the mean loss's gradient, as one unsplit step.
+        for parameter in trained.parameters():
+            if parameter.grad is not None:
+                parameter.grad /= total_tokens
+        step_loss = loss_sum / total_tokens
         torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
         optimizer.step()
         schedule.step()
