@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vlm_policy.loading import TINY, VLMBundle
+from vlm_policy.loading import VLMBundle, is_tiny, tiny_source_for_vocab
 
 if TYPE_CHECKING:
     from vlm_policy.policy import VLMPolicy
@@ -65,7 +65,7 @@ def _remove(path: Path) -> None:
 
 def saves_whole_model(policy: VLMPolicy) -> bool:
     """True when the agent zip must hold every weight (the tiny model, or full fine-tuning)."""
-    return policy.model_source == TINY or policy.lora_r == 0
+    return is_tiny(policy.model_source) or policy.lora_r == 0
 
 
 def agent_state(policy: VLMPolicy, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -181,7 +181,9 @@ def agent_base(path: str | Path, data: dict[str, Any] | None = None) -> str:
     embedded in the zip; an error naming what is missing otherwise."""
     data = data if data is not None else read_agent_data(path)
     base = str(data.get("policy_kwargs", {}).get("model", ""))
-    if base == "tiny" or Path(base).is_dir():
+    if is_tiny(base):
+        return tiny_source_for_vocab(base, agent_vocab_size(data))
+    if Path(base).is_dir():
         return base
     embedded = _extract_base(Path(path))
     if embedded is not None:
@@ -205,6 +207,16 @@ def agent_answer_length(data: dict[str, Any]) -> int:
     if len(numbers) != 1:
         raise ValueError("the agent zip records no MultiDiscrete token action space: not a VLMPolicy agent")
     return int(numbers[0])
+
+
+def agent_vocab_size(data: dict[str, Any]) -> int:
+    """The vocabulary the agent's token actions index, read from its action space's JSON ``nvec``."""
+    import re
+
+    sizes = set(re.findall(r"\d+", str(data.get("action_space", {}).get("nvec", ""))))
+    if len(sizes) != 1:
+        raise ValueError("the agent zip records no MultiDiscrete token action space: not a VLMPolicy agent")
+    return int(sizes.pop())
 
 
 EMBEDDED_BASE = "vlm_base/"

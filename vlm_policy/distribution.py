@@ -160,17 +160,21 @@ class TokenSequenceDistribution:
         model = model or self.model
         masks = token_masks(self.bundle.tokenizer, tokens, self.end_ids)
         checkpointed = self.micro_batch_size is not None and torch.is_grad_enabled()
+        # Only positions up to the longest answer's end are scored; under causal attention the padding
+        # after it changes nothing before it, so the forward stops there (exactly the same numbers).
+        length = _scored_length(masks.valid)
         parts = []
         for rows in self._chunks(len(prompts)):
             inputs = build_inputs(self.bundle, list(images[rows]), list(prompts[rows]), device)
-            chunk_tokens, valid = tokens[rows], masks.valid[rows].to(device)
+            chunk_tokens, valid = tokens[rows, :length], masks.valid[rows, :length].to(device)
             if checkpointed:
                 parts.append(checkpoint(self._score_chunk, model, inputs, chunk_tokens, valid, with_entropy,
                                         use_reentrant=False))
             else:
                 parts.append(self._score_chunk(model, inputs, chunk_tokens, valid, with_entropy))
-        per_token = torch.cat([p[0] for p in parts])
-        entropy = torch.cat([p[1] for p in parts]) if with_entropy else None
+        padding = (0, tokens.shape[1] - length)
+        per_token = nn.functional.pad(torch.cat([p[0] for p in parts]), padding)
+        entropy = nn.functional.pad(torch.cat([p[1] for p in parts]), padding) if with_entropy else None
         return ScoredAnswers(tokens, per_token, entropy, masks, torch.cat([p[2] for p in parts]))
 
     @torch.no_grad()
@@ -196,6 +200,12 @@ class TokenSequenceDistribution:
         per_token = _chosen_log_probs(scores, tokens).masked_fill(~valid, 0.0)
         entropy = _entropy(scores).masked_fill(~valid, 0.0) if with_entropy else torch.zeros(())
         return per_token, entropy, outputs.hidden_states[-1][:, prompt_length - 1].float()
+
+
+def _scored_length(valid: torch.Tensor) -> int:
+    """Positions up to and including the last scored token of any answer (at least one)."""
+    scored_columns = valid.any(dim=0).nonzero()
+    return int(scored_columns[-1]) + 1 if len(scored_columns) else 1
 
 
 def _chosen_log_probs(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

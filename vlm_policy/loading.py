@@ -1,7 +1,8 @@
 """Loading a vision-language model and its processor: the embedded tiny one or a real checkpoint.
 
-``load_vlm("tiny")`` builds the embedded default; any other string is a local directory or a model
-id already in the Hugging Face cache (nothing is downloaded: ``local_files_only``). Supported
+``load_vlm("tiny")`` builds the embedded default (``"tiny-v1"`` its first version); any other string
+is a local directory or a model id already in the Hugging Face cache (nothing is downloaded:
+``local_files_only``). Supported
 families: LLaVA / LLaVA-NeXT (the paper's), Idefics3 / SmolVLM, Qwen2-VL and Qwen2.5-VL.
 """
 
@@ -15,6 +16,8 @@ from typing import Any
 import torch
 
 TINY = "tiny"
+#: The embedded model's first version (prompts spelled out in ~110 tokens); ``"tiny"`` is the latest.
+TINY_V1 = "tiny-v1"
 #: Marks a model directory that holds a configuration and processor but no weights on purpose (the
 #: base of a self-contained agent zip, whose own state dict supplies every weight).
 WEIGHTS_ELSEWHERE_FILE = "weights_in_agent.json"
@@ -40,6 +43,26 @@ class VLMBundle:
     @property
     def tokenizer(self):
         return self.processor.tokenizer
+
+
+def is_tiny(source: str) -> bool:
+    """Whether ``source`` names a version of the embedded tiny model (its weights live only in agents)."""
+    return source in (TINY, TINY_V1)
+
+
+def tiny_version(source: str) -> int:
+    from vlm_policy.models.tiny import LATEST_VERSION
+
+    return 1 if source == TINY_V1 else LATEST_VERSION
+
+
+def tiny_source_for_vocab(source: str, vocab_size: int) -> str:
+    """``source``, or ``"tiny-v1"`` for an agent saved as ``"tiny"`` by version 1 (told by its vocabulary size)."""
+    from vlm_policy.models.tiny import tiny_version_for_vocab
+
+    if source == TINY and tiny_version_for_vocab(vocab_size) == 1:
+        return TINY_V1
+    return source
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -76,10 +99,10 @@ def family_of(model_type: str) -> str:
 
 def load_processor(source: str):
     """The processor alone (what the env side needs to decode actions)."""
-    if source == TINY:
+    if is_tiny(source):
         from vlm_policy.models.tiny import build_tiny_processor
 
-        return build_tiny_processor()
+        return build_tiny_processor(version=tiny_version(source))
     path = _check_source(source)
     from transformers import AutoConfig
 
@@ -89,7 +112,7 @@ def load_processor(source: str):
 
 def generation_end_ids(source: str) -> int | list[int] | None:
     """The end-of-answer ids the checkpoint's generation config adds to its tokenizer's EOS (or None)."""
-    if source == TINY:
+    if is_tiny(source):
         return None
     from transformers import GenerationConfig
 
@@ -107,18 +130,19 @@ def load_vlm(
     load_in_4bit: bool = False,
     seed: int = 0,
 ) -> VLMBundle:
-    """Loads ``"tiny"`` (built from ``seed``) or a checkpoint directory / HF cache id."""
+    """Loads ``"tiny"`` / ``"tiny-v1"`` (built from ``seed``) or a checkpoint directory / HF cache id."""
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             f"model must be 'tiny' or a path / Hugging Face cache id (a str), got {type(source).__name__}; "
             "model objects are not accepted so that saved agents stay loadable"
         )
     source = os.fspath(source)
-    if source == TINY:
+    if is_tiny(source):
         from vlm_policy.models.tiny import build_tiny_model, build_tiny_processor
 
-        model = build_tiny_model(seed=seed).to(resolve_dtype(dtype, device))
-        return VLMBundle(model=model, processor=build_tiny_processor(), source=TINY, family="llava")
+        version = tiny_version(source)
+        model = build_tiny_model(seed=seed, version=version).to(resolve_dtype(dtype, device))
+        return VLMBundle(model=model, processor=build_tiny_processor(version=version), source=source, family="llava")
     path = _check_source(source)
     from transformers import AutoConfig, AutoModelForImageTextToText
 

@@ -27,7 +27,7 @@ from vlm_policy import checkpoints
 from vlm_policy.adapters import lora_alpha_for, prepare_for_training, set_lora_alpha
 from vlm_policy.distribution import TokenSequenceDistribution
 from vlm_policy.env_bridge import decode_prompt, end_token_ids, tokenizer_fingerprint
-from vlm_policy.loading import TINY, VLMBundle, load_vlm, resolve_device, resolve_dtype
+from vlm_policy.loading import TINY, VLMBundle, is_tiny, load_vlm, resolve_device, resolve_dtype, tiny_source_for_vocab
 from vlm_policy.logprobs import banned_token_mask
 from vlm_policy.optim import ScaledLRAdamW
 from vlm_policy.reference import KLReference, carrying_loss_term
@@ -160,7 +160,7 @@ class VLMPolicy(ActorCriticPolicy):
         self.value_lr_scale = float(value_lr_scale)
         self.value_gradients_to_model = bool(value_gradients_to_model)
         self.kl_coef = float(kl_coef)
-        self.gradient_checkpointing = (model != TINY) if gradient_checkpointing is None else bool(gradient_checkpointing)
+        self.gradient_checkpointing = (not is_tiny(model)) if gradient_checkpointing is None else bool(gradient_checkpointing)
         self.micro_batch_size = micro_batch_size
         self.rollout_logprobs = rollout_logprobs
         self.compute_entropy = bool(compute_entropy)
@@ -179,7 +179,9 @@ class VLMPolicy(ActorCriticPolicy):
         """Loads the VLM, makes it trainable, adds the value head and the optimizer (SB3's heads are not
         built: a vocab x tokens linear layer would hold 100M+ useless parameters)."""
         self.compute_dtype = resolve_dtype(self.dtype_name, self.load_device)
-        bundle = load_vlm(self.model_source, dtype=self.compute_dtype, device=self.load_device,
+        # An agent saved by the tiny model's version 1 says "tiny": its vocabulary tells the version.
+        source = tiny_source_for_vocab(self.model_source, int(self.action_space.nvec[0]))
+        bundle = load_vlm(source, dtype=self.compute_dtype, device=self.load_device,
                           load_in_4bit=self.load_in_4bit, seed=self.seed)
         self._check_tokenizer(bundle)
         self.family = bundle.family

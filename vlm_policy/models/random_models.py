@@ -17,6 +17,10 @@ import torch
 
 from vlm_policy.models.tiny import TinyConfig, build_tiny_model, build_tiny_processor, build_tiny_tokenizer, seeded
 
+# The random models keep the tiny model's first vocabulary: it spells prompts out at roughly a real
+# tokenizer's length (~110 tokens for NumberLine), and agents saved from these fixtures stay loadable.
+FIXTURE_VOCABULARY = 1
+
 QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                        "<|image_pad|>", "<|video_pad|>")
 QWEN_CHAT_TEMPLATE = (
@@ -72,8 +76,8 @@ def save_random_llava(directory: str | Path, seed: int = 0, config: TinyConfig |
     """The embedded tiny LLaVA written as a checkpoint directory (model + processor)."""
     directory = Path(directory)
     config = config or TinyConfig()
-    build_tiny_model(seed=seed, config=config).save_pretrained(directory)
-    build_tiny_processor(config).save_pretrained(directory)
+    build_tiny_model(seed=seed, config=config, version=FIXTURE_VOCABULARY).save_pretrained(directory)
+    build_tiny_processor(config, version=FIXTURE_VOCABULARY).save_pretrained(directory)
     return directory
 
 
@@ -117,7 +121,8 @@ def save_random_qwen2_vl(directory: str | Path, seed: int = 0, image_size: int =
     sizes = sizes or QwenVLSizes(text_hidden=hidden, text_intermediate=2 * hidden)
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer(QWEN_SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                     chat_template=QWEN_CHAT_TEMPLATE, image_token="<|image_pad|>")
+                                     chat_template=QWEN_CHAT_TEMPLATE, image_token="<|image_pad|>",
+                                     version=FIXTURE_VOCABULARY)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     head_dim = sizes.text_hidden // sizes.text_heads
     text = dict(vocab_size=sizes.vocab_size or len(tokenizer), hidden_size=sizes.text_hidden,
@@ -163,7 +168,8 @@ def save_random_idefics3(directory: str | Path, seed: int = 0, image_size: int =
 
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer(IDEFICS3_SPECIAL_TOKENS, eos_token="<end_of_utterance>", pad_token="<pad>",
-                                     chat_template=IDEFICS3_CHAT_TEMPLATE, image_token="<image>")
+                                     chat_template=IDEFICS3_CHAT_TEMPLATE, image_token="<image>",
+                                     version=FIXTURE_VOCABULARY)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in IDEFICS3_SPECIAL_TOKENS}
     patch, scale = 8, 2
     config = Idefics3Config(
@@ -226,7 +232,7 @@ def save_random_llava_next(directory: str | Path, seed: int = 0, sizes: LlavaNex
     from vlm_policy.models.tiny import IMAGE_TOKEN, SPECIAL_TOKENS, TINY_CHAT_TEMPLATE
 
     directory = Path(directory)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(version=FIXTURE_VOCABULARY)
     side = sizes.image_size
     pinpoints = [[side, 2 * side], [2 * side, side], [2 * side, 2 * side], [3 * side, side], [side, 3 * side]]
     config = LlavaNextConfig(

@@ -4,14 +4,20 @@ No weights or tokenizer can be downloaded here, so the project carries its own d
 
 * a tokenizer built deterministically from ``assets/tiny_vocab.json`` (every printable ASCII
   character, plus multi-character pieces from the task prompts and answers so that a whole
-  chain-of-thought answer is ~20 tokens): a ``tokenizers`` Unigram model wrapped in a
-  ``PreTrainedTokenizerFast`` with a chat template;
+  chain-of-thought answer is ~20 tokens and, since version 2, each fixed sentence of a task prompt
+  one token): a ``tokenizers`` Unigram model wrapped in a ``PreTrainedTokenizerFast`` with a chat
+  template;
 * a LLaVA-architecture model (CLIP vision tower + Llama language model) from a config, randomly
   initialised from a seed;
 * a ``LlavaProcessor`` with the PIL image processor (no torchvision).
 
 It learns the tasks from scratch through SFT (``vlm-cards sft``) and PPO. Real checkpoints go through
 the same code from a path (see :mod:`vlm_policy.loading`).
+
+Versions: ``"tiny"`` is the latest (2: a NumberLine prompt is 96 tokens with its 64 image tokens,
+against 204 in version 1, which halves the cost of every forward and backward pass); ``"tiny-v1"``
+names the first. Agents saved with version 1 recorded ``model="tiny"``; they are recognised by their
+vocabulary size (:func:`tiny_version_for_vocab`) and load as version 1.
 """
 
 from __future__ import annotations
@@ -55,16 +61,31 @@ class TinyConfig:
     max_positions: int = 1024
 
 
-@lru_cache(maxsize=1)
-def tiny_vocabulary() -> tuple[str, ...]:
-    """Special tokens, then printable characters, then the shipped multi-character pieces."""
+LATEST_VERSION = 2
+VERSIONS = (1, 2)
+
+
+@lru_cache(maxsize=len(VERSIONS))
+def tiny_vocabulary(version: int = LATEST_VERSION) -> tuple[str, ...]:
+    """Special tokens, then printable characters, then the shipped multi-character pieces (version 2
+    appends the prompt sentences, so every version-1 id keeps its token)."""
+    if version not in VERSIONS:
+        raise ValueError(f"the tiny model has versions {VERSIONS}, not {version!r}")
     data = json.loads(resources.files("vlm_policy.models").joinpath("assets/tiny_vocab.json").read_text())
     characters = [c for c in string.printable if c not in "\x0b\x0c\r"]
     vocab = list(SPECIAL_TOKENS) + characters
-    for piece in data["pieces"]:
+    for piece in data["pieces"] + (data["prompt_pieces"] if version >= 2 else []):
         if piece not in vocab:
             vocab.append(piece)
     return tuple(vocab)
+
+
+def tiny_version_for_vocab(vocab_size: int) -> int | None:
+    """The tiny version whose vocabulary has ``vocab_size`` tokens (None: none has)."""
+    for version in VERSIONS:
+        if len(tiny_vocabulary(version)) == vocab_size:
+            return version
+    return None
 
 
 def build_tiny_tokenizer(
@@ -73,16 +94,18 @@ def build_tiny_tokenizer(
     pad_token: str = "<pad>",
     chat_template: str = TINY_CHAT_TEMPLATE,
     image_token: str = IMAGE_TOKEN,
+    version: int = LATEST_VERSION,
 ):
     """The tiny model's fast tokenizer; identical on every machine (no training, no randomness).
 
     The special tokens are replaceable so that tiny test models of other families (Qwen2-VL,
-    Idefics3) get their own markers with the same text vocabulary.
+    Idefics3) get their own markers with the same text vocabulary (version 1's: their test fixtures
+    and the saved agents made from them predate version 2).
     """
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
-    vocab = list(special_tokens) + [t for t in tiny_vocabulary()[len(SPECIAL_TOKENS):] if t not in special_tokens]
+    vocab = list(special_tokens) + [t for t in tiny_vocabulary(version)[len(SPECIAL_TOKENS):] if t not in special_tokens]
     # Unigram picks the segmentation with the best total score; every token scoring -1 means the
     # fewest tokens win, and any ASCII string stays encodable character by character.
     scored = [(token, -1.0) for token in vocab]
@@ -106,7 +129,7 @@ def build_tiny_tokenizer(
     return tokenizer
 
 
-def build_tiny_processor(config: TinyConfig = TinyConfig()):
+def build_tiny_processor(config: TinyConfig = TinyConfig(), version: int = LATEST_VERSION):
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -118,7 +141,7 @@ def build_tiny_processor(config: TinyConfig = TinyConfig()):
     )
     return LlavaProcessor(
         image_processor=image_processor,
-        tokenizer=build_tiny_tokenizer(),
+        tokenizer=build_tiny_tokenizer(version=version),
         patch_size=config.patch_size,
         vision_feature_select_strategy="default",
         chat_template=TINY_CHAT_TEMPLATE,
@@ -137,11 +160,11 @@ def seeded(seed: int, build):
         torch.random.set_rng_state(state)
 
 
-def build_tiny_model(seed: int = 0, config: TinyConfig = TinyConfig()):
+def build_tiny_model(seed: int = 0, config: TinyConfig = TinyConfig(), version: int = LATEST_VERSION):
     """A randomly initialised LLaVA (CLIP + Llama) matching :func:`build_tiny_tokenizer`."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    vocab_size = len(tiny_vocabulary())
+    vocab_size = len(tiny_vocabulary(version))
     vision = CLIPVisionConfig(
         hidden_size=config.vision_hidden,
         intermediate_size=4 * config.vision_hidden,

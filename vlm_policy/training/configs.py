@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from vlm_policy.loading import TINY
+from vlm_policy.loading import TINY, is_tiny
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -83,7 +83,7 @@ class ModelConfig:
 
     def checkpointing_for(self, model: str) -> bool:
         """Whether ``model`` trains with gradient checkpointing."""
-        return model != TINY if self.gradient_checkpointing == "auto" else self.gradient_checkpointing == "on"
+        return not is_tiny(model) if self.gradient_checkpointing == "auto" else self.gradient_checkpointing == "on"
 
 
 @dataclass
@@ -115,7 +115,7 @@ class SFTConfig:
     def warmup_steps_for(self, model: str) -> int:
         """The warm-up's steps for ``model``: only the tiny model's random vision tower needs one."""
         if self.vision_warmup_steps == -1:
-            return 150 if model == TINY else 0
+            return 150 if is_tiny(model) else 0
         return self.vision_warmup_steps
 
 
