@@ -68,7 +68,7 @@ def test_custom_task_example_registers_and_plays():
     assert isinstance(env.unwrapped, module.ColourNameEnv)
 
 
-@pytest.mark.parametrize("command", ["train", "sft", "eval", "demos", "baseline"])
+@pytest.mark.parametrize("command", ["train", "sweep", "sft", "eval", "demos", "baseline"])
 def test_every_vlm_cards_command_prints_its_help(command, capsys):
     from vlm_policy.training import cli
 

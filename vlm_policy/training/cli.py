@@ -1,6 +1,7 @@
 """``vlm-cards`` (also ``python -m vlm_policy``): the command line of the project.
 
     vlm-cards train --env gym_cards/NumberLine-v0 --model tiny     demonstrations -> SFT -> PPO -> table + plots
+    vlm-cards sweep --seeds 0 1 2 --out-dir runs/sweep             the same per seed, a mean ± sd table, one plot
     vlm-cards eval --model runs/numberline/sft --env gym_cards/NumberLine-v0 --episodes 200 --seed 100000
     vlm-cards demos --env gym_cards/EZPoints-v0 --n 1000 --out demos/ezpoints
     vlm-cards sft --demos demos/ezpoints --out checkpoints/ezpoints-sft
@@ -20,6 +21,7 @@ from typing import Literal
 
 from gym_vlm_cards.evaluate import TABLE_HEADER, evaluate_agents, format_table
 from vlm_policy.training.configs import SFT_GROUPS, TRAIN_GROUPS, TrainConfig
+from vlm_policy.training.sweep import SweepOptions
 
 
 @dataclass
@@ -83,6 +85,7 @@ class BaselineOptions:
 
 COMMANDS = {
     "train": (TRAIN_GROUPS + (ResumeOption,), "demonstrations -> SFT -> PPO -> evaluation, with plots"),
+    "sweep": (TRAIN_GROUPS + (ResumeOption, SweepOptions), "`train` once per seed, then a mean ± sd table and one plot"),
     "sft": (SFT_GROUPS + (SFTPaths,), "supervised fine-tuning on demonstrations"),
     "eval": ((EvalOptions,), "success / return / invalid rate of a checkpoint, random and oracle"),
     "demos": ((DemosOptions,), "write oracle demonstrations as chat-messages JSONL + PNGs"),
@@ -134,6 +137,15 @@ def _train(groups: list) -> int:
         print(f"vlm-cards train: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _sweep(groups: list) -> int:
+    from vlm_policy.training.sweep import run_sweep
+
+    *config_groups, options, sweep = groups
+    outcomes = run_sweep(TrainConfig.from_groups(*config_groups), sweep, resume=options.resume,
+                         overwrite=options.overwrite)
+    return 1 if any(o.error for o in outcomes) else 0
 
 
 def _sft(groups: list) -> int:
@@ -209,7 +221,7 @@ def _baseline(groups: list) -> int:
     return 0
 
 
-RUNNERS = {"train": _train, "sft": _sft, "eval": _eval, "demos": _demos, "baseline": _baseline}
+RUNNERS = {"train": _train, "sweep": _sweep, "sft": _sft, "eval": _eval, "demos": _demos, "baseline": _baseline}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
