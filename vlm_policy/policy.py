@@ -169,6 +169,10 @@ class VLMPolicy(ActorCriticPolicy):
         self.load_device = resolve_device(device)
         self.seed = int(seed)
         self.max_new_tokens = int(len(action_space.nvec))
+        #: Set by a data-parallel run (vlm_policy.distributed) while it trains: the NaN guard then agrees
+        #: across processes, and each minibatch's log-probabilities are kept for the agreed early stop.
+        self.agree_across_processes = False
+        self.last_log_prob: torch.Tensor | None = None
         kwargs = {"eps": 1e-5, "weight_decay": 0.0}
         kwargs.update(optimizer_kwargs or {})
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=False, normalize_images=False,
@@ -266,7 +270,7 @@ class VLMPolicy(ActorCriticPolicy):
             scored = self.answer_distribution.sample(images, prompts, self.device, deterministic)
         log_prob = scored.log_prob(self.cot_weight)
         values = self.value_head(scored.prompt_hidden)
-        _check_finite(values=values, log_prob=log_prob)
+        _check_finite(self.agree_across_processes, values=values, log_prob=log_prob)
         return scored.tokens, values, log_prob
 
     def evaluate_actions(self, obs: dict[str, torch.Tensor], actions: torch.Tensor):
@@ -280,7 +284,8 @@ class VLMPolicy(ActorCriticPolicy):
         scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=self.compute_entropy)
         log_prob = scored.log_prob(self.cot_weight)
         values = self._value(scored.prompt_hidden)
-        _check_finite(values=values, log_prob=log_prob)
+        _check_finite(self.agree_across_processes, values=values, log_prob=log_prob)
+        self.last_log_prob = log_prob.detach()  # read by a data-parallel run's agreed early stop
         if self.kl_reference is not None:
             kl = self.kl_reference.kl(self.answer_distribution, obs, images, prompts, tokens, scored.per_token,
                                       scored.masks.valid)
@@ -359,10 +364,19 @@ class VLMPolicy(ActorCriticPolicy):
         checkpoints.load_pretrained(self, directory)
 
 
-def _check_finite(**tensors: torch.Tensor) -> None:
-    """Stops training at the first NaN/inf instead of letting PPO average it into every weight."""
-    for name, tensor in tensors.items():
-        if not torch.isfinite(tensor).all():
+def _check_finite(agree: bool = False, **tensors: torch.Tensor) -> None:
+    """Stops training at the first NaN/inf instead of letting PPO average it into every weight.
+
+    With ``agree`` (a data-parallel run) every process stops when any one sees a non-finite value:
+    one process stopping alone would leave the others waiting in the next all-reduce.
+    """
+    from vlm_policy.distributed import any_process
+
+    bad = {name: not bool(torch.isfinite(tensor).all()) for name, tensor in tensors.items()}
+    if agree:
+        bad = {name: any_process(flag) for name, flag in bad.items()}
+    for name, is_bad in bad.items():
+        if is_bad:
             raise FloatingPointError(
                 f"the policy produced a non-finite {name} (NaN or inf); training stopped before it reached the "
                 "weights. Lower the learning rate, raise max_grad_norm clipping, or check the model's dtype"

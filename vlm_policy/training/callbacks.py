@@ -18,20 +18,27 @@ class VLMRolloutLogger(BaseCallback):
     penalty's KL over the previous update. SB3 itself logs episode return and success rate (from
     Monitor and ``info["is_success"]``) and PPO's approx KL; everything reaches TensorBoard through
     the same logger.
+
+    In a data-parallel run (:mod:`vlm_policy.distributed`) every process calls it at each rollout's end:
+    the rollout's episodes of all processes are pooled (the curve's point, its env-step count, and the
+    episodes SB3's ``rollout/ep_rew_mean`` and ``success_rate`` average over on rank 0); only the
+    process given a ``curve_path`` (rank 0) writes.
     """
 
-    def __init__(self, curve_path: str | Path | None = None, verbose: int = 0) -> None:
+    def __init__(self, curve_path: str | Path | None = None, verbose: int = 0, pool_processes: bool = False) -> None:
         super().__init__(verbose)
         self.curve_path = Path(curve_path) if curve_path else None
+        self.pool_processes = pool_processes
         self._valid = 0
         self._steps = 0
         self._successes: list[float] = []
         self._returns: list[float] = []
+        self._episodes: list[dict] = []
         self._sample = ""
 
     def _on_rollout_start(self) -> None:
         self._valid = self._steps = 0
-        self._successes, self._returns = [], []
+        self._successes, self._returns, self._episodes = [], [], []
 
     def _on_step(self) -> bool:
         for info, done in zip(self.locals["infos"], self.locals["dones"]):
@@ -43,9 +50,29 @@ class VLMRolloutLogger(BaseCallback):
                 self._successes.append(float(info.get("is_success", False)))
                 if "episode" in info:
                     self._returns.append(float(info["episode"]["r"]))
+                    self._episodes.append({key: float(value) for key, value in info["episode"].items()})
         return True
 
+    def _pool(self) -> int:
+        """Adds the other processes' episodes of this rollout; returns the env steps of all processes."""
+        from vlm_policy.distributed import current, gather_objects
+
+        context = current()
+        if not (self.pool_processes and context.enabled):
+            return int(self.num_timesteps)
+        mine = (self._valid, self._steps, self._successes, self._returns, self._episodes)
+        everyone = gather_objects(mine)
+        self._valid, self._steps = sum(e[0] for e in everyone), sum(e[1] for e in everyone)
+        self._successes = [x for e in everyone for x in e[2]]
+        self._returns = [x for e in everyone for x in e[3]]
+        for rank, (_, _, successes, _, episodes) in enumerate(everyone):
+            if rank != context.rank:  # SB3's own buffers already hold this process's episodes
+                self.model.ep_info_buffer.extend(episodes)
+                self.model.ep_success_buffer.extend(bool(x) for x in successes)
+        return int(self.num_timesteps) * context.world_size
+
     def _on_rollout_end(self) -> None:
+        timesteps = self._pool()
         invalid_rate = 1.0 - self._valid / max(self._steps, 1)
         self.logger.record("rollout/invalid_action_rate", invalid_rate)
         self.logger.record("rollout/sample_answer", self._sample)
@@ -53,7 +80,7 @@ class VLMRolloutLogger(BaseCallback):
         if self.curve_path is None:
             return
         point = {
-            "timesteps": int(self.num_timesteps),
+            "timesteps": timesteps,
             "success_rate": float(np.mean(self._successes)) if self._successes else None,
             "episodes": len(self._successes),
             "mean_return": float(np.mean(self._returns)) if self._returns else None,
@@ -93,10 +120,13 @@ class UpdateCheckpointCallback(BaseCallback):
     continues with every update of the first ``n`` env steps made. Each file is written atomically
     (a killed save leaves no torn checkpoint), and only files this callback wrote are rotated
     (leftovers of another run in the folder are never mistaken for its own). ``keep=0`` keeps all.
+
+    In a data-parallel run a file is named by the env steps of all processes (``steps_scale``: the
+    number of processes), which is what ``--ppo-timesteps`` counts.
     """
 
     def __init__(self, save_path: str | Path, keep: int = 3, every: int = 1, name_prefix: str = "rl_model",
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, steps_scale: int = 1) -> None:
         if keep < 0:
             raise ValueError(f"keep must be >= 0 (0 keeps every checkpoint), got {keep}")
         if every < 1:
@@ -106,6 +136,7 @@ class UpdateCheckpointCallback(BaseCallback):
         self.keep = keep
         self.every = every
         self.name_prefix = name_prefix
+        self.steps_scale = steps_scale
         self.written: list[Path] = []
         self._rollouts = 0
 
@@ -125,7 +156,7 @@ class UpdateCheckpointCallback(BaseCallback):
     def _save(self) -> None:
         from vlm_policy.checkpoints import atomic_path
 
-        path = self.save_path / f"{self.name_prefix}_{self.num_timesteps}_steps.zip"
+        path = self.save_path / f"{self.name_prefix}_{self.num_timesteps * self.steps_scale}_steps.zip"
         if path in self.written:
             return
         with atomic_path(path) as temporary:

@@ -9,6 +9,10 @@
 
 The options of ``train`` and ``sft`` are generated from the dataclasses of
 :mod:`vlm_policy.training.configs` (``vlm-cards train --help`` lists them all).
+
+``train`` and ``sft`` run data-parallel when started by torchrun (see :mod:`vlm_policy.distributed`):
+
+    torchrun --nproc-per-node=2 -m vlm_policy train --env gym_cards/NumberLine-v0 --model tiny
 """
 
 from __future__ import annotations
@@ -154,7 +158,10 @@ def _sft(groups: list) -> int:
 
     common, model, sft, paths = groups
     out = run_sft(read_demonstrations(paths.demos), paths.out, sft=sft, model=model, common=common)
-    print(f"saved the SFT checkpoint to {out}")
+    from vlm_policy.distributed import current
+
+    if current().is_main:
+        print(f"saved the SFT checkpoint to {out}")
     return 0
 
 
@@ -224,9 +231,28 @@ def _baseline(groups: list) -> int:
 RUNNERS = {"train": _train, "sweep": _sweep, "sft": _sft, "eval": _eval, "demos": _demos, "baseline": _baseline}
 
 
+# Commands that train data-parallel when started by torchrun (vlm_policy.distributed).
+DATA_PARALLEL_COMMANDS = ("train", "sft")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from vlm_policy import distributed
+
     command, groups = parse(argv)
-    return RUNNERS[command](groups)
+    if not distributed.launched_by_torchrun():
+        return RUNNERS[command](groups)
+    if command not in DATA_PARALLEL_COMMANDS:
+        print(f"vlm-cards {command} runs in one process; start it without torchrun (data-parallel commands: "
+              f"{', '.join(DATA_PARALLEL_COMMANDS)})", file=sys.stderr)
+        return 2
+    import torch.distributed as dist
+
+    device = next(group.device for group in groups if hasattr(group, "device"))
+    distributed.init_distributed(device)
+    try:
+        return RUNNERS[command](groups)
+    finally:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

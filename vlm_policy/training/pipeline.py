@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gym_vlm_cards.evaluate import TABLE_HEADER, EvalResult, format_table
+from vlm_policy import distributed
 from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_path, atomic_write_text, checkpoint_problem
 from vlm_policy.env_bridge import frame_kwargs
 from vlm_policy.loading import load_processor, resolve_device
@@ -30,6 +32,7 @@ from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig, Tr
 from vlm_policy.training.stages import StageRecords
 
 __all__ = ["Pipeline", "TrainConfig", "cosine_schedule", "latest_checkpoint"]
+T = TypeVar("T")
 
 
 def _group(cls, config: TrainConfig):
@@ -39,12 +42,36 @@ def _group(cls, config: TrainConfig):
 
 class Pipeline:
     """Runs the stages of :class:`TrainConfig` in order; each one is resumable. Nothing is written
-    before :meth:`run` (or a stage's own method) is called."""
+    before :meth:`run` (or a stage's own method) is called.
+
+    Under torchrun (:mod:`vlm_policy.distributed`) every process runs the pipeline: SFT and PPO train
+    data-parallel on all of them; the demonstrations, stage records, evaluations, results and plots
+    are made by rank 0 alone (the others wait and receive what it made). ``out_dir`` must be one
+    folder every process sees (a shared filesystem across nodes).
+    """
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.out = Path(config.out_dir)
-        self.device = str(resolve_device(config.device))
+        self.context = distributed.current()
+        self.device = distributed.device_for(self.context, str(resolve_device(config.device)))
+        if self.context.enabled:
+            check_divides_across_processes(config, self.context.world_size)
+
+    def on_main(self, work: Callable[[], T]) -> T:
+        """``work()`` run by rank 0 alone; every process returns its result or raises its error."""
+        if not self.context.enabled:
+            return work()
+        outcome: tuple[str, Any] = ("ok", None)
+        if self.context.is_main:
+            try:
+                outcome = ("ok", work())
+            except Exception as error:  # handed to every process, which all raise it
+                outcome = ("error", error)
+        outcome = distributed.broadcast_object(outcome)
+        if outcome[0] == "error":
+            raise outcome[1]
+        return outcome[1]
 
     def answer_budget(self, demos: Path) -> int:
         """The answer budget: the configured one, or (0) one that fits every demonstration answer.
@@ -114,47 +141,54 @@ class Pipeline:
         from vlm_policy.training.callbacks import UpdateCheckpointCallback, VLMRolloutLogger
 
         c = self.config
+        context = self.context
+        main = context.is_main
         final = self.out / "ppo" / "final.zip"
-        env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1, max_new_tokens=budget,
-                               prompt_style=c.prompt_style)
+        # Each process plays its own envs: rank r's episodes are seeded apart from every other rank's.
+        env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1 + 100_000 * context.rank,
+                               max_new_tokens=budget, prompt_style=c.prompt_style)
         # Agents are read without unpickling (load_agent); training state comes from the config.
         training = {"learning_rate": cosine_schedule(c.learning_rate, c.learning_rate_end), "clip_range": c.clip_range}
-        if final.is_file():
-            problem = checkpoint_problem(final)
-            if problem is None:
-                return load_agent(final, env, device=self.device, **training)
-            # Torn by a crash of an older version, or damaged since: PPO is not done.
-            print(f"{final} is not whole ({problem}); PPO runs again")
-            final.unlink()
-        checkpoint = latest_checkpoint(self.out / "ppo" / "checkpoints") if resume else None
+        if self.on_main(lambda: _final_is_whole(final)):
+            return load_agent(final, env, device=self.device, **training)
+        checkpoint = self.on_main(lambda: latest_checkpoint(self.out / "ppo" / "checkpoints")) if resume else None
         if checkpoint is not None:
-            print(f"resuming PPO from {checkpoint}")
+            if main:
+                print(f"resuming PPO from {checkpoint}")
             model = load_agent(checkpoint, env, device=self.device, **training)
         else:
-            if not resume:  # a fresh start: nothing of an unfinished earlier attempt is kept
+            if not resume and main:  # a fresh start: nothing of an unfinished earlier attempt is kept
                 (self.out / "curve.jsonl").unlink(missing_ok=True)
                 shutil.rmtree(self.out / "ppo" / "checkpoints", ignore_errors=True)
             model = PPO(VLMPolicy, env, learning_rate=training["learning_rate"], n_steps=c.n_steps,
                         batch_size=c.batch_size, n_epochs=c.n_epochs, gamma=c.gamma,
                         gae_lambda=c.gae_lambda, clip_range=c.clip_range, ent_coef=c.ent_coef, vf_coef=c.vf_coef,
-                        target_kl=c.target_kl or None, max_grad_norm=c.max_grad_norm,
-                        normalize_advantage=c.normalize_advantage,
-                        policy_kwargs=self.policy_kwargs(sft_dir), tensorboard_log=str(self.out / "tb"),
-                        seed=c.seed, device=self.device, verbose=0)
-        remaining = c.ppo_timesteps - model.num_timesteps
-        callbacks = CallbackList([
-            UpdateCheckpointCallback(self.out / "ppo" / "checkpoints", keep=c.keep_checkpoints),
-            VLMRolloutLogger(self.out / "curve.jsonl"),
-        ])
+                        # Data-parallel: the early stop is taken on the KL of all processes (below).
+                        target_kl=(c.target_kl or None) if not context.enabled else None,
+                        max_grad_norm=c.max_grad_norm, normalize_advantage=c.normalize_advantage,
+                        policy_kwargs=self.policy_kwargs(sft_dir),
+                        tensorboard_log=str(self.out / "tb") if main else None,
+                        seed=c.seed + context.rank, device=self.device, verbose=0)
+        # --ppo-timesteps counts the env steps of every process; each makes its share.
+        remaining = c.ppo_timesteps // context.world_size - model.num_timesteps
+        callbacks = [VLMRolloutLogger(self.out / "curve.jsonl" if main else None, pool_processes=True)]
+        if main:
+            callbacks.insert(0, UpdateCheckpointCallback(self.out / "ppo" / "checkpoints", keep=c.keep_checkpoints,
+                                                         steps_scale=context.world_size))
         if remaining > 0:
-            model.learn(remaining, callback=callbacks, reset_num_timesteps=checkpoint is None,
-                        tb_log_name="ppo", progress_bar=c.progress)
-        with atomic_path(self.out / "ppo" / "adapter") as temporary:
-            model.policy.save_pretrained(temporary)
-        with atomic_path(final) as temporary:  # last: its presence marks the stage as done
-            model.save(temporary)
-            if saves_whole_model(model.policy):  # then the zip loads without the SFT directory too
-                embed_base(temporary, sft_dir)
+            with distributed.data_parallel(model, c.target_kl):
+                model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=checkpoint is None,
+                            tb_log_name="ppo", progress_bar=c.progress and main)
+        if context.enabled:
+            distributed.check_same_weights(model.policy, "PPO weights")
+        if main:
+            with atomic_path(self.out / "ppo" / "adapter") as temporary:
+                model.policy.save_pretrained(temporary)
+            with atomic_path(final) as temporary:  # last: its presence marks the stage as done
+                model.save(temporary)
+                if saves_whole_model(model.policy):  # then the zip loads without the SFT directory too
+                    embed_base(temporary, sft_dir)
+        distributed.barrier()
         return model
 
     # ------------------------------------------------------------------ whole run
@@ -167,32 +201,45 @@ class Pipeline:
             of stopping with the differences named.
         """
         start = time.perf_counter()
-        results = self._cached_results()
         records = StageRecords(self.out, self.config)
-        redone = records.check(results, overwrite)  # before anything is written
+        results = self.on_main(lambda: self._prepare(records, overwrite))
+        demos = self.on_main(lambda: (records.begin("demos"), self.demonstrations())[1])
+        budget = self.answer_budget(demos)
+        self.on_main(lambda: records.begin("sft"))
+        sft_dir = self.sft(demos)
+        if "after SFT" not in results:
+            results["after SFT"] = self.on_main(lambda: self._evaluate_sft(records, results, sft_dir, budget))
+        self.on_main(lambda: records.begin("ppo"))
+        model = self.ppo(sft_dir, budget, resume)
+        return self.on_main(lambda: self._finish(records, results, model, sft_dir, budget, start))
+
+    def _prepare(self, records: StageRecords, overwrite: bool) -> dict[str, EvalResult]:
+        """Checks the recorded stages against this config (before anything is written) and writes config.json."""
+        results = self._cached_results()
+        redone = records.check(results, overwrite)
         if redone:
             print(f"--overwrite: redoing {', '.join(redone)}")
             self._save_results(results)
         self.out.mkdir(parents=True, exist_ok=True)
         # Every output in out_dir now matches this config (or is about to be made with it).
         atomic_write_text(self.out / "config.json", json.dumps(self.config.to_dict(), indent=2))
-        records.begin("demos")
-        demos = self.demonstrations()
-        budget = self.answer_budget(demos)
-        records.begin("sft")
-        sft_dir = self.sft(demos)
-        if "after SFT" not in results:
-            records.begin("after SFT")
-            from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
+        return results
 
-            env = eval_env_factory(self.config.env_id, sft_dir, budget, self.config.prompt_style)()
-            kwargs = {k: v for k, v in self.policy_kwargs(sft_dir).items()
-                      if k in ("temperature", "cot_weight", "lora_r", "lora_alpha", "micro_batch_size", "dtype", "seed")}
-            policy = standalone_policy(sft_dir, env, device=self.device, **kwargs)
-            results["after SFT"] = self.evaluate(policy, sft_dir, budget, "after SFT")[0]
-            self._save_results(results)
-        records.begin("ppo")
-        model = self.ppo(sft_dir, budget, resume)
+    def _evaluate_sft(self, records: StageRecords, results: dict[str, EvalResult], sft_dir: str, budget: int) -> EvalResult:
+        from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
+
+        records.begin("after SFT")
+        env = eval_env_factory(self.config.env_id, sft_dir, budget, self.config.prompt_style)()
+        kwargs = {k: v for k, v in self.policy_kwargs(sft_dir).items()
+                  if k in ("temperature", "cot_weight", "lora_r", "lora_alpha", "micro_batch_size", "dtype", "seed")}
+        policy = standalone_policy(sft_dir, env, device=self.device, **kwargs)
+        results["after SFT"] = self.evaluate(policy, sft_dir, budget, "after SFT")[0]
+        self._save_results(results)
+        return results["after SFT"]
+
+    def _finish(self, records: StageRecords, results: dict[str, EvalResult], model, sft_dir: str, budget: int,
+                start: float) -> list[EvalResult]:
+        """The held-out evaluation after PPO, the table and the plots."""
         records.begin("after PPO")
         result, record = self.evaluate(model.policy, sft_dir, budget, "after PPO", record=True)
         results["after PPO"] = result
@@ -223,6 +270,29 @@ class Pipeline:
 
     def _save_results(self, results: dict[str, EvalResult]) -> None:
         atomic_write_text(self.out / "results.json", json.dumps({k: asdict(v) for k, v in results.items()}, indent=2))
+
+
+def _final_is_whole(final: Path) -> bool:
+    """Whether PPO's final agent is there and whole; a torn one (a crash of an older version, or
+    damage since) is removed, and PPO runs again."""
+    if not final.is_file():
+        return False
+    problem = checkpoint_problem(final)
+    if problem is None:
+        return True
+    print(f"{final} is not whole ({problem}); PPO runs again")
+    final.unlink()
+    return False
+
+
+def check_divides_across_processes(config: TrainConfig, world_size: int) -> None:
+    """A data-parallel PPO run must end exactly at ``--ppo-timesteps``: every process makes whole rollouts."""
+    per_rollout = world_size * config.n_envs * config.n_steps
+    if config.ppo_timesteps % per_rollout:
+        low = max(per_rollout, config.ppo_timesteps // per_rollout * per_rollout)
+        raise ValueError(f"--ppo-timesteps {config.ppo_timesteps} is not a whole number of rollouts of all {world_size} "
+                         f"processes ({world_size} x --n-envs {config.n_envs} x --n-steps {config.n_steps} = {per_rollout} "
+                         f"env steps each); use {low} or {low + per_rollout}")
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

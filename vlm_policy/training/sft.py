@@ -64,11 +64,19 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         split into micro-batches whose gradients accumulate into one optimizer step: the same step,
         with one micro-batch's activations alive).
     :param common: seed, device, progress bars.
+
+    Under torchrun (:mod:`vlm_policy.distributed`) every process draws the same batch and trains on its
+    share of the rows ``rank::world_size``; the summed gradients and token counts are added up across
+    processes before the division, so each step is the one-process step on the whole batch. Rank 0
+    alone writes the checkpoint; the others wait for it and return its path.
     """
+    from vlm_policy import distributed
+
     sft, model, common = sft or SFTConfig(), model or ModelConfig(), common or CommonConfig()
+    context = distributed.current()
     if not examples:
         raise ValueError("no examples to train on")
-    device = resolve_device(common.device)
+    device = torch.device(distributed.device_for(context, str(resolve_device(common.device))))
     random.seed(common.seed)
     torch.manual_seed(common.seed)
     compute_dtype = resolve_dtype(model.dtype, device)
@@ -77,7 +85,8 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     warmup_steps = sft.warmup_steps_for(model.model)
     if warmup_steps > 0:
         vision_warmup(bundle, examples, warmup_steps, sft.sft_learning_rate, sft.sft_batch_size, common.seed, device,
-                      common.progress, sft.warmup_labels, compute_dtype)
+                      common.progress and context.is_main, sft.warmup_labels, compute_dtype)
+        distributed.broadcast_module(bundle.model)  # identical already; made certain before SFT
     trained = prepare_for_training(bundle.model, lora_r=sft.sft_lora_r, lora_alpha=sft.sft_lora_alpha or None,
                                    train_vision=sft.sft_train_vision,
                                    gradient_checkpointing=model.checkpointing_for(model.model))
@@ -87,11 +96,13 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
                                   weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_value(step / sft.sft_steps, 1.0, 0.1))
     order = np.random.default_rng(common.seed)
-    steps = tqdm(range(sft.sft_steps), desc="SFT", unit="step", disable=not common.progress)
+    steps = tqdm(range(sft.sft_steps), desc="SFT", unit="step", disable=not (common.progress and context.is_main))
     chunk = model.micro_batch or sft.sft_batch_size
+    trainable = [p for p in trained.parameters() if p.requires_grad]
     losses = []
     for _ in steps:
         batch = [examples[int(i)] for i in order.integers(len(examples), size=sft.sft_batch_size)]
+        batch = batch[context.rank::context.world_size]  # this process's rows (all of them alone)
         optimizer.zero_grad()
         loss_sum, total_tokens = 0.0, 0
         for start in range(0, len(batch), chunk):
@@ -100,6 +111,9 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
                 raise FloatingPointError("SFT loss is NaN/inf; lower --sft-learning-rate")
             chunk_sum.backward()
             loss_sum, total_tokens = loss_sum + chunk_sum.item(), total_tokens + int(chunk_tokens)
+        if context.enabled:
+            distributed.sum_gradients(trainable)
+            loss_sum, total_tokens = distributed.sum_across([loss_sum, total_tokens])
         # The summed gradients over the whole batch's tokens: the mean loss's gradient, as one unsplit step.
         for parameter in trained.parameters():
             if parameter.grad is not None:
@@ -113,7 +127,12 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     trained.eval()
     metadata = {"sft": asdict(sft), "model": asdict(model), "seed": common.seed,
                 "final_loss": float(np.mean(losses[-20:]))}
-    return save_sft_checkpoint(bundle, out_dir, metadata)
+    if context.enabled:
+        distributed.check_same_weights(trained, "SFT weights")
+        metadata["processes"] = context.world_size
+    saved = save_sft_checkpoint(bundle, out_dir, metadata) if context.is_main else Path(out_dir)
+    distributed.barrier()  # the checkpoint is whole before any process reads it
+    return saved
 
 
 def image_token_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:

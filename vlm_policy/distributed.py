@@ -1,0 +1,300 @@
+"""Data-parallel training over ``torch.distributed``: one process per GPU (or per CPU slot), started by torchrun.
+
+    torchrun --nproc-per-node=2 -m vlm_policy train --env gym_cards/NumberLine-v0 --model tiny
+
+Every process holds the whole model, plays its own envs (seeded by rank) and collects its own
+rollouts; SB3's own ``PPO.learn`` runs unchanged in each. What makes the processes one run:
+
+* **the same start**: rank 0's weights are broadcast before training (:func:`broadcast_module`);
+* **averaged gradients before clipping**: a hook on every trainable parameter averages its gradient
+  across processes as soon as the backward pass has accumulated it (:class:`GradientAverager`), so
+  SB3's ``clip_grad_norm_`` and the optimizer step see the same gradient everywhere (the semantics of
+  ``DistributedDataParallel``, which SB3's ``evaluate_actions`` calls cannot go through);
+* **the same decisions**: SB3 would take its ``target_kl`` early stop on each process's own
+  minibatch, and a process that stops while another steps deadlocks the next all-reduce. Under
+  :class:`AgreedEarlyStop` the processes average the approximate KL of each minibatch and stop
+  together (SB3's own check is switched off); the policy's NaN guard agrees likewise
+  (:func:`any_process`); every process has the same number of minibatches by construction;
+* **one writer**: rank 0 alone writes logs, checkpoints, results and plots;
+* **a final check**: :func:`check_same_weights` compares a digest of every process's trainable
+  weights with rank 0's and fails loudly on a difference.
+
+NCCL on CUDA (one GPU per process: ``LOCAL_RANK``), gloo on the CPU. Several nodes work through
+torchrun's rendezvous (``--nnodes``, ``--rdzv-endpoint``); see the README.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in the run (a single process is rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE = DistributedContext()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistributedContext:
+    """Joins the process group torchrun describes in the environment (a no-op for one process).
+
+    :param device: the run's ``--device``; CUDA runs use NCCL with GPU ``LOCAL_RANK``, the CPU gloo.
+    :return: this process's rank, the number of processes and its local rank.
+    """
+    if not launched_by_torchrun():
+        return SINGLE
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if torch.cuda.device_count() <= local:
+            raise RuntimeError(f"process {rank} wants GPU {local}, but this node has {torch.cuda.device_count()}; "
+                               "start at most one process per GPU (--nproc-per-node)")
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    return DistributedContext(rank=rank, world_size=world, local_rank=local)
+
+
+def current() -> DistributedContext:
+    """The context of an initialised process group (a single process otherwise)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return SINGLE
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def device_for(context: DistributedContext, device: str) -> str:
+    """Each process's device: its own GPU under NCCL, else ``device`` as given."""
+    if context.enabled and (device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())):
+        return f"cuda:{context.local_rank}"
+    return device
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def barrier() -> None:
+    if current().enabled:
+        dist.barrier()
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if ``flag`` is true on any (one process: ``flag``)."""
+    if not current().enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def sum_across(values: Iterable[float]) -> list[float]:
+    """Element-wise sums of ``values`` over the processes (float64)."""
+    values = list(values)
+    if not current().enabled:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` on every process."""
+    if not current().enabled:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every process's ``value``, in rank order (on every process)."""
+    context = current()
+    if not context.enabled:
+        return [value]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Copies rank 0's parameters and buffers into every process's ``module``."""
+    if not current().enabled:
+        return
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+
+def sum_gradients(parameters: Iterable[torch.Tensor]) -> None:
+    """Adds every process's gradients into each (one all-reduce over them all, flattened)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not current().enabled or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset: offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+class GradientAverager:
+    """Averages each trainable parameter's gradient across processes once the backward pass has
+    accumulated it (``register_post_accumulate_grad_hook``), i.e. before any clipping or step.
+
+    Every process runs the same backward passes over the same model, so the hooks fire in the same
+    order everywhere and the all-reduces pair up. One backward pass per optimizer step is assumed
+    (PPO's: micro-batches are checkpointed chunks of a single backward); SFT, which accumulates
+    several backward passes, calls :func:`sum_gradients` once instead.
+
+    :param parameters: the parameters to synchronise (those without ``requires_grad`` are skipped).
+    """
+
+    def __init__(self, parameters: Iterable[nn.Parameter]) -> None:
+        self.world_size = current().world_size
+        self.handles = [p.register_post_accumulate_grad_hook(self._reduce) for p in parameters if p.requires_grad]
+
+    def _reduce(self, parameter: torch.Tensor) -> None:
+        if parameter.grad is None:
+            return
+        parameter.grad.div_(self.world_size)
+        dist.all_reduce(parameter.grad)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+class AgreedEarlyStop:
+    """SB3's ``target_kl`` early stop, decided on the approximate KL averaged over the processes.
+
+    SB3 computes each minibatch's approximate KL, ``mean((r - 1) - log r)`` with ``r`` the ratio of the
+    new to the old probability, and skips the rest of the update once it exceeds ``1.5 * target_kl``
+    (before that minibatch's step). Here SB3's own check is off (``target_kl=None``) and the same rule
+    runs on the global mean: the policy hands over each minibatch's new log-probabilities, the
+    rollout buffer's iterator the old ones, and the optimizer's ``step`` is where all processes meet;
+    when they agree to stop, the step is skipped everywhere and the buffer yields no more minibatches
+    for this update.
+
+    :param algorithm: the SB3 PPO whose rollout buffer and policy optimizer get wrapped.
+    :param target_kl: as SB3's ``target_kl``.
+    """
+
+    def __init__(self, algorithm: Any, target_kl: float) -> None:
+        self.threshold = 1.5 * float(target_kl)
+        self.stopped = False
+        self.old_log_prob: torch.Tensor | None = None
+        self.stops = 0  # updates cut short, for tests and logs
+        # Only the rollout buffer and the optimizer are wrapped: SB3 saves neither as an attribute of the
+        # algorithm (a wrapped method of the algorithm itself would be pickled into every checkpoint).
+        buffer, optimizer, policy = algorithm.rollout_buffer, algorithm.policy.optimizer, algorithm.policy
+        original_get, original_step, original_reset = buffer.get, optimizer.step, buffer.reset
+
+        def get(batch_size: int | None = None) -> Iterator[Any]:
+            for samples in original_get(batch_size):
+                if self.stopped:
+                    return
+                self.old_log_prob = samples.old_log_prob.detach()
+                yield samples
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            if self._exceeded(policy.last_log_prob):
+                self.stopped = True
+                self.stops += 1
+                optimizer.zero_grad()
+                return None
+            return original_step(*args, **kwargs)
+
+        def reset() -> None:  # a new rollout: its update starts with every minibatch allowed
+            self.stopped = False
+            original_reset()
+
+        buffer.get, optimizer.step, buffer.reset = get, step, reset
+
+        def restore() -> None:  # the instance attributes go; the classes' methods show through again
+            for owner, name in ((buffer, "get"), (optimizer, "step"), (buffer, "reset")):
+                owner.__dict__.pop(name, None)
+
+        self.restore = restore
+
+    def _exceeded(self, log_prob: torch.Tensor | None) -> bool:
+        if log_prob is None or self.old_log_prob is None:
+            return False
+        log_ratio = log_prob.detach().to(self.old_log_prob.device) - self.old_log_prob
+        local = ((torch.exp(log_ratio) - 1) - log_ratio).double()
+        total, count = sum_across([float(local.sum()), float(local.numel())])
+        return total / max(count, 1.0) > self.threshold
+
+
+
+@contextlib.contextmanager
+def data_parallel(algorithm: Any, target_kl: float | None) -> Iterator[None]:
+    """Within the block ``algorithm.learn`` (SB3's PPO, built with ``target_kl=None``) trains
+    data-parallel: rank 0's weights everywhere first, averaged gradients, the agreed early stop and
+    NaN guard. A no-op in a single process."""
+    if not current().enabled:
+        yield
+        return
+    policy = algorithm.policy
+    if getattr(algorithm, "target_kl", None) is not None:
+        raise ValueError("build PPO with target_kl=None for a data-parallel run: the early stop is agreed across "
+                         "processes instead (pass target_kl to data_parallel)")
+    broadcast_module(policy)
+    averager = GradientAverager(policy.parameters())
+    early_stop = AgreedEarlyStop(algorithm, target_kl) if target_kl else None
+    policy.agree_across_processes = True
+    try:
+        yield
+    finally:
+        policy.agree_across_processes = False
+        averager.remove()
+        if early_stop is not None:
+            early_stop.restore()
+
+
+def weights_digest(parameters: Iterable[torch.Tensor]) -> str:
+    """A SHA-256 over the exact bytes of the given tensors (in order)."""
+    digest = hashlib.sha256()
+    for tensor in parameters:
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_same_weights(module: nn.Module, what: str = "trainable weights") -> str:
+    """Fails on every process unless all hold exactly rank 0's trainable weights; returns the digest."""
+    digest = weights_digest(p for p in module.parameters() if p.requires_grad)
+    digests = gather_objects(digest)
+    differing = [rank for rank, other in enumerate(digests) if other != digests[0]]
+    if differing:
+        raise RuntimeError(f"after training, processes {differing} hold other {what} than rank 0 (digests "
+                           f"{[d[:12] for d in digests]}): the data-parallel run diverged and its result is not "
+                           "one model; nothing was kept from the other processes")
+    return digest
