@@ -105,3 +105,31 @@ def test_loading_a_checkpoint_of_another_shape_is_an_error(llava_dir, tmp_path):
     model.save(tmp_path / "agent")
     with pytest.raises(RuntimeError, match="does not match"):
         PPO.load(tmp_path / "agent", env=env, custom_objects={"policy_kwargs": {**model.policy_kwargs, "lora_r": 8}})
+
+
+def test_an_agent_of_the_first_tiny_version_loads_as_tiny_v1(tmp_path):
+    from vlm_policy.checkpoints import agent_base, load_agent, read_agent_data
+    from vlm_policy.models.tiny import tiny_vocabulary
+
+    # As version 1 saved them: model="tiny", a 440-token vocabulary.
+    env = make_vlm_vec_env("gym_cards/NumberLine-v0", n_envs=2, model="tiny-v1", seed=0, max_new_tokens=12)
+    model = PPO(VLMPolicy, env, n_steps=4, batch_size=8, n_epochs=1, policy_kwargs={"model": "tiny"})
+    assert len(model.policy.bundle.tokenizer) == len(tiny_vocabulary(1)) == 440 < len(tiny_vocabulary())
+    model.save(tmp_path / "old_agent")
+    data = read_agent_data(tmp_path / "old_agent.zip")
+    assert data["policy_kwargs"]["model"] == "tiny" and agent_base(tmp_path / "old_agent.zip", data) == "tiny-v1"
+    loaded = load_agent(tmp_path / "old_agent.zip", env)
+    for (name, a), (_, b) in zip(model.policy.state_dict().items(), loaded.policy.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert np.array_equal(_greedy(model, env), _greedy(loaded, env))
+
+
+def test_version_2_spells_a_task_prompt_in_a_handful_of_tokens_and_keeps_every_version_1_id():
+    from vlm_policy.loading import load_processor
+
+    old, new = load_processor("tiny-v1").tokenizer, load_processor("tiny").tokenizer
+    assert old.get_vocab().items() <= new.get_vocab().items()
+    import gymnasium as gym
+
+    prompt = gym.make("gym_cards/NumberLine-v0").unwrapped.prompt
+    assert len(new(prompt).input_ids) <= 6 < 80 < len(old(prompt).input_ids)

@@ -256,12 +256,12 @@ class AgreedEarlyStop:
 
 
 @contextlib.contextmanager
-def data_parallel(algorithm: Any, target_kl: float | None) -> Iterator[None]:
+def data_parallel(algorithm: Any, target_kl: float | None) -> Iterator[AgreedEarlyStop | None]:
     """Within the block ``algorithm.learn`` (SB3's PPO, built with ``target_kl=None``) trains
-    data-parallel: rank 0's weights everywhere first, averaged gradients, the agreed early stop and
-    NaN guard. A no-op in a single process."""
+    data-parallel: rank 0's weights everywhere first, averaged gradients, the agreed early stop (the
+    block's value, None without ``target_kl``) and NaN guard. A no-op in a single process."""
     if not current().enabled:
-        yield
+        yield None
         return
     policy = algorithm.policy
     if getattr(algorithm, "target_kl", None) is not None:
@@ -272,7 +272,7 @@ def data_parallel(algorithm: Any, target_kl: float | None) -> Iterator[None]:
     early_stop = AgreedEarlyStop(algorithm, target_kl) if target_kl else None
     policy.agree_across_processes = True
     try:
-        yield
+        yield early_stop
     finally:
         policy.agree_across_processes = False
         averager.remove()
