@@ -90,8 +90,7 @@ class ModelConfig:
 class SFTConfig:
     """Supervised fine-tuning on the demonstrations (and the tiny model's vision warm-up)."""
 
-    sft_steps: int = field(default=60, metadata=_help(
-        "SFT optimizer steps (60 leaves PPO room: NumberLine lands at 44-73% on seeds 0-2, see docs/results.md)"))
+    sft_steps: int = field(default=150, metadata=_help("SFT optimizer steps"))
     sft_batch_size: int = field(default=16, metadata=_help("examples per SFT step"))
     sft_learning_rate: float = field(default=1e-3, metadata=_help("SFT learning rate (cosine decay to a tenth)"))
     sft_lora_r: int = field(default=0, metadata=_help("SFT LoRA rank (0: every weight, the tiny model)"))
