@@ -5,8 +5,8 @@
 
 Each setting is a fresh ``torchrun`` (or plain) run of the same PPO configuration as the main job
 (8 envs x 32 steps per process, minibatch 32, 2 epochs, KL penalty on), without the ``target_kl`` early
-stop so that every setting does the same work per update: one warm-up update that is not timed, then ``--updates`` timed ones. Reported: env steps of all processes per second, and the speed-up
-over 1 process. Weak scaling: each process adds its own rollouts, so N processes make N times the env
+stop so that every setting does the same work per update: one warm-up update that is not timed, then
+``--updates`` timed ones. Reported: env steps of all processes per second, and the speed-up over 1 process. Weak scaling: each process adds its own rollouts, so N processes make N times the env
 steps per update.
 """
 
@@ -75,7 +75,8 @@ def main() -> None:
             out = Path(folder) / "result.json"
             flags = ["--child", "--out", str(out), "--updates", str(args.updates), "--threads", str(args.threads),
                      "--device", args.device, "--model", args.model]
-            launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}"] if processes > 1 else [
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                f"--nproc-per-node={processes}"] if processes > 1 else [
                 sys.executable]
             subprocess.run([*launcher, __file__, *flags], env=environment, check=True, stdout=subprocess.DEVNULL)
             rows.append(json.loads(out.read_text()))

@@ -125,6 +125,42 @@ def test_an_early_stop_is_taken_by_both_processes_or_neither(tmp_path):
     assert first["digest"] == second["digest"]
 
 
+def _sft(out_dir):
+    from vlm_policy.training.configs import CommonConfig, SFTConfig
+    from vlm_policy.training.demos import read_demonstrations, write_demonstrations
+    from vlm_policy.training.sft import run_sft
+
+    demos = Path(out_dir) / "demos"
+    if distributed.current().is_main and not demos.exists():
+        write_demonstrations("gym_cards/NumberLine-v0", 12, demos, seed=0, env_kwargs={"image_size": 64})
+    distributed.barrier()
+    sft = SFTConfig(sft_steps=3, sft_batch_size=6, vision_warmup_steps=2)
+    return run_sft(read_demonstrations(demos), Path(out_dir) / f"sft_{distributed.current().world_size}", sft=sft,
+                   common=CommonConfig(progress=False))
+
+
+def _sft_worker(rank, out_dir):
+    _sft(out_dir)
+    return {}
+
+
+def test_data_parallel_sft_takes_the_one_process_steps(tmp_path):
+    from safetensors.torch import load_file
+
+    from vlm_policy.models.tiny import build_tiny_model
+
+    _run_two(_sft_worker, tmp_path, str(tmp_path))
+    torch.set_num_threads(1)
+    _sft(tmp_path)
+    two = load_file(tmp_path / "sft_2" / "model.safetensors")
+    one = load_file(tmp_path / "sft_1" / "model.safetensors")
+    assert two.keys() == one.keys()
+    worst = max(float((two[k] - one[k]).abs().max()) for k in one)
+    assert worst < 1e-5, worst  # the same steps (up to the order of float sums)
+    fresh = build_tiny_model(seed=0).get_input_embeddings().weight
+    assert not torch.equal(fresh, one["language_model.model.embed_tokens.weight"])  # and SFT did move the weights
+
+
 def _diverged_worker(rank):
     layer = torch.nn.Linear(3, 2)
     with torch.no_grad():
@@ -169,8 +205,8 @@ def test_commands_that_run_in_one_process_refuse_torchrun(monkeypatch, capsys):
 @pytest.mark.slow
 def test_torchrun_runs_the_main_job_on_two_processes_and_only_rank_0_writes(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port", str(_free_port()),
-               "-m", "vlm_policy", "train", "--env", "gym_cards/NumberLine-v0", "--model", "tiny", "--out-dir", str(out),
+    # --standalone: torchrun picks a free port itself (no race with another process for a chosen one).
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "vlm_policy", "train", "--env", "gym_cards/NumberLine-v0", "--model", "tiny", "--out-dir", str(out),
                "--demos", "24", "--sft-steps", "3", "--vision-warmup-steps", "2", "--sft-batch-size", "4",
                "--ppo-timesteps", "64", "--n-envs", "2", "--n-steps", "8", "--batch-size", "8", "--n-epochs", "2",
                "--eval-episodes", "3", "--max-new-tokens", "24", "--progress", "false"]
@@ -185,3 +221,12 @@ def test_torchrun_runs_the_main_job_on_two_processes_and_only_rank_0_writes(tmp_
     assert json.loads((out / "results.json").read_text()).keys() == {"after SFT", "after PPO"}
     assert len(list((out / "tb").rglob("events.out.tfevents.*"))) == 1
     assert json.loads((out / "sft" / "training.json").read_text())["processes"] == 2
+    # --resume: without its final agent and newest checkpoint the run continues from 32 env steps to 64.
+    (out / "ppo" / "final.zip").unlink()
+    (out / "ppo" / "checkpoints" / "rl_model_64_steps.zip").unlink()
+    resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, env=environment, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("resuming PPO from") == 1 and "rl_model_32_steps.zip" in resumed.stdout
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert curve[-1]["timesteps"] == 64 and (out / "ppo" / "final.zip").is_file()
