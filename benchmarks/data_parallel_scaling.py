@@ -3,11 +3,11 @@
     python benchmarks/data_parallel_scaling.py --model runs/numberline/sft   # 1 and 2 processes, 1 thread each (CPU, gloo)
     python benchmarks/data_parallel_scaling.py --processes 1 2 4 8 --device cuda   # one GPU per process (NCCL)
 
-Each setting is a fresh ``torchrun`` (or plain) run of the same PPO configuration as the main job
-(8 envs x 32 steps per process, minibatch 32, 2 epochs, KL penalty on), without the ``target_kl`` early
-stop so that every setting does the same work per update: one warm-up update that is not timed, then
-``--updates`` timed ones. Reported: env steps of all processes per second, and the speed-up over 1 process. Weak scaling: each process adds its own rollouts, so N processes make N times the env
-steps per update.
+Each setting is a fresh ``torchrun`` (or plain) run of the same PPO configuration as the main job (8 envs x 32
+steps per process, minibatch 32, 2 epochs, KL penalty on), without the ``target_kl`` early stop so that every
+setting does the same work per update: one warm-up update that is not timed, then ``--updates`` timed ones.
+Reported: env steps of all processes per second, and the speed-up over 1 process. Weak scaling: each process
+adds its own rollouts, so N processes make N times the env steps per update.
 """
 
 from __future__ import annotations
