@@ -93,9 +93,22 @@ def _split_gradient_worker(rank):
         not torch.equal(actions[:2], actions[2:]))}
 
 
-def test_the_averaged_gradient_of_a_split_batch_is_the_whole_batch_gradient(tmp_path):
-    results = _run_two(_split_gradient_worker, tmp_path)
-    for result in results:
+def _every_check_worker(rank, out_dir):
+    """All the 2-process checks in one pair of processes (starting them costs more than the checks)."""
+    return {"split_gradient": _split_gradient_worker(rank), "learn": _learn_worker(rank, 1e-9),
+            "sft": _sft_worker(rank, out_dir), "diverged": _diverged_worker(rank)}
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """Each rank's results of :func:`_every_check_worker` (one spawn of 2 gloo processes)."""
+    folder = tmp_path_factory.mktemp("two_processes")
+    return folder, _run_two(_every_check_worker, folder, str(folder))
+
+
+@pytest.mark.slow
+def test_the_averaged_gradient_of_a_split_batch_is_the_whole_batch_gradient(two_processes):
+    for result in (r["split_gradient"] for r in two_processes[1]):
         assert result["tensors"] > 50 and result["scale"] > 0
         assert result["worst"] <= 1e-5 * max(1.0, result["scale"]), result
 
@@ -110,19 +123,20 @@ def _learn_worker(rank, target_kl):
             "num_timesteps": model.num_timesteps}
 
 
-def test_after_a_short_learn_both_processes_hold_the_same_weights_from_different_rollouts(tmp_path):
-    first, second = _run_two(_learn_worker, tmp_path, None)
+@pytest.mark.slow
+def test_after_a_short_learn_both_processes_hold_the_same_weights_from_different_rollouts(two_processes):
+    first, second = (r["learn"] for r in two_processes[1])
     assert first["digest"] == second["digest"]
     assert first["rollout"] != second["rollout"]  # each process played its own episodes
     assert first["num_timesteps"] == second["num_timesteps"] == 32
 
 
-def test_an_early_stop_is_taken_by_both_processes_or_neither(tmp_path):
+@pytest.mark.slow
+def test_an_early_stop_is_taken_by_both_processes_or_neither(two_processes):
     # A tiny target KL: after the first step every minibatch exceeds it, on the mean of both processes.
-    first, second = _run_two(_learn_worker, tmp_path, 1e-9)
+    first, second = (r["learn"] for r in two_processes[1])
     assert first["stops"] == second["stops"] == 2  # one per update (2 rollouts of 16 env steps)
     assert first["updates"] == second["updates"]
-    assert first["digest"] == second["digest"]
 
 
 def _sft(out_dir):
@@ -144,16 +158,17 @@ def _sft_worker(rank, out_dir):
     return {}
 
 
-def test_data_parallel_sft_takes_the_one_process_steps(tmp_path):
+@pytest.mark.slow
+def test_data_parallel_sft_takes_the_one_process_steps(two_processes):
     from safetensors.torch import load_file
 
     from vlm_policy.models.tiny import build_tiny_model
 
-    _run_two(_sft_worker, tmp_path, str(tmp_path))
+    folder = two_processes[0]
     torch.set_num_threads(1)
-    _sft(tmp_path)
-    two = load_file(tmp_path / "sft_2" / "model.safetensors")
-    one = load_file(tmp_path / "sft_1" / "model.safetensors")
+    _sft(folder)
+    two = load_file(folder / "sft_2" / "model.safetensors")
+    one = load_file(folder / "sft_1" / "model.safetensors")
     assert two.keys() == one.keys()
     worst = max(float((two[k] - one[k]).abs().max()) for k in one)
     assert worst < 1e-5, worst  # the same steps (up to the order of float sums)
@@ -172,8 +187,9 @@ def _diverged_worker(rank):
     return {"error": None}
 
 
-def test_processes_with_different_weights_fail_loudly(tmp_path):
-    for result in _run_two(_diverged_worker, tmp_path):
+@pytest.mark.slow
+def test_processes_with_different_weights_fail_loudly(two_processes):
+    for result in (r["diverged"] for r in two_processes[1]):
         assert result["error"] and "processes [1] hold other trainable weights than rank 0" in result["error"]
 
 
