@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from alfworld_bridge.expert import expert_command
 from alfworld_bridge.games import GameDataError, find_games, read_traj_data
 from alfworld_bridge.goals import Targets, goal_condition_rate
 from alfworld_bridge.render import draw_map_view, draw_text_view, floor_plan_of, thor_available
@@ -34,6 +36,11 @@ def _prompt(task: str, observation: str, commands: Sequence[str], chain_of_thoug
         return head + ('Think about what to do next, then reply with a JSON object in exactly this format: '
                        '{"thoughts": "your reasoning", "action": "one command from the list"}')
     return head + 'Reply with a JSON object in exactly this format: {"action": "one command from the list"}'
+
+
+def _words(type_name: str) -> str:
+    """ALFRED's CamelCase type as words: 'DeskLamp' -> 'desk lamp'."""
+    return "".join(" " + c.lower() if c.isupper() else c for c in type_name).strip() or "object"
 
 
 class ALFWorldEnv(gym.Env):
@@ -204,6 +211,50 @@ class ALFWorldEnv(gym.Env):
             self._engine.close()
             self._engine = None
             self._loaded = None
+
+    # ------------------------------------------------------------------ the expert
+    def oracle_action(self) -> str:
+        """The expert's next admissible command from the current state (:mod:`alfworld_bridge.expert`:
+        full information, replanned every step, so it recovers from any move before)."""
+        if self.state is None or self._episode_over:
+            raise RuntimeError("ALFWorldEnv.oracle_action: no episode in progress; call reset() first")
+        return expert_command(self.state["facts"], self.targets, self.admissible_commands)
+
+    def oracle_thoughts(self) -> dict[str, str]:
+        """What the agent is after, where it goes next and why, for the expert's command."""
+        command = self.oracle_action()
+        verb, _, rest = command.partition(" ")
+        held = [args[1] for args in self._facts("holds")]
+        thing = rest.split(" from ")[0].split(" in/on ")[0].split(" with ")[0].split(" to ")[0]
+        wanted = _words(self.targets.object_type)
+        why = {
+            "go": (f"I carry {held[0]} to {rest.removeprefix('to ')}." if held
+                   else f"The {wanted} I need is at {rest.removeprefix('to ')}, so I go there."),
+            "open": f"{rest.capitalize()} is closed; I open it to reach what I need.",
+            "take": f"I take {thing}, the {wanted} the task is about.",
+            "put": (f"I put {thing} in/on {rest.split(' in/on ')[-1]}, as the task asks."
+                    if thing.startswith(self.targets.object_type.lower()) else f"I do not need {thing}; I put it down."),
+            "move": (f"I put {thing} in/on {rest.split(' to ')[-1]}, as the task asks."
+                     if thing.startswith(self.targets.object_type.lower()) else f"I do not need {thing}; I put it down."),
+            "clean": f"The task wants it clean, so I clean {thing} here.",
+            "heat": f"The task wants it hot, so I heat {thing} here.",
+            "cool": f"The task wants it cool, so I cool {thing} here.",
+            "use": f"I hold the {wanted}; I switch on {rest} to look at it in the light.",
+        }.get(verb, f"Next: {command}.")
+        return {"thoughts": f"My task is to {self.task}. {why}"}
+
+    def oracle_answer(self, chain_of_thought: bool = True) -> str:
+        """The expert's answer in the prompt's JSON format (thoughts, then action), for SFT data."""
+        action = self.oracle_action()
+        if not chain_of_thought:
+            return json.dumps({"action": action})
+        return json.dumps({**self.oracle_thoughts(), "action": action})
+
+    def symbolic_state(self) -> dict[str, Any]:
+        """The task type, where the agent is and what it holds (for demonstration records)."""
+        location = self._facts("atlocation")
+        return {"task_type": self.targets.task_type if self.targets else "",
+                "location": location[0][1] if location else "", "holds": [args[1] for args in self._facts("holds")]}
 
     # ------------------------------------------------------------------ views
     @property

@@ -260,3 +260,62 @@ def test_every_split_folder_of_the_download_is_accepted(tmp_path):
     trial = tmp_path / "json_2.1.1" / "valid_train" / "task" / "trial"
     shutil.copytree(REAL_GAME, trial)
     assert find_games(tmp_path, "valid_train") == [trial / "game.tw-pddl"]
+
+
+TASK_TYPES = ["pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
+              "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place"]
+
+
+def _play_oracle(env, detours: int = 0, seed: int = 0, **reset):
+    rng = np.random.default_rng(seed)
+    _, info = env.reset(**reset)
+    steps, done = 0, False
+    while not done:
+        if steps < detours:  # random admissible moves first: the oracle must recover from them
+            commands = info["admissible_commands"]
+            text = answer(commands[int(rng.integers(len(commands)))])
+        else:
+            text = env.unwrapped.oracle_answer()
+        _, _, terminated, truncated, info = env.step(text)
+        steps, done = steps + 1, terminated or truncated
+    return info, steps
+
+
+@pytest.mark.parametrize("task_type", TASK_TYPES)
+def test_the_oracle_wins_every_task_type_even_after_random_moves(toy_root, tmp_path, task_type):
+    env = gym.make("alfworld/ALFWorld-v0", data_root=toy_root / task_type, split=None, cache_dir=tmp_path)
+    for detours in (0, 4):
+        info, _ = _play_oracle(env, detours=detours, seed=detours)
+        assert info["won"] and info["goal_condition_success_rate"] == 1.0, (task_type, detours)
+    env.close()
+
+
+def test_the_oracle_wins_the_real_game_directly_and_after_detours(real_env):
+    info, steps = _play_oracle(real_env)
+    assert info["won"] and steps <= 16  # the game's own expert walkthrough takes 16
+    for seed in range(3):
+        info, _ = _play_oracle(real_env, detours=5, seed=seed)
+        assert info["won"], seed
+
+
+def test_the_oracle_answer_is_the_prompt_json_with_thoughts_about_the_task(real_env):
+    real_env.reset()
+    unwrapped = real_env.unwrapped
+    answer_json = json.loads(unwrapped.oracle_answer())
+    assert list(answer_json) == ["thoughts", "action"]
+    assert answer_json["action"] == unwrapped.oracle_action() in unwrapped.admissible_commands
+    assert answer_json["thoughts"].startswith(f"My task is to {unwrapped.task}.")
+    assert json.loads(unwrapped.oracle_answer(chain_of_thought=False)) == {"action": answer_json["action"]}
+    with pytest.raises(RuntimeError, match="no episode in progress"):
+        gym.make("alfworld/ALFWorld-v0", data_root=SAMPLE, split="train").unwrapped.oracle_action()
+
+
+def test_demonstrations_are_recorded_on_alfworld(sample_root, tmp_path):
+    from vlm_policy.training.demos import read_demonstrations, write_demonstrations
+
+    path = write_demonstrations("alfworld/ALFWorld-v0", 20, tmp_path / "demos", seed=0,
+                                env_kwargs={"data_root": str(sample_root), "split": "train", "image_size": 64})
+    examples = read_demonstrations(path)
+    assert len(examples) == 20 and examples[0].image.shape == (64, 64, 3)
+    assert all(json.loads(e.answer)["action"] for e in examples)
+    assert "pick_heat_then_place_in_recep" in examples[0].state

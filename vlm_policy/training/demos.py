@@ -23,7 +23,6 @@ import numpy as np
 from PIL import Image
 
 import gym_vlm_cards  # noqa: F401  (registers the tasks)
-from gym_vlm_cards.agents import task_of
 
 DEMOS_FILE = "demos.jsonl"
 
@@ -61,7 +60,9 @@ def write_demonstrations(
 
 def _oracle_steps(env_id, n_examples, seed, chain_of_thought, env_kwargs) -> Iterator[tuple[dict, np.ndarray]]:
     env = gym.make(env_id, **(env_kwargs or {}))
-    task = task_of(env)
+    task = env.unwrapped  # a card task or ALFWorld: anything with an oracle answer and a symbolic state
+    if not (hasattr(task, "oracle_answer") and hasattr(task, "symbolic_state")):
+        raise TypeError(f"{env_id} has no oracle (oracle_answer / symbolic_state), so no demonstrations can be recorded")
     prompt_key = "prompt" if chain_of_thought else "action_only_prompt"
     produced, episode = 0, 0
     while produced < n_examples:
