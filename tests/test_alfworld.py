@@ -281,6 +281,7 @@ def _play_oracle(env, detours: int = 0, seed: int = 0, **reset):
     return info, steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task_type", TASK_TYPES)
 def test_the_oracle_wins_every_task_type_even_after_random_moves(toy_root, tmp_path, task_type):
     env = gym.make("alfworld/ALFWorld-v0", data_root=toy_root / task_type, split=None, cache_dir=tmp_path)
@@ -310,6 +311,7 @@ def test_the_oracle_answer_is_the_prompt_json_with_thoughts_about_the_task(real_
         gym.make("alfworld/ALFWorld-v0", data_root=SAMPLE, split="train").unwrapped.oracle_action()
 
 
+@pytest.mark.slow
 def test_demonstrations_are_recorded_on_alfworld(sample_root, tmp_path):
     from vlm_policy.training.demos import read_demonstrations, write_demonstrations
 
