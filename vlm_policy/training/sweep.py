@@ -35,7 +35,8 @@ SWEEP_PLOT = "learning_curves.png"
 
 @dataclass
 class SweepOptions:
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "the seeds to run, one run each"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
+        "help": "the seeds to run, one run each (each replaces --seed; each run writes to <out-dir>/seed_<n>)"})
     parallel: int = field(default=1, metadata={
         "help": "runs at a time; the cores are divided between them (1: one after another, with progress bars)"})
 
