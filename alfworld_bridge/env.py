@@ -15,12 +15,12 @@ from gymnasium import spaces
 from alfworld_bridge.expert import expert_command
 from alfworld_bridge.games import GameDataError, find_games, read_traj_data
 from alfworld_bridge.goals import Targets, goal_condition_rate
-from alfworld_bridge.render import draw_map_view, draw_text_view, floor_plan_of, thor_available
+from alfworld_bridge.render import draw_map_view, draw_text_view, floor_plan_of
 from gym_vlm_cards.parsing import extract_action, normalize
 from gym_vlm_cards.rendering import WHITE, Canvas
 from gym_vlm_cards.text_env import MAX_ANSWER_CHARS, _image_shape
 
-RENDER_STYLES = ("text", "map", "thor")
+RENDER_STYLES = ("text", "map")
 WIN_BONUS = 50.0
 INADMISSIBLE_PENALTY = 1.0
 
@@ -57,9 +57,9 @@ class ALFWorldEnv(gym.Env):
 
     ## Observation Space
     ``Box(0, 255, (300, 300, 3), uint8)``: ``render_style="text"`` (default) draws the task and the last
-    observation; ``"map"`` a top-down sketch from the scene layouts; ``"thor"`` needs ai2thor and a
-    display. The paper used THOR's first-person frames, so scores with ``text``/``map`` are not
-    comparable with its 21.7%.
+    observation; ``"map"`` a top-down sketch from the scene layouts. THOR's first-person frames (the
+    paper's) are not offered: they need ALFWorld's THOR env (ai2thor, a display, a GPU), so scores
+    with ``text``/``map`` are not comparable with the paper's 21.7%.
 
     ## Rewards
     As in the paper: ``50 * won + goal_condition_success_rate``, minus 1 for an inadmissible (or
@@ -90,13 +90,13 @@ class ALFWorldEnv(gym.Env):
         render_mode: str | None = None,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
+        if render_style == "thor":
+            raise ValueError(
+                "render_style='thor' is not offered: THOR's first-person frames come from ALFWorld's THOR env "
+                "(ai2thor, a Unity build, an X display and a GPU), which this bridge does not drive; use 'text' or "
+                "'map' (scores are then not comparable with the paper's THOR-based 21.7%)")
         if render_style not in RENDER_STYLES:
             raise ValueError(f"render_style must be one of {RENDER_STYLES}, got {render_style!r}")
-        if render_style == "thor":
-            available, reason = thor_available()
-            if not available:
-                raise RuntimeError(f"render_style='thor' is not available here: {reason}")
-            raise NotImplementedError("THOR frames need ALFWorld's THOR env; use render_style='text' or 'map'")
         if invalid_action not in ("penalize", "random"):
             raise ValueError(f"invalid_action must be 'penalize' or 'random', got {invalid_action!r}")
         if render_mode not in (None, "rgb_array"):

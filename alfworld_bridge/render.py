@@ -135,17 +135,5 @@ def floor_plan_of(traj: dict) -> str | None:
     return str(plan) if plan and re.fullmatch(r"FloorPlan\d+(_physics)?", str(plan)) else None
 
 
-def thor_available() -> tuple[bool, str]:
-    """Whether THOR frames can be drawn here, and why not."""
-    import importlib.util
-    import os
-
-    if importlib.util.find_spec("ai2thor") is None:
-        return False, "ai2thor is not installed (pip install ai2thor; it downloads a Unity build at start-up)"
-    if not os.environ.get("DISPLAY"):
-        return False, "no X display (THOR needs one, e.g. Xvfb)"
-    return True, ""
-
-
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())

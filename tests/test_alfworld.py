@@ -9,7 +9,6 @@ from gymnasium.utils.env_checker import check_env
 
 import alfworld_bridge  # noqa: F401  (registers alfworld/ALFWorld-v0)
 from alfworld_bridge.games import GameDataError, find_games
-from alfworld_bridge.render import thor_available
 from alfworld_bridge.toy_games import walkthrough, write_toy_games
 
 # One real game ships with the tests (MIT; see tests/data/alfworld/SOURCE.md), so they need nothing
@@ -138,11 +137,8 @@ def test_each_render_style_draws(sample_root, style):
     env.close()
 
 
-def test_thor_style_says_why_it_is_unavailable(sample_root):
-    available, reason = thor_available()
-    if available:
-        pytest.skip("ai2thor and a display are present; THOR frames need ALFWorld's THOR env")
-    with pytest.raises(RuntimeError, match="not available here"):
+def test_thor_style_is_not_offered_and_says_why(sample_root):
+    with pytest.raises(ValueError, match="not offered: THOR's first-person frames come from ALFWorld's THOR env"):
         gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train", render_style="thor")
 
 
