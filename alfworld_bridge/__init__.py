@@ -9,13 +9,8 @@ Needs the ``alfworld`` extra (``pip install gym-vlm-cards[alfworld]``); ALFWorld
 only when the env is made.
 """
 
-import gymnasium as gym
+from alfworld_bridge.registration import ENV_ID, STEP_LIMIT, register_env
 
-ENV_ID = "alfworld/ALFWorld-v0"
-#: The paper's step limit for ALFWorld; ``gym.make(ENV_ID, max_episode_steps=n)`` sets another.
-STEP_LIMIT = 50
-
-if ENV_ID not in gym.registry:
-    gym.register(id=ENV_ID, entry_point="alfworld_bridge.env:ALFWorldEnv", max_episode_steps=STEP_LIMIT)
+register_env()
 
 __all__ = ["ENV_ID", "STEP_LIMIT"]
