@@ -62,12 +62,17 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistributedContext:
+def init_distributed(device: str = "auto", timeout_s: float | None = None) -> DistributedContext:
     """Joins the process group torchrun describes in the environment (a no-op for one process).
 
     :param device: the run's ``--device``; CUDA runs use NCCL with GPU ``LOCAL_RANK``, the CPU gloo.
+    :param timeout_s: how long a process waits in a collective before failing (default: the
+        ``VLM_CARDS_DIST_TIMEOUT_S`` environment variable, else 2 hours: the other processes wait
+        while rank 0 alone evaluates, which takes long for a real model on many episodes).
     :return: this process's rank, the number of processes and its local rank.
     """
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("VLM_CARDS_DIST_TIMEOUT_S", 7200))
     if not launched_by_torchrun():
         return SINGLE
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
