@@ -222,20 +222,24 @@ class ALFWorldEnv(gym.Env):
 
     def oracle_thoughts(self) -> dict[str, str]:
         """What the agent is after, where it goes next and why, for the expert's command."""
-        command = self.oracle_action()
+        return self._thoughts_for(self.oracle_action())
+
+    def _thoughts_for(self, command: str) -> dict[str, str]:
         verb, _, rest = command.partition(" ")
         held = [args[1] for args in self._facts("holds")]
         thing = rest.split(" from ")[0].split(" in/on ")[0].split(" with ")[0].split(" to ")[0]
+        # "put X in/on Y" in the released games, "move X to Y" in the current grammar.
+        destination = rest.split(" in/on ")[-1] if verb == "put" else rest.split(" to ")[-1]
         wanted = _words(self.targets.object_type)
+        putting = (f"I put {thing} in/on {destination}, as the task asks."
+                   if thing.startswith(self.targets.object_type.lower()) else f"I do not need {thing}; I put it down.")
         why = {
             "go": (f"I carry {held[0]} to {rest.removeprefix('to ')}." if held
                    else f"The {wanted} I need is at {rest.removeprefix('to ')}, so I go there."),
             "open": f"{rest.capitalize()} is closed; I open it to reach what I need.",
             "take": f"I take {thing}, the {wanted} the task is about.",
-            "put": (f"I put {thing} in/on {rest.split(' in/on ')[-1]}, as the task asks."
-                    if thing.startswith(self.targets.object_type.lower()) else f"I do not need {thing}; I put it down."),
-            "move": (f"I put {thing} in/on {rest.split(' to ')[-1]}, as the task asks."
-                     if thing.startswith(self.targets.object_type.lower()) else f"I do not need {thing}; I put it down."),
+            "put": putting,
+            "move": putting,
             "clean": f"The task wants it clean, so I clean {thing} here.",
             "heat": f"The task wants it hot, so I heat {thing} here.",
             "cool": f"The task wants it cool, so I cool {thing} here.",
@@ -245,10 +249,10 @@ class ALFWorldEnv(gym.Env):
 
     def oracle_answer(self, chain_of_thought: bool = True) -> str:
         """The expert's answer in the prompt's JSON format (thoughts, then action), for SFT data."""
-        action = self.oracle_action()
+        action = self.oracle_action()  # planned once: the thoughts are about this very command
         if not chain_of_thought:
             return json.dumps({"action": action})
-        return json.dumps({**self.oracle_thoughts(), "action": action})
+        return json.dumps({**self._thoughts_for(action), "action": action})
 
     def symbolic_state(self) -> dict[str, Any]:
         """The task type, where the agent is and what it holds (for demonstration records)."""

@@ -18,9 +18,8 @@ open it if needed, and put the object there (twice for pick-two).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-from alfworld_bridge.goals import Targets
+from alfworld_bridge.goals import Facts, Targets
 
 # The appliance each state-changing task uses, and the command verb that changes the state.
 APPLIANCES = {
@@ -40,44 +39,15 @@ class NoExpertMove(RuntimeError):
     """The expert found no admissible command towards the goal (a game it does not cover)."""
 
 
-@dataclass
-class Facts:
-    """The facts of one state, indexed by predicate (argument names as in the commands)."""
+def _type_of(state: Facts, thing: str) -> str:
+    return next((a[1] for a in state.args("objecttype") if len(a) == 2 and a[0] == thing), "")
 
-    by_name: dict[str, list[list[str]]]
 
-    @classmethod
-    def of(cls, facts: Iterable) -> Facts:
-        by_name: dict[str, list[list[str]]] = {}
-        for fact in facts:
-            by_name.setdefault(fact.name.lower(), []).append([a.name.strip() for a in fact.arguments])
-        return cls(by_name)
-
-    def of_type(self, predicate: str, type_name: str) -> list[str]:
-        wanted = type_name.lower() + "type"
-        return sorted({a[0] for a in self.by_name.get(predicate, []) if len(a) == 2 and a[1].lower() == wanted})
-
-    def holding(self) -> list[str]:
-        return [a[1] for a in self.by_name.get("holds", []) if len(a) == 2]
-
-    def container_of(self, thing: str) -> str | None:
-        for args in self.by_name.get("inreceptacle", []):
-            if args[0] == thing:
-                return args[1]
-        return None
-
-    def has(self, predicate: str, thing: str) -> bool:
-        return any(args and args[0] == thing for args in self.by_name.get(predicate, []))
-
-    def type_of(self, thing: str, predicate: str = "objecttype") -> str:
-        return next((a[1].strip() for a in self.by_name.get(predicate, []) if len(a) == 2 and a[0] == thing), "")
-
-    def receptacles_for(self, thing: str) -> list[str]:
-        """Receptacles whose type can hold ``thing``'s type (``cancontain``), sorted."""
-        kind = self.type_of(thing)
-        holders = {a[0].strip() for a in self.by_name.get("cancontain", []) if len(a) == 2 and a[1].strip() == kind}
-        return sorted(r for r, t in ((a[0], a[1].strip()) for a in self.by_name.get("receptacletype", [])
-                                     if len(a) == 2) if t in holders)
+def _receptacles_for(state: Facts, thing: str) -> list[str]:
+    """Receptacles whose type can hold ``thing``'s type (``cancontain``), sorted."""
+    kind = _type_of(state, thing)
+    holders = {a[0] for a in state.args("cancontain") if len(a) == 2 and a[1] == kind}
+    return sorted(a[0] for a in state.args("receptacletype") if len(a) == 2 and a[1] in holders)
 
 
 def expert_command(facts: Iterable, targets: Targets, admissible: Sequence[str]) -> str:
@@ -118,15 +88,15 @@ def expert_command(facts: Iterable, targets: Targets, admissible: Sequence[str])
     unneeded = [thing for thing in held if thing not in objects]
     if unneeded:
         thing = unneeded[0]
-        puts = sorted(c for c in allowed if c.startswith((f"put {thing} in/on ", f"move {thing} to ")))
+        puts = sorted(c for c in allowed if c.startswith(put_commands(thing, "")))
         if puts:
             return puts[0]
-        for receptacle in state.receptacles_for(thing):
+        for receptacle in _receptacles_for(state, thing):
             if f"go to {receptacle}" in allowed:
                 return reach(receptacle, *put_commands(thing, receptacle))
         # No receptacle listed for its type: try the next receptacle after this one, in name order
         # (the one the agent stands at is the one it cannot "go to").
-        everything = sorted(a[0] for a in state.by_name.get("receptacletype", []) if a)
+        everything = sorted(a[0] for a in state.args("receptacletype") if a)
         here = [i for i, r in enumerate(everything) if f"go to {r}" not in allowed]
         start = here[0] + 1 if here else 0
         for receptacle in everything[start:] + everything[:start]:

@@ -45,33 +45,54 @@ class Targets:
                    params.get("toggle_target", ""))
 
 
-def _arguments(fact) -> list[str]:
-    return [argument.name.strip() for argument in fact.arguments]
+@dataclass
+class Facts:
+    """The facts of one state (TextWorld propositions), indexed by lower-case predicate; argument
+    names as the commands spell them."""
+
+    by_name: dict[str, list[list[str]]]
+
+    @classmethod
+    def of(cls, facts: Iterable) -> Facts:
+        by_name: dict[str, list[list[str]]] = {}
+        for fact in facts:
+            by_name.setdefault(fact.name.lower(), []).append([a.name.strip() for a in fact.arguments])
+        return cls(by_name)
+
+    def args(self, predicate: str) -> list[list[str]]:
+        return self.by_name.get(predicate, [])
+
+    def of_type(self, predicate: str, type_name: str) -> list[str]:
+        """The things whose ``predicate`` (``objecttype`` / ``receptacletype``) is ``type_name``, sorted."""
+        wanted = type_name.lower() + "type"
+        return sorted({a[0] for a in self.args(predicate) if len(a) == 2 and a[1].lower() == wanted})
+
+    def holding(self) -> list[str]:
+        return [a[1] for a in self.args("holds") if len(a) == 2]
+
+    def container_of(self, thing: str) -> str | None:
+        return next((a[1] for a in self.args("inreceptacle") if a[0] == thing), None)
+
+    def has(self, predicate: str, thing: str) -> bool:
+        return any(a and a[0] == thing for a in self.args(predicate))
 
 
 def goal_condition_rate(facts: Iterable, targets: Targets) -> float:
     """Fraction of the task's goal conditions that ``facts`` (TextWorld propositions) satisfy."""
-    by_name: dict[str, list[list[str]]] = {}
-    for fact in facts:
-        by_name.setdefault(fact.name.lower(), []).append(_arguments(fact))
-
-    def of_type(predicate: str, type_name: str) -> set[str]:
-        wanted = type_name.lower() + "type"
-        return {args[0] for args in by_name.get(predicate, []) if len(args) == 2 and args[1].lower() == wanted}
-
-    objects = of_type("objecttype", targets.object_type)
-    receptacles = of_type("receptacletype", targets.receptacle_type)
-    in_place = {args[0] for args in by_name.get("inreceptacle", []) if args[0] in objects and args[1] in receptacles}
-    held = {args[1] for args in by_name.get("holds", []) if len(args) == 2}
+    state = Facts.of(facts)
+    objects = set(state.of_type("objecttype", targets.object_type))
+    receptacles = set(state.of_type("receptacletype", targets.receptacle_type))
+    in_place = {args[0] for args in state.args("inreceptacle") if args[0] in objects and args[1] in receptacles}
+    held = set(state.holding())
 
     if targets.task_type == "pick_and_place_simple":
         return float(bool(in_place))
     if targets.task_type == "pick_two_obj_and_place":
         return min(len(in_place), 2) / 2
     if targets.task_type == "look_at_obj_in_light":
-        lamps = of_type("objecttype", targets.toggle_type)
-        lit = {args[0] for name in ("istoggled", "ison") for args in by_name.get(name, [])} & lamps
+        lamps = set(state.of_type("objecttype", targets.toggle_type))
+        lit = {args[0] for name in ("istoggled", "ison") for args in state.args(name)} & lamps
         return (float(bool(lit)) + float(bool(held & objects))) / 2
     predicate = STATE_PREDICATES[targets.task_type]
-    changed = {args[0] for args in by_name.get(predicate, [])} & objects
+    changed = {args[0] for args in state.args(predicate)} & objects
     return (float(bool(in_place)) + float(bool(changed)) + float(bool(in_place & changed))) / 3
