@@ -76,7 +76,7 @@ def init_distributed(device: str = "auto", timeout_s: float | None = None) -> Di
     if not launched_by_torchrun():
         return SINGLE
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    use_cuda = _wants_cuda(device)
     if use_cuda:
         if torch.cuda.device_count() <= local:
             raise RuntimeError(f"process {rank} wants GPU {local}, but this node has {torch.cuda.device_count()}; "
@@ -96,9 +96,13 @@ def current() -> DistributedContext:
 
 def device_for(context: DistributedContext, device: str) -> str:
     """Each process's device: its own GPU under NCCL, else ``device`` as given."""
-    if context.enabled and (device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())):
+    if context.enabled and _wants_cuda(device):
         return f"cuda:{context.local_rank}"
     return device
+
+
+def _wants_cuda(device: str) -> bool:
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def _collective_device() -> torch.device:
@@ -257,7 +261,6 @@ class AgreedEarlyStop:
         local = ((torch.exp(log_ratio) - 1) - log_ratio).double()
         total, count = sum_across([float(local.sum()), float(local.numel())])
         return total / max(count, 1.0) > self.threshold
-
 
 
 @contextlib.contextmanager

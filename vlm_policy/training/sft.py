@@ -115,7 +115,7 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
             distributed.sum_gradients(trainable)
             loss_sum, total_tokens = distributed.sum_across([loss_sum, total_tokens])
         # The summed gradients over the whole batch's tokens: the mean loss's gradient, as one unsplit step.
-        for parameter in trained.parameters():
+        for parameter in trainable:
             if parameter.grad is not None:
                 parameter.grad /= total_tokens
         step_loss = loss_sum / total_tokens

@@ -19,9 +19,10 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,6 @@ def train_argv(config: TrainConfig, resume: bool = False, overwrite: bool = Fals
 def run_sweep(config: TrainConfig, options: SweepOptions, resume: bool = False, overwrite: bool = False) -> list[SeedOutcome]:
     """Runs ``config`` once per seed (``config.seed`` and ``config.out_dir`` are replaced), then
     writes the table and the plot into ``config.out_dir``. Returns one outcome per seed."""
-    import time
-    from dataclasses import replace
-
     root = Path(config.out_dir)
     root.mkdir(parents=True, exist_ok=True)
     parallel = min(options.parallel, len(options.seeds))
