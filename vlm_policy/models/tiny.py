@@ -14,8 +14,9 @@ No weights or tokenizer can be downloaded here, so the project carries its own d
 It learns the tasks from scratch through SFT (``vlm-cards sft``) and PPO. Real checkpoints go through
 the same code from a path (see :mod:`vlm_policy.loading`).
 
-Versions: ``"tiny"`` is the latest (2: a NumberLine prompt is 96 tokens with its 64 image tokens,
-against 204 in version 1, which halves the cost of every forward and backward pass); ``"tiny-v1"``
+Versions: ``"tiny"`` is the latest (2: a NumberLine PPO forward, prompt with its 64 image tokens
+plus the answer, is ~94 tokens against 204 in version 1, which halves the cost of every forward and
+backward pass); ``"tiny-v1"``
 names the first. Agents saved with version 1 recorded ``model="tiny"``; they are recognised by their
 vocabulary size (:func:`tiny_version_for_vocab`) and load as version 1.
 """
