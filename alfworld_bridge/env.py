@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from alfworld_bridge.expert import expert_command
 from alfworld_bridge.games import GameDataError, find_games, read_traj_data
 from alfworld_bridge.goals import Targets, goal_condition_rate
 from alfworld_bridge.render import draw_map_view, draw_text_view, floor_plan_of
-from gym_vlm_cards.parsing import extract_action, normalize
-from gym_vlm_cards.rendering import WHITE, Canvas
-from gym_vlm_cards.text_env import MAX_ANSWER_CHARS, _image_shape
+from gym_vlm_cards.rendering import Canvas
+from gym_vlm_cards.text_env import INVALID_ACTION_REWARD, Outcome, TextActionEnv
 
 RENDER_STYLES = ("text", "map")
 WIN_BONUS = 50.0
-INADMISSIBLE_PENALTY = 1.0
 
 
 def _prompt(task: str, observation: str, commands: Sequence[str], chain_of_thought: bool) -> str:
@@ -39,12 +34,18 @@ def _prompt(task: str, observation: str, commands: Sequence[str], chain_of_thoug
 
 
 def _words(type_name: str) -> str:
-    """ALFRED's CamelCase type as words: 'DeskLamp' -> 'desk lamp'."""
-    return "".join(" " + c.lower() if c.isupper() else c for c in type_name).strip() or "object"
+    """ALFRED's CamelCase type as words: 'DeskLamp' -> 'desk lamp', 'CD' -> 'cd'."""
+    out = "".join(" " + c if c.isupper() and i and type_name[i - 1].islower() else c
+                  for i, c in enumerate(type_name))
+    return out.lower().strip() or "object"
 
 
-class ALFWorldEnv(gym.Env):
+class ALFWorldEnv(TextActionEnv):
     """ALFWorld (TextWorld with the ALFRED domain) with an image observation and text actions.
+
+    Built on :class:`gym_vlm_cards.TextActionEnv` like the card tasks: the base class reads the answer,
+    matches it to the commands admissible now, applies ``invalid_action`` and puts ``is_success`` in
+    every step's info; this class plays the text engine, draws the frame and plans the expert's move.
 
     ## Description
     A household task ("put a hot potato in sinkbasin") is played through ALFWorld's text engine,
@@ -54,6 +55,7 @@ class ALFWorldEnv(gym.Env):
     Text: a model's raw answer. The ``"action"`` value is read as in the card tasks and matched to the
     admissible commands after normalisation (lower case, single spaces, stripped): exact matches
     only, no fuzzy matching. ``info["parsed_action"]`` / ``info["action_is_valid"]`` as in gym_cards.
+    There is no discrete mode: the admissible commands change every step.
 
     ## Observation Space
     ``Box(0, 255, (300, 300, 3), uint8)``: ``render_style="text"`` (default) draws the task and the last
@@ -61,23 +63,35 @@ class ALFWorldEnv(gym.Env):
     paper's) are not offered: they need ALFWorld's THOR env (ai2thor, a display, a GPU), so scores
     with ``text``/``map`` are not comparable with the paper's 21.7%.
 
+    ## Starting State
+    The game's start: the agent in the middle of the room, the task stated in the first observation.
+
     ## Rewards
-    As in the paper: ``50 * won + goal_condition_success_rate``, minus 1 for an inadmissible (or
-    unreadable) action, which changes nothing (``invalid_action="penalize"``) or is replaced by a
-    random admissible command (``"random"``).
+    As in the paper: ``50 * won + goal_condition_success_rate`` after an admissible command. An answer
+    naming no admissible command scores ``goal_condition_success_rate - 1`` and changes nothing
+    (``invalid_action="penalize"``), or is replaced by a random admissible command (``"random"``,
+    scored as that command).
 
     ## Episode End
     Terminated on a win; truncated by Gymnasium's ``TimeLimit`` (registered: 50 steps, the paper's).
 
+    ## Information
+    As every task's (``prompt``, ``action_only_prompt``, ``text_state``, ``parsed_action`` ...), plus
+    ``task``, ``task_type`` (one of ALFWorld's six), ``observation_text``, ``admissible_commands``,
+    ``won``, ``goal_condition_success_rate`` and ``game_file``.
+
     ## Arguments
-    ``data_root`` (default ``$ALFWORLD_DATA``), ``split`` ("train", "valid_seen", "valid_unseen" or
-    None for the root itself), ``game_files`` (explicit list instead), ``render_style``, ``image_size``,
-    ``invalid_action``, ``cache_dir`` (for game files built from raw data); the step limit is
-    ``gym.make``'s ``max_episode_steps``.
+    ``data_root`` (default ``$ALFWORLD_DATA``), ``split`` (see :data:`alfworld_bridge.games.SPLITS`,
+    or None for the root itself), ``game_files`` (explicit list instead), ``render_style``,
+    ``image_size``, ``invalid_action``, ``render_mode``, ``cache_dir`` (for game files built from raw
+    data); the step limit is ``gym.make``'s ``max_episode_steps``.
     ``reset(options={"game": path_or_index})`` plays a given game.
+
+    ## Version History
+    * v0: the text engine with ``text`` and ``map`` views, the full-information expert.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
+    metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 2}
 
     def __init__(
         self,
@@ -97,35 +111,24 @@ class ALFWorldEnv(gym.Env):
                 "'map' (scores are then not comparable with the paper's THOR-based 21.7%)")
         if render_style not in RENDER_STYLES:
             raise ValueError(f"render_style must be one of {RENDER_STYLES}, got {render_style!r}")
-        if invalid_action not in ("penalize", "random"):
-            raise ValueError(f"invalid_action must be 'penalize' or 'random', got {invalid_action!r}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        super().__init__(None, image_size=image_size, invalid_action=invalid_action, render_mode=render_mode)
         self.games = [Path(g) for g in game_files] if game_files else find_games(data_root, split, cache_dir)
         for game in self.games:
             if not game.is_file():
                 raise FileNotFoundError(f"game file {game} does not exist")
         self.render_style = render_style
-        self.render_mode = render_mode
-        self.height, self.width = _image_shape(image_size)
-        self.invalid_action = invalid_action
-        self.observation_space = spaces.Box(0, 255, (self.height, self.width, 3), dtype=np.uint8)
-        import string
-
-        self.action_space = spaces.Text(max_length=MAX_ANSWER_CHARS, charset=string.printable)
         self._engine = None
         self._loaded: Path | None = None
-        self._episode_over = True  # until the first reset
+        self._plan: tuple[Any, str] | None = None  # (state, expert command): planned once per state
         self.game_file: Path | None = None
         self.state: Any = None
         self.targets: Targets | None = None
         self.floor_plan: str | None = None
         self.task = ""
         self.observation_text = ""
-        self.elapsed_steps = 0
 
     # ------------------------------------------------------------------ engine
-    def _start(self, game: Path):
+    def _load(self, game: Path):
         import textworld
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
@@ -159,58 +162,56 @@ class ALFWorldEnv(gym.Env):
             return path
         return self.games[int(self.np_random.integers(len(self.games)))]
 
-    # ------------------------------------------------------------------ Gymnasium API
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
+    # ------------------------------------------------------------------ TextActionEnv hooks
+    def _start_episode(self, options: dict[str, Any] | None) -> None:
         self.game_file = self._pick_game(options)
         traj = read_traj_data(self.game_file)
         self.targets = Targets.from_traj_data(traj)
         self.floor_plan = floor_plan_of(traj)
-        self.state = self._start(self.game_file)
+        self.state = self._load(self.game_file)
         feedback = self.state["feedback"]
         self.task = feedback.split("Your task is to:", 1)[1].strip().rstrip(".") if "Your task is to:" in feedback else ""
         self.observation_text = feedback.split("-=", 1)[-1].split("=-", 1)[-1].strip()
-        self.elapsed_steps = 0
-        self._episode_over = False
-        return self._frame(), self._info()
 
-    def step(self, action: Any):
-        if self._episode_over:
-            raise RuntimeError("ALFWorldEnv: the episode has ended; call reset() before stepping again")
-        if not isinstance(action, str):
-            raise TypeError(f"the action must be the model's answer as a str, got {type(action).__name__}")
-        if self.state is None:
-            raise RuntimeError("call reset() before step()")
-        commands = self.admissible_commands
-        lookup = {" ".join(normalize(c).split()): c for c in commands}
-        value = extract_action(action)
-        parsed = None if value is None else lookup.get(" ".join(normalize(value).split()))
-        executed = parsed
-        if parsed is None and self.invalid_action == "random":
-            executed = commands[int(self.np_random.integers(len(commands)))]
-        if executed is not None:
-            self.state, _, _ = self._engine.step(executed)
-            self.observation_text = self.state["feedback"].strip()
-        self.elapsed_steps += 1
+    def available_actions(self) -> list[str]:
+        """The commands admissible now (TextWorld's ``admissible_commands``)."""
+        return list(self.state["admissible_commands"]) if self.state is not None else []
+
+    def _apply(self, action: str) -> Outcome:
+        self.state, _, _ = self._engine.step(action)
+        self.observation_text = self.state["feedback"].strip()
         won = bool(self.state["won"])
-        rate = self.goal_condition_success_rate
-        reward = WIN_BONUS * won + rate - (INADMISSIBLE_PENALTY if parsed is None else 0.0)
-        info = self._info(parsed_action=parsed, action_is_valid=parsed is not None, executed_action=executed)
-        info["is_success"] = won  # in every step's info: the last one has it however the episode ends
-        self._episode_over = won
-        return self._frame(), float(reward), won, False, info
+        return Outcome(WIN_BONUS * won + self.goal_condition_success_rate, terminated=won, success=won)
 
-    def render(self) -> np.ndarray | None:
-        if self.render_mode == "rgb_array":
-            return self._frame()
-        gym.logger.warn("render() needs render_mode='rgb_array'")
-        return None
+    def _invalid_outcome(self) -> Outcome:
+        return Outcome(self.goal_condition_success_rate + INVALID_ACTION_REWARD)
+
+    def _draw(self, canvas: Canvas) -> None:
+        if self.render_style == "text":
+            draw_text_view(canvas, self.task, self.observation_text)
+            return
+        entity_ids = {info.name: info.id for info in self.state["_entity_infos"].values() if info.name}
+        receptacles = {args[0]: entity_ids.get(args[1], args[1]) for args in self._facts("receptacleatlocation")}
+        agent = self._facts("atlocation")
+        held = [args[1] for args in self._facts("holds")]
+        draw_map_view(canvas, self.task, receptacles, entity_ids.get(agent[0][1]) if agent else None, held,
+                      self.floor_plan)
+
+    def symbolic_state(self) -> dict[str, Any]:
+        """The task type, where the agent is and what it holds (demonstration records, warm-up labels)."""
+        location = self._facts("atlocation")
+        return {"task_type": self.targets.task_type if self.targets else "",
+                "location": location[0][1] if location else "", "holds": [args[1] for args in self._facts("holds")]}
+
+    def describe_state(self) -> str:
+        return f"Task: {self.task}. {self.observation_text}"
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
             self._loaded = None
+        super().close()
 
     # ------------------------------------------------------------------ the expert
     def oracle_action(self) -> str:
@@ -218,13 +219,13 @@ class ALFWorldEnv(gym.Env):
         full information, replanned every step, so it recovers from any move before)."""
         if self.state is None or self._episode_over:
             raise RuntimeError("ALFWorldEnv.oracle_action: no episode in progress; call reset() first")
-        return expert_command(self.state["facts"], self.targets, self.admissible_commands)
+        if self._plan is None or self._plan[0] is not self.state:
+            self._plan = (self.state, expert_command(self.state["facts"], self.targets, self.available_actions()))
+        return self._plan[1]
 
     def oracle_thoughts(self) -> dict[str, str]:
         """What the agent is after, where it goes next and why, for the expert's command."""
-        return self._thoughts_for(self.oracle_action())
-
-    def _thoughts_for(self, command: str) -> dict[str, str]:
+        command = self.oracle_action()
         verb, _, rest = command.partition(" ")
         held = [args[1] for args in self._facts("holds")]
         thing = rest.split(" from ")[0].split(" in/on ")[0].split(" with ")[0].split(" to ")[0]
@@ -247,60 +248,29 @@ class ALFWorldEnv(gym.Env):
         }.get(verb, f"Next: {command}.")
         return {"thoughts": f"My task is to {self.task}. {why}"}
 
-    def oracle_answer(self, chain_of_thought: bool = True) -> str:
-        """The expert's answer in the prompt's JSON format (thoughts, then action), for SFT data."""
-        action = self.oracle_action()  # planned once: the thoughts are about this very command
-        if not chain_of_thought:
-            return json.dumps({"action": action})
-        return json.dumps({**self._thoughts_for(action), "action": action})
-
-    def symbolic_state(self) -> dict[str, Any]:
-        """The task type, where the agent is and what it holds (for demonstration records)."""
-        location = self._facts("atlocation")
-        return {"task_type": self.targets.task_type if self.targets else "",
-                "location": location[0][1] if location else "", "holds": [args[1] for args in self._facts("holds")]}
-
     # ------------------------------------------------------------------ views
     @property
     def admissible_commands(self) -> list[str]:
-        return list(self.state["admissible_commands"]) if self.state is not None else []
+        return self.available_actions()
 
     @property
     def goal_condition_success_rate(self) -> float:
         return goal_condition_rate(self.state["facts"], self.targets)
 
     @property
-    def prompt(self) -> str:
-        return _prompt(self.task, self.observation_text, self.admissible_commands, chain_of_thought=True)
+    def prompt(self) -> str:  # type: ignore[override]  (the base class's is a fixed string)
+        return _prompt(self.task, self.observation_text, self.available_actions(), chain_of_thought=True)
+
+    @property
+    def action_only_prompt(self) -> str:  # type: ignore[override]
+        return _prompt(self.task, self.observation_text, self.available_actions(), chain_of_thought=False)
 
     def _info(self, **extra: Any) -> dict[str, Any]:
-        info = {
-            "observation_text": self.observation_text,
-            "task": self.task,
-            "task_type": self.targets.task_type,
-            "admissible_commands": self.admissible_commands,
-            "won": bool(self.state["won"]),
-            "goal_condition_success_rate": self.goal_condition_success_rate,
-            "game_file": str(self.game_file),
-            "text_state": f"Task: {self.task}. {self.observation_text}",
-            "prompt": self.prompt,
-            "action_only_prompt": _prompt(self.task, self.observation_text, self.admissible_commands, False),
-        }
-        info.update(extra)
+        info = super()._info(**extra)
+        info.update(observation_text=self.observation_text, task=self.task, admissible_commands=self.available_actions(),
+                    won=bool(self.state["won"]), goal_condition_success_rate=self.goal_condition_success_rate,
+                    game_file=str(self.game_file))
         return info
 
     def _facts(self, name: str) -> list[list[str]]:
         return [[a.name.strip() for a in f.arguments] for f in self.state["facts"] if f.name.lower() == name]
-
-    def _frame(self) -> np.ndarray:
-        canvas = Canvas(self.height, self.width, WHITE)
-        if self.render_style == "text":
-            draw_text_view(canvas, self.task, self.observation_text)
-        else:
-            entity_ids = {info.name: info.id for info in self.state["_entity_infos"].values() if info.name}
-            receptacles = {args[0]: entity_ids.get(args[1], args[1]) for args in self._facts("receptacleatlocation")}
-            agent = self._facts("atlocation")
-            held = [args[1] for args in self._facts("holds")]
-            draw_map_view(canvas, self.task, receptacles, entity_ids.get(agent[0][1]) if agent else None, held,
-                          self.floor_plan)
-        return canvas.pixels

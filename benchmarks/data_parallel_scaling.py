@@ -51,8 +51,7 @@ def child(args: argparse.Namespace) -> None:
     if context.is_main:
         steps = per_update * args.updates * context.world_size
         Path(args.out).write_text(json.dumps({"processes": context.world_size, "env_steps": steps, "seconds": seconds}))
-    if context.enabled:
-        torch.distributed.destroy_process_group()
+    distributed.shutdown()
 
 
 def main() -> None:

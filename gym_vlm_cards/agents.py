@@ -26,17 +26,18 @@ def task_of(env: gym.Env) -> TextActionEnv:
 
 
 class RandomAgent:
-    """Answers with a uniformly random legal action, written as the prompt's JSON."""
+    """Answers with a uniformly random action legal now, written as the prompt's JSON."""
 
     def __init__(self, env: gym.Env, seed: int | None = None) -> None:
         self.task = task_of(env)
         self.rng = np.random.default_rng(seed)
 
     def act(self, observation: np.ndarray, info: dict[str, Any]) -> Any:
-        index = int(self.rng.integers(len(self.task.legal_actions)))
+        actions = self.task.available_actions()  # all of them, or those legal now (ALFWorld)
+        index = int(self.rng.integers(len(actions)))
         if self.task.action_mode == "discrete":
             return index
-        return json.dumps({"thoughts": "random", "action": self.task.legal_actions[index]})
+        return json.dumps({"thoughts": "random", "action": actions[index]})
 
 
 class OracleAgent:

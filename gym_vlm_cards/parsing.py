@@ -6,7 +6,8 @@ The contract shared by every task (card tasks and ALFWorld alike):
 * the object may sit inside a Markdown code fence or among other text, use single quotes, carry a
   trailing comma, or hold an unquoted number (``"action": 10``);
 * when the answer holds several ``action`` keys, the last one wins (the final answer comes last);
-* the action is valid when, stripped and lower-cased, it equals one legal action of the task.
+* the action is valid when, lower-cased and with its white space collapsed, it equals one legal action of
+  the task.
 
 Everything here is linear in the length of the text (no nested quantifiers), so a 1 MB answer is
 parsed in bounded time, and nothing is ever evaluated as code.
@@ -41,8 +42,8 @@ def extract_action(text: str) -> str | None:
 
 
 def normalize(value: str) -> str:
-    """The form in which actions are compared: stripped and lower-cased."""
-    return value.strip().lower()
+    """The form in which actions are compared: lower-cased, runs of white space as one space, stripped."""
+    return " ".join(value.lower().split())
 
 
 def match_action(value: str | None, legal: Iterable[str]) -> str | None:

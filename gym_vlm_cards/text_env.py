@@ -56,7 +56,9 @@ class TextActionEnv(gym.Env):
     their legal actions to ``__init__``. All randomness must come from ``self.np_random``.
 
     Args:
-        legal_actions: every action of the task, canonical spelling, in discrete index order.
+        legal_actions: every action of the task, canonical spelling, in discrete index order; or None
+            for a task whose actions change with the state (ALFWorld's admissible commands): it then
+            implements :meth:`available_actions`, and plays in text mode only.
         image_size: side of the square observation in pixels, or ``(height, width)``.
         action_mode: ``"text"`` (default) or ``"discrete"``.
         invalid_action: ``"penalize"`` (default: reward -1, state unchanged, the step counts) or
@@ -87,7 +89,7 @@ class TextActionEnv(gym.Env):
 
     def __init__(
         self,
-        legal_actions: Sequence[str],
+        legal_actions: Sequence[str] | None,
         *,
         image_size: int | tuple[int, int] = 300,
         action_mode: str = "text",
@@ -100,10 +102,16 @@ class TextActionEnv(gym.Env):
             raise ValueError(f"invalid_action must be one of {INVALID_ACTION_POLICIES}, got {invalid_action!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        if len(legal_actions) == 0 or len(set(map(normalize, legal_actions))) != len(legal_actions):
+        if legal_actions is None:
+            if action_mode != "text":
+                raise ValueError(f"{type(self).__name__}'s actions change with the state, so it has no discrete action "
+                                 "space; use action_mode='text'")
+        elif len(legal_actions) == 0 or len(set(map(normalize, legal_actions))) != len(legal_actions):
             raise ValueError(f"legal_actions must be non-empty and distinct after lower-casing: {legal_actions!r}")
         self.height, self.width = _image_shape(image_size)
-        self.legal_actions: tuple[str, ...] = tuple(legal_actions)
+        #: Every action of a task with a fixed set (empty for a task whose actions change with the state).
+        self.legal_actions: tuple[str, ...] = tuple(legal_actions or ())
+        self.actions_change = legal_actions is None
         self._lookup = {normalize(a): a for a in self.legal_actions}
         self.action_mode = action_mode
         self.invalid_action = invalid_action
@@ -149,6 +157,16 @@ class TextActionEnv(gym.Env):
         """The answer fields that come before "thoughts"/"action" in the prompt's JSON, plus "thoughts"."""
         return {"thoughts": f"The best move here is {self.oracle_action()}."}
 
+    def available_actions(self) -> Sequence[str]:
+        """The actions legal in the current state (canonical spelling); by default all of them. Tasks
+        built with ``legal_actions=None`` implement it."""
+        return self.legal_actions
+
+    def _invalid_outcome(self) -> Outcome:
+        """What an answer naming no legal action does under ``invalid_action="penalize"``: by default
+        reward -1, and the state is left as it was."""
+        return Outcome(INVALID_ACTION_REWARD)
+
     def action_mask(self) -> np.ndarray:
         """Which legal actions make sense now (for MaskablePPO); by default all of them."""
         return np.ones(len(self.legal_actions), dtype=bool)
@@ -174,7 +192,7 @@ class TextActionEnv(gym.Env):
         if parsed is None and self.invalid_action == "random":
             executed = self._random_legal_action()
         if executed is None:
-            outcome = Outcome(INVALID_ACTION_REWARD)
+            outcome = self._invalid_outcome()
         else:
             outcome = self._apply(executed)
         truncated = outcome.truncated
@@ -236,14 +254,21 @@ class TextActionEnv(gym.Env):
                 raise ValueError(f"action index {int(action)} is out of range [0, {len(self.legal_actions)})")
             return self.legal_actions[int(action)]
         if not isinstance(action, str):
+            example = (self.legal_actions or tuple(self.available_actions()) or ("...",))[0]
             raise TypeError(
                 "in text mode the action must be the model's answer as a str, e.g. "
-                f"'{{\"thoughts\": \"...\", \"action\": \"{self.legal_actions[0]}\"}}', got {type(action).__name__}"
+                f"'{{\"thoughts\": \"...\", \"action\": \"{example}\"}}', got {type(action).__name__}"
             )
         value = extract_action(action)
-        return None if value is None else self._lookup.get(normalize(value))
+        if value is None:
+            return None
+        lookup = {normalize(a): a for a in self.available_actions()} if self.actions_change else self._lookup
+        return lookup.get(normalize(value))
 
     def _random_legal_action(self) -> str:
+        if self.actions_change:
+            actions = self.available_actions()
+            return actions[int(self.np_random.integers(len(actions)))]
         mask = self.action_mask()
         choices = np.flatnonzero(mask) if mask.any() else np.arange(len(self.legal_actions))
         return self.legal_actions[int(self.np_random.choice(choices))]

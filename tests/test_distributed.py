@@ -43,7 +43,7 @@ def _bootstrap(rank, world, port, worker, out_dir, args):
         result = worker(rank, *args)
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()
 
 
 def _ppo(n_envs=2, n_steps=8, batch_size=4, n_epochs=2, same_envs=False, **kwargs):

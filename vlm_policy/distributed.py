@@ -29,6 +29,7 @@ import contextlib
 import datetime
 import hashlib
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,25 @@ def init_distributed(device: str = "auto", timeout_s: float | None = None) -> Di
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
     return DistributedContext(rank=rank, world_size=world, local_rank=local)
+
+
+def shutdown() -> None:
+    """Leaves the process group cleanly at the end of a data-parallel run (a no-op without one).
+
+    A barrier first, so that no process leaves while another is still in a collective; then the group
+    is destroyed. Last, a short sleep that releases the GIL: gloo's worker threads free a finished
+    collective's tensors a moment after the caller has its result, and doing so takes the GIL. If the
+    interpreter is already shutting down by then, the thread is killed inside a C++ destructor and
+    the whole process aborts (SIGABRT, exit status 134 under torchrun) after its work was done and
+    saved. This was measured: about 1 spawn in 10 of the tests' 2-process checks aborted at exit on
+    torch 2.13 (core dump: ``~AsyncAllgatherWork`` in ``ProcessGroupGloo::runLoop`` waiting for the
+    GIL during ``Py_FinalizeEx``).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    time.sleep(0.25)
 
 
 def current() -> DistributedContext:

@@ -245,14 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vlm-cards {command} runs in one process; start it without torchrun (data-parallel commands: "
               f"{', '.join(DATA_PARALLEL_COMMANDS)})", file=sys.stderr)
         return 2
-    import torch.distributed as dist
-
     device = next(group.device for group in groups if hasattr(group, "device"))
     distributed.init_distributed(device)
     try:
         return RUNNERS[command](groups)
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()
 
 
 if __name__ == "__main__":
