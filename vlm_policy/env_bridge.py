@@ -10,6 +10,7 @@ beside the image and a fingerprint of the tokenizer that the policy checks again
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,17 @@ PROMPT_STYLES = ("cot", "action_only")
 DEFAULT_MAX_PROMPT_BYTES = 4096
 # Env id namespaces whose envs take ``image_size`` (rendered frames of any size).
 IMAGE_SIZE_NAMESPACES = ("gym_cards/", "alfworld/")
+# The module whose import registers each namespace's envs.
+REGISTERING_MODULES = {"gym_cards/": "gym_vlm_cards", "alfworld/": "alfworld_bridge"}
+
+
+def importable_id(env_id: str) -> str:
+    """``module:env_id`` for this project's envs, so that ``gym.make`` registers them itself in a fresh
+    process (SB3's SubprocVecEnv workers import nothing of ours before making the env)."""
+    for prefix, module in REGISTERING_MODULES.items():
+        if env_id.startswith(prefix):
+            return f"{module}:{env_id}"
+    return env_id
 
 
 def tokenizer_fingerprint(tokenizer) -> int:
@@ -59,6 +71,57 @@ def encode_prompt(text: str, max_bytes: int) -> np.ndarray:
     return buffer
 
 
+def fit_prompt(text: str, max_bytes: int, max_tokens: int | None = None, tokenizer=None) -> tuple[str, int]:
+    """``text`` cut to ``max_bytes`` UTF-8 bytes and ``max_tokens`` tokens, and how many lines were cut.
+
+    Lines are dropped from the end of the middle: the first line (the task) and the last one (the
+    answer format) are kept, and a line saying how many were cut takes the place of the dropped
+    ones. For ALFWorld the middle is the list of admissible commands. A prompt whose first and last
+    lines alone do not fit is an error.
+    """
+
+    def fits(candidate: str) -> bool:
+        size = len(candidate.encode("utf-8"))
+        if size > max_bytes:
+            return False
+        # A token spans at least one byte (a few tokenizers add one marker token): short prompts fit untokenized.
+        if max_tokens is None or size + 8 <= max_tokens:
+            return True
+        return len(tokenizer(candidate, add_special_tokens=False).input_ids) <= max_tokens
+
+    if fits(text):
+        return text, 0
+    lines = text.split("\n")
+    head, middle, tail = lines[:1], lines[1:-1], lines[-1:]
+
+    def with_kept(kept: int) -> str:
+        cut = len(middle) - kept
+        return "\n".join(head + middle[:kept] + [f"({cut} more lines cut to fit the model's context)"] + tail)
+
+    if len(lines) < 3 or not fits(with_kept(0)):
+        limit = f"{max_bytes} bytes" + (f" / {max_tokens} tokens" if max_tokens is not None else "")
+        raise ValueError(f"the prompt's first and last lines alone do not fit in {limit}; shorten the task's prompt, "
+                         "or use a model with a longer context (or pass a larger max_prompt_bytes)")
+    low, high = 0, len(middle) - 1  # the most middle lines that fit: binary search, tokenizing ~log2(n) times
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(with_kept(mid)):
+            low = mid
+        else:
+            high = mid - 1
+    return with_kept(low), len(middle) - low
+
+
+def input_overhead(processor, image_shape: tuple[int, int]) -> int:
+    """Tokens the model's input holds besides the prompt's own: chat markers and the image's tokens."""
+    from PIL import Image
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ""}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    image = Image.new("RGB", (image_shape[1], image_shape[0]))
+    return int(processor(text=[text], images=[image], return_tensors="pt")["input_ids"].shape[1])
+
+
 def decode_prompt(buffer: np.ndarray) -> str:
     data = np.asarray(buffer).astype(np.uint8).tobytes()
     return data.rstrip(b"\x00").decode("utf-8", errors="replace")
@@ -78,6 +141,13 @@ class TokenActionWrapper(gym.Wrapper):
         max_new_tokens: the longest answer.
         prompt_style: ``"cot"`` (thoughts then action) or ``"action_only"``.
         max_prompt_bytes: room for the prompt in the observation.
+        max_prompt_tokens: the most tokens the prompt may take (the model's context less the image,
+            the chat markers and the answer); None: no limit.
+
+    A prompt longer than either limit is cut by :func:`fit_prompt` (lines from the end of its middle
+    part), never silently: a warning gives the count the first time and whenever more lines are cut
+    than before, ``info["prompt_lines_cut"]`` the count at each step, and ``lines_cut`` /
+    ``prompts_cut`` the totals.
     """
 
     def __init__(
@@ -88,6 +158,7 @@ class TokenActionWrapper(gym.Wrapper):
         prompt_style: str = "cot",
         max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
         end_ids: tuple[int, ...] | None = None,
+        max_prompt_tokens: int | None = None,
     ) -> None:
         super().__init__(env)
         if prompt_style not in PROMPT_STYLES:
@@ -102,6 +173,11 @@ class TokenActionWrapper(gym.Wrapper):
         self.max_new_tokens = int(max_new_tokens)
         self.prompt_key = "prompt" if prompt_style == "cot" else "action_only_prompt"
         self.max_prompt_bytes = int(max_prompt_bytes)
+        if max_prompt_tokens is not None and max_prompt_tokens < 1:
+            raise ValueError(f"the model's context leaves no room for a prompt (max_prompt_tokens={max_prompt_tokens}); "
+                             "lower max_new_tokens or use a model with a longer context")
+        self.max_prompt_tokens = max_prompt_tokens
+        self.prompts_cut = self.lines_cut = self._most_cut = 0
         self.end_ids = end_ids or end_token_ids(tokenizer)
         fingerprint = tokenizer_fingerprint(tokenizer)
         self.observation_space = spaces.Dict(
@@ -117,8 +193,17 @@ class TokenActionWrapper(gym.Wrapper):
     def _observe(self, image: np.ndarray, info: dict[str, Any]) -> dict[str, np.ndarray]:
         if self.prompt_key not in info:
             raise KeyError(f"the env's info has no {self.prompt_key!r}: TokenActionWrapper needs the prompt there")
-        return {"image": image, "prompt": encode_prompt(info[self.prompt_key], self.max_prompt_bytes),
-                "tokenizer": self._fingerprint}
+        text, cut = fit_prompt(info[self.prompt_key], self.max_prompt_bytes, self.max_prompt_tokens, self.tokenizer)
+        info["prompt_lines_cut"] = cut
+        if cut:
+            self.prompts_cut += 1
+            self.lines_cut += cut
+            if cut > self._most_cut:
+                self._most_cut = cut
+                warnings.warn(f"a prompt of {self.unwrapped.spec.id if self.unwrapped.spec else 'the env'} was too long "
+                              f"for the model ({self.max_prompt_bytes} bytes / {self.max_prompt_tokens} tokens): {cut} "
+                              f"lines cut ({self.prompts_cut} prompts cut so far)", stacklevel=2)
+        return {"image": image, "prompt": encode_prompt(text, self.max_prompt_bytes), "tokenizer": self._fingerprint}
 
     def decode(self, action: Any) -> str:
         """The text of a token-id action, up to the first end token."""
@@ -154,13 +239,22 @@ def frame_kwargs(env_id: str, processor, env_kwargs: dict[str, Any] | None = Non
 def wrapper_for(model: str, max_new_tokens: int, prompt_style: str = "cot",
                 max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES) -> tuple[Callable[[gym.Env], TokenActionWrapper], Any]:
     """A function wrapping an env for ``model`` (its tokenizer, its end tokens), and the model's processor."""
-    from vlm_policy.loading import generation_end_ids, load_processor
+    from vlm_policy.loading import context_length, generation_end_ids, load_processor
 
     processor = load_processor(model)
     end_ids = end_token_ids(processor.tokenizer, generation_end_ids(model))
+    context = context_length(model)
+    overheads: dict[tuple[int, int], int] = {}
 
     def wrap(env: gym.Env) -> TokenActionWrapper:
-        return TokenActionWrapper(env, processor.tokenizer, max_new_tokens, prompt_style, max_prompt_bytes, end_ids)
+        max_prompt_tokens = None
+        if context is not None:
+            shape = tuple(env.observation_space.shape[:2])
+            if shape not in overheads:
+                overheads[shape] = input_overhead(processor, shape)
+            max_prompt_tokens = context - overheads[shape] - max_new_tokens
+        return TokenActionWrapper(env, processor.tokenizer, max_new_tokens, prompt_style, max_prompt_bytes, end_ids,
+                                  max_prompt_tokens)
 
     return wrap, processor
 
@@ -188,5 +282,6 @@ def make_vlm_vec_env(
     wrap, processor = wrapper_for(model, max_new_tokens, prompt_style, max_prompt_bytes)
     if isinstance(env_id, str):
         env_kwargs = frame_kwargs(env_id, processor, env_kwargs)
+        env_id = importable_id(env_id)
     return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, wrapper_class=wrap,
                         vec_env_cls=vec_env_cls, monitor_dir=monitor_dir)

@@ -110,6 +110,22 @@ def load_processor(source: str):
     return _processor_for(path, family)
 
 
+def context_length(source: str) -> int | None:
+    """The most tokens the model's language model takes at once (None when its config does not say)."""
+    if is_tiny(source):
+        from vlm_policy.models.tiny import TinyConfig
+
+        return TinyConfig().max_positions
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(_check_source(source), local_files_only=True)
+    for part in (getattr(config, "text_config", None), config):
+        value = getattr(part, "max_position_embeddings", None)
+        if value:
+            return int(value)
+    return None
+
+
 def generation_end_ids(source: str) -> int | list[int] | None:
     """The end-of-answer ids the checkpoint's generation config adds to its tokenizer's EOS (or None)."""
     if is_tiny(source):

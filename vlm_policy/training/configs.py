@@ -15,6 +15,26 @@ from typing import Any, Literal
 
 from vlm_policy.loading import TINY, is_tiny
 
+#: ALFWorld's standard evaluation splits (seen and unseen rooms).
+ALFWORLD_EVAL_SPLITS = ("valid_seen", "valid_unseen")
+
+
+def is_alfworld(env_id: str) -> bool:
+    return env_id.startswith("alfworld/")
+
+
+def env_kwargs_for(env_id: str, data_root: str = "", split: str = "") -> dict[str, Any]:
+    """For ALFWorld, ``data_root`` (when set) and ``split`` (default 'train'); for other envs nothing, and an
+    error if either is set."""
+    if not is_alfworld(env_id):
+        if data_root or split:
+            raise ValueError(f"--data-root and --split are ALFWorld's; {env_id} takes neither")
+        return {}
+    kwargs: dict[str, Any] = {"split": split or "train"}
+    if data_root:
+        kwargs["data_root"] = data_root
+    return kwargs
+
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
@@ -183,12 +203,36 @@ class RunConfig:
         "longest answer in tokens; 0: enough for the longest demonstration, at least 40 (paper: 256)"))
     eval_episodes: int = field(default=200, metadata=_help("held-out episodes for the before/after table"))
     eval_seed: int = field(default=100_000, metadata=_help("first held-out seed (far from training seeds)"))
+    data_root: str = field(default="", metadata=_help(
+        "ALFWorld: the data folder (json_2.1.1/<split>/...; empty: $ALFWORLD_DATA, else ~/.cache/alfworld)"))
+    split: str = field(default="", metadata=_help(
+        "ALFWorld: the split demonstrations and PPO play (empty: 'train'); --eval-episodes is then the number of "
+        "games of each --eval-splits split, task types in turn"))
+    eval_splits: list[str] = field(default_factory=lambda: list(ALFWORLD_EVAL_SPLITS), metadata=_help(
+        "ALFWorld: the splits evaluated after SFT and after PPO"))
 
     def __post_init__(self) -> None:
         self.validate_run()
 
     def validate_run(self) -> None:
         _check(self, positive=("demos", "eval_episodes"), non_negative=("max_new_tokens", "eval_seed"))
+        self.eval_splits = list(self.eval_splits)
+        if not is_alfworld(self.env_id):
+            if self.data_root or self.split:
+                raise ValueError(f"--data-root and --split are ALFWorld's; {self.env_id} takes neither")
+            return
+        from alfworld_bridge.games import SPLITS
+
+        for split in ([self.split] if self.split else []) + self.eval_splits:
+            if split not in SPLITS:
+                raise ValueError(f"ALFWorld splits are {SPLITS}, got {split!r}")
+        if not self.eval_splits:
+            raise ValueError("--eval-splits needs at least one split")
+
+    def env_kwargs(self, split: str | None = None) -> dict[str, Any]:
+        """The env's arguments besides the frame size: for ALFWorld the data folder and a split
+        (``split``, else the training one); nothing for the card tasks."""
+        return env_kwargs_for(self.env_id, self.data_root, split or self.split)
 
 
 @dataclass

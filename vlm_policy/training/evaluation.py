@@ -63,11 +63,16 @@ def evaluate_vlm(
     name: str = "policy",
     record_first: bool = False,
     progress: bool = False,
+    reset_options: Callable[[int], dict[str, Any]] | None = None,
+    episode_ends: list[tuple[int, dict[str, Any], float, int]] | None = None,
 ) -> tuple[EvalResult, EpisodeRecord | None]:
     """Plays episodes ``seed .. seed+episodes-1`` (episode i reset with seed + i), ``parallel`` at a time.
 
     ``make_env`` builds one TokenActionWrapper env. Returns the summary and, with ``record_first``, the
     frames and answers of the first episode.
+
+    :param reset_options: episode i's ``reset`` options (ALFWorld: ``{"game": i}``, each game once).
+    :param episode_ends: a list to which each episode's (index, final info, return, length) is added.
     """
     envs = [make_env() for _ in range(min(parallel, episodes))]
     next_episode = 0
@@ -82,8 +87,9 @@ def evaluate_vlm(
 
     def start(slot: int) -> None:
         nonlocal next_episode
-        obs, _ = envs[slot].reset(seed=seed + next_episode)
-        slots[slot] = {"obs": obs, "episode": next_episode}
+        options = reset_options(next_episode) if reset_options else None
+        obs, _ = envs[slot].reset(seed=seed + next_episode, options=options)
+        slots[slot] = {"obs": obs, "episode": next_episode, "return": 0.0, "length": 0}
         if record is not None and next_episode == 0:
             record.frames.append(obs["image"])
         next_episode += 1
@@ -96,6 +102,8 @@ def evaluate_vlm(
         for row, slot in enumerate(active):
             obs, reward, terminated, truncated, info = envs[slot].step(tokens[row])
             state = slots[slot]
+            state["return"] += float(reward)
+            state["length"] += 1
             totals["return"] += float(reward)
             totals["steps"] += 1
             totals["invalid"] += not info.get("action_is_valid", True)
@@ -109,6 +117,8 @@ def evaluate_vlm(
                 totals["success"] += bool(info.get("is_success", False))
                 if record is not None and state["episode"] == 0:
                     record.success = bool(info.get("is_success", False))
+                if episode_ends is not None:
+                    episode_ends.append((state["episode"], info, state["return"], state["length"]))
                 if bar is not None:
                     bar.update(1)
                 slots[slot] = None

@@ -10,6 +10,13 @@ interrupted run loses nothing it had saved; ``resume=True`` continues PPO from i
       tb/                                      TensorBoard logs
       curve.jsonl, results.json                per-rollout success; the before/after table
       learning_curve.png, episode_strip.png    the pictures
+      episodes/*.jsonl, alfworld_table.md      ALFWorld: each evaluated game's outcome; the per-task-type table
+
+On ALFWorld (``--env alfworld/ALFWorld-v0``) demonstrations and PPO play the ``--split`` games, PPO's
+envs run in subprocesses (a reset costs about a second), and each evaluation plays the first
+``--eval-episodes`` games of every ``--eval-splits`` split once (task types in turn); the final
+table has a row per agent (random admissible command, oracle, after SFT, after PPO) and a column
+per task type.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_path, atomic_write_
 from vlm_policy.env_bridge import frame_kwargs
 from vlm_policy.loading import load_processor, resolve_device
 from vlm_policy.optim import cosine_schedule
-from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig, TrainConfig
+from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig, TrainConfig, is_alfworld
 from vlm_policy.training.stages import StageRecords
 
 __all__ = ["Pipeline", "TrainConfig", "cosine_schedule", "latest_checkpoint"]
@@ -96,7 +103,7 @@ class Pipeline:
         path = self.out / "demos" / DEMOS_FILE
         if path.is_file() and count_demonstrations(path) == self.config.demos:
             return path
-        env_kwargs = frame_kwargs(self.config.env_id, load_processor(self.config.model))
+        env_kwargs = frame_kwargs(self.config.env_id, load_processor(self.config.model), self.config.env_kwargs())
         with atomic_path(self.out / "demos") as temporary:  # whole or absent, never a torn JSONL
             write_demonstrations(self.config.env_id, self.config.demos, temporary, seed=self.config.seed,
                                  chain_of_thought=self.config.prompt_style == "cot", env_kwargs=env_kwargs)
@@ -117,9 +124,44 @@ class Pipeline:
     def evaluate(self, policy, model: str, budget: int, name: str, record: bool = False):
         from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm
 
+        if is_alfworld(self.config.env_id):
+            return self._evaluate_games(policy, model, budget, name, record)
         make_env = eval_env_factory(self.config.env_id, model, budget, self.config.prompt_style)
         return evaluate_vlm(policy, make_env, self.config.eval_episodes, self.config.eval_seed, name=name,
                             record_first=record, progress=self.config.progress)
+
+    def evaluation_games(self) -> dict[str, list[str]]:
+        """ALFWorld: the games each evaluation split plays (the first --eval-episodes, task types in turn)."""
+        from alfworld_bridge.evaluation import evaluation_games
+
+        return {split: [str(g) for g in evaluation_games(self.config.data_root or None, split, self.config.eval_episodes)]
+                for split in self.config.eval_splits}
+
+    def _evaluate_games(self, policy, model: str, budget: int, name: str, record: bool):
+        """ALFWorld: every evaluation game once per split; the outcomes go to ``episodes/<name>.jsonl``."""
+        from alfworld_bridge.evaluation import Outcome
+        from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm
+
+        lines, results, first_record = [], [], None
+        for split, games in self.evaluation_games().items():
+            make_env = eval_env_factory(self.config.env_id, model, budget, self.config.prompt_style,
+                                        env_kwargs={"game_files": games})
+            ends: list = []
+            result, episode_record = evaluate_vlm(
+                policy, make_env, len(games), self.config.eval_seed, name=f"{name} {split}",
+                record_first=record and first_record is None, progress=self.config.progress,
+                reset_options=lambda i: {"game": i}, episode_ends=ends)
+            results.append(result)
+            first_record = first_record or episode_record
+            for _, info, episode_return, length in sorted(ends, key=lambda end: end[0]):
+                lines.append(json.dumps({"split": split, **Outcome.from_final(info, episode_return, length).to_dict()}))
+        atomic_write_text(self._episodes_file(name), "\n".join(lines) + "\n")
+        return _pooled(name, results), first_record
+
+    def _episodes_file(self, name: str) -> Path:
+        path = self.out / "episodes" / f"{name.replace(' ', '_')}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def policy_kwargs(self, model: str) -> dict[str, Any]:
         """VLMPolicy's settings for PPO from ``model`` (also those of the "after SFT" evaluation)."""
@@ -145,8 +187,14 @@ class Pipeline:
         main = context.is_main
         final = self.out / "ppo" / "final.zip"
         # Each process plays its own envs: rank r's episodes are seeded apart from every other rank's.
+        subprocesses = None
+        if is_alfworld(c.env_id) and c.n_envs > 1:  # a reset loads a game (~1 s): the envs step side by side
+            from stable_baselines3.common.vec_env import SubprocVecEnv
+
+            subprocesses = SubprocVecEnv
         env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1 + 100_000 * context.rank,
-                               max_new_tokens=budget, prompt_style=c.prompt_style)
+                               max_new_tokens=budget, prompt_style=c.prompt_style, env_kwargs=c.env_kwargs(),
+                               vec_env_cls=subprocesses)
         # Agents are read without unpickling (load_agent); training state comes from the config.
         training = {"learning_rate": cosine_schedule(c.learning_rate, c.learning_rate_end), "clip_range": c.clip_range}
         if self.on_main(lambda: _final_is_whole(final)):
@@ -229,7 +277,8 @@ class Pipeline:
         from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
 
         records.begin("after SFT")
-        env = eval_env_factory(self.config.env_id, sft_dir, budget, self.config.prompt_style)()
+        env_kwargs = {"game_files": next(iter(self.evaluation_games().values()))} if is_alfworld(self.config.env_id) else None
+        env = eval_env_factory(self.config.env_id, sft_dir, budget, self.config.prompt_style, env_kwargs)()
         kwargs = {k: v for k, v in self.policy_kwargs(sft_dir).items()
                   if k in ("temperature", "cot_weight", "lora_r", "lora_alpha", "micro_batch_size", "dtype", "seed")}
         policy = standalone_policy(sft_dir, env, device=self.device, **kwargs)
@@ -245,8 +294,10 @@ class Pipeline:
         results["after PPO"] = result
         self._save_results(results)
         rows = [results["after SFT"], results["after PPO"]]
-        print(f"\n{self.config.env_id}: {self.config.eval_episodes} held-out episodes (seeds from "
-              f"{self.config.eval_seed}), greedy answers, {time.perf_counter() - start:.0f} s in all")
+        held_out = (f"the first {self.config.eval_episodes} games of {' and '.join(self.config.eval_splits)}"
+                    if is_alfworld(self.config.env_id) else
+                    f"{self.config.eval_episodes} held-out episodes (seeds from {self.config.eval_seed})")
+        print(f"\n{self.config.env_id}: {held_out}, greedy answers, {time.perf_counter() - start:.0f} s in all")
         print(format_table(TABLE_HEADER, [r.row() for r in rows]))
         from vlm_policy.training.plots import plot_episode_strip, plot_learning_curve
 
@@ -256,7 +307,43 @@ class Pipeline:
         if record is not None:
             plot_episode_strip(record, self.out / "episode_strip.png", title=f"{self.config.env_id} after PPO")
         print(f"wrote {self.out / 'learning_curve.png'} and {self.out / 'episode_strip.png'}")
+        if is_alfworld(self.config.env_id):
+            self._alfworld_table()
         return rows
+
+    def _alfworld_table(self) -> None:
+        """Random admissible command and oracle on the same games, then a per-task-type table per split."""
+        import gymnasium as gym
+
+        from alfworld_bridge.evaluation import Outcome, per_type_table, play_games
+        from gym_vlm_cards.agents import AGENTS
+
+        games = self.evaluation_games()
+        for name in ("random", "oracle"):
+            path = self._episodes_file(name)
+            if path.is_file():
+                continue
+            lines = []
+            for split, files in games.items():
+                env = gym.make(self.config.env_id, game_files=files)
+                for outcome in play_games(env, AGENTS[name](env, seed=self.config.eval_seed), len(files),
+                                          progress=self.config.progress, name=f"{name} {split}"):
+                    lines.append(json.dumps({"split": split, **outcome.to_dict()}))
+                env.close()
+            atomic_write_text(path, "\n".join(lines) + "\n")
+        names = {"random admissible command": "random", "oracle": "oracle", "after SFT": "after SFT",
+                 "after PPO": "after PPO"}
+        outcomes = {label: [json.loads(line) for line in self._episodes_file(name).read_text().splitlines()]
+                    for label, name in names.items()}
+        sections = []
+        for split in games:
+            rows = {label: [Outcome(**{k: v for k, v in o.items() if k != "split"}) for o in found if o["split"] == split]
+                    for label, found in outcomes.items()}
+            sections.append(f"### {split}\n\n{per_type_table(rows)}\n")
+        text = (f"{self.config.env_id} ({self.config.model}), success % / mean goal-condition %, "
+                f"{self.config.env_kwargs().get('split')} demonstrations and PPO\n\n" + "\n".join(sections))
+        atomic_write_text(self.out / "alfworld_table.md", text)
+        print(text)
 
     def _cached_results(self) -> dict[str, EvalResult]:
         path = self.out / "results.json"
@@ -270,6 +357,19 @@ class Pipeline:
 
     def _save_results(self, results: dict[str, EvalResult]) -> None:
         atomic_write_text(self.out / "results.json", json.dumps({k: asdict(v) for k, v in results.items()}, indent=2))
+
+
+def _pooled(name: str, results: list[EvalResult]) -> EvalResult:
+    """One result over several evaluations' episodes (each weighted by its number of episodes)."""
+    episodes = sum(r.episodes for r in results)
+    steps = sum(r.mean_length * r.episodes for r in results)
+
+    def mean(attribute: str) -> float:
+        return sum(getattr(r, attribute) * r.episodes for r in results) / episodes
+
+    invalid = sum(r.invalid_rate * r.mean_length * r.episodes for r in results) / max(steps, 1)
+    return EvalResult(name=name, episodes=episodes, success_rate=mean("success_rate"), mean_return=mean("mean_return"),
+                      invalid_rate=invalid, mean_length=steps / episodes)
 
 
 def _final_is_whole(final: Path) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_policy.checkpoints import atomic_write_text
-from vlm_policy.training.configs import PPOConfig, SFTConfig, TrainConfig
+from vlm_policy.training.configs import PPOConfig, SFTConfig, TrainConfig, is_alfworld
 
 STAGES = ("demos", "sft", "after SFT", "ppo", "after PPO")
 #: The stages each stage is made from.
@@ -46,9 +46,11 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     def pick(names) -> dict[str, Any]:
         return {name: values[name] for name in names if name not in NOT_RESULT_SETTINGS}
 
-    demos = pick(("env_id", "demos", "seed", "prompt_style", "model"))
+    # ALFWorld's data settings are recorded for ALFWorld only (the card tasks' records stay as they were).
+    alfworld = is_alfworld(config.env_id)
+    demos = pick(("env_id", "demos", "seed", "prompt_style", "model") + (("data_root", "split") if alfworld else ()))
     sft = {"demos": demos, **pick([f.name for f in fields(SFTConfig)] + ["dtype", "gradient_checkpointing"])}
-    evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens"))
+    evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens") + (("eval_splits",) if alfworld else ()))
     ppo = {"sft": sft, **pick([f.name for f in fields(PPOConfig)] + ["max_new_tokens", "micro_batch_size"])}
     return {"demos": demos, "sft": sft, "after SFT": {"sft": sft, "temperature": values["temperature"], **evaluation},
             "ppo": ppo, "after PPO": {"ppo": ppo, **evaluation}}
@@ -80,9 +82,11 @@ class StageRecords:
         return {
             "demos": [self.out / "demos"],
             "sft": [self.out / "sft"],
-            "after SFT": [],  # a row of results.json
+            # A row of results.json; for ALFWorld also the outcomes of each game, and of random and oracle on them.
+            "after SFT": [self.out / "episodes" / f"{name}.jsonl" for name in ("after_SFT", "random", "oracle")],
             "ppo": [self.out / "ppo", self.out / "curve.jsonl", self.out / "tb"],
-            "after PPO": [self.out / "learning_curve.png", self.out / "episode_strip.png"],
+            "after PPO": [self.out / "learning_curve.png", self.out / "episode_strip.png",
+                          self.out / "episodes" / "after_PPO.jsonl", self.out / "alfworld_table.md"],
         }[stage]
 
     def _has_output(self, stage: str, results: dict) -> bool:

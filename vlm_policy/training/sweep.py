@@ -78,7 +78,8 @@ def train_argv(config: TrainConfig, resume: bool = False, overwrite: bool = Fals
     """``vlm-cards train`` arguments that reproduce ``config`` exactly (every setting spelled out)."""
     argv = ["train"]
     for item in fields(config):
-        argv += ["--" + item.name.replace("_", "-"), str(getattr(config, item.name))]
+        value = getattr(config, item.name)
+        argv += ["--" + item.name.replace("_", "-"), *(map(str, value) if isinstance(value, list) else [str(value)])]
     return argv + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
 
 

@@ -1,0 +1,134 @@
+"""ALFWorld scores per task type: which games to play, and the table of success and goal conditions.
+
+An evaluation plays each game of a split once (``reset(options={"game": i})``), not seeded random
+picks, so every agent meets the same games. :func:`evaluation_games` orders a split's games round
+robin over the six task types, so the first ``n`` of them are as balanced as the split allows: an
+evaluation on a budget (``n`` smaller than the split) still covers every type.
+
+    python -m alfworld_bridge.evaluation --data-root ../shared/alfworld-data --split valid_seen --agent random oracle
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from alfworld_bridge.games import find_games, read_traj_data
+from alfworld_bridge.goals import TASK_TYPES
+
+#: Column titles of the six task types (ALFWorld's own short names).
+SHORT_NAMES = {
+    "pick_and_place_simple": "Pick",
+    "look_at_obj_in_light": "Look",
+    "pick_clean_then_place_in_recep": "Clean",
+    "pick_heat_then_place_in_recep": "Heat",
+    "pick_cool_then_place_in_recep": "Cool",
+    "pick_two_obj_and_place": "Pick2",
+}
+
+
+def evaluation_games(data_root: str | os.PathLike | None, split: str, n: int | None = None,
+                     cache_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The split's games, task types taken in turn (sorted within each type); the first ``n`` (all if None)."""
+    by_type: dict[str, list[Path]] = {task: [] for task in TASK_TYPES}
+    for game in find_games(data_root, split, cache_dir):
+        by_type[read_traj_data(game)["task_type"]].append(game)
+    ordered: list[Path] = []
+    for rank in range(max(len(games) for games in by_type.values())):
+        ordered += [games[rank] for games in by_type.values() if rank < len(games)]
+    return ordered if n is None else ordered[:n]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one episode ended."""
+
+    game: str
+    task_type: str
+    success: bool
+    goal_condition_success_rate: float
+    episode_return: float
+    length: int
+
+    @classmethod
+    def from_final(cls, info: dict[str, Any], episode_return: float, length: int) -> Outcome:
+        return cls(game=str(info.get("game_file", "")), task_type=str(info.get("task_type", "")),
+                   success=bool(info.get("is_success", False)),
+                   goal_condition_success_rate=float(info.get("goal_condition_success_rate", 0.0)),
+                   episode_return=float(episode_return), length=int(length))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def play_games(env, agent, games: int, progress: bool = False, name: str = "agent") -> list[Outcome]:
+    """Plays game ``i`` of ``env``'s list for ``i < games`` with ``agent`` (``act(observation, info)``)."""
+    iterator: Any = range(games)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc=f"eval {name}", unit="game", leave=False)
+    outcomes = []
+    for index in iterator:
+        observation, info = env.reset(options={"game": index})
+        total, steps, done = 0.0, 0, False
+        while not done:
+            observation, reward, terminated, truncated, info = env.step(agent.act(observation, info))
+            total += float(reward)
+            steps += 1
+            done = terminated or truncated
+        outcomes.append(Outcome.from_final(info, total, steps))
+    return outcomes
+
+
+def _cell(outcomes: Sequence[Outcome]) -> str:
+    if not outcomes:
+        return "-"
+    success = 100 * sum(o.success for o in outcomes) / len(outcomes)
+    goals = 100 * sum(o.goal_condition_success_rate for o in outcomes) / len(outcomes)
+    return f"{success:.1f} / {goals:.1f}"
+
+
+def per_type_table(rows: dict[str, Sequence[Outcome]]) -> str:
+    """A Markdown table: a row per agent, a column per task type and one for all games; each cell is
+    ``success % / mean goal-condition %`` (the header gives each type's number of games)."""
+    first = next(iter(rows.values()), [])
+    counts = {task: sum(o.task_type == task for o in first) for task in TASK_TYPES}
+    header = ["agent"] + [f"{SHORT_NAMES[t]} ({counts[t]})" for t in TASK_TYPES] + [f"All ({len(first)})"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, outcomes in rows.items():
+        cells = [_cell([o for o in outcomes if o.task_type == task]) for task in TASK_TYPES] + [_cell(outcomes)]
+        lines.append("| " + " | ".join([name] + cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import gymnasium as gym
+
+    import alfworld_bridge  # noqa: F401  (registers the env)
+    from gym_vlm_cards.agents import AGENTS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=None, help="ALFWorld data folder (default: $ALFWORLD_DATA)")
+    parser.add_argument("--split", default="valid_seen")
+    parser.add_argument("--games", type=int, default=0, help="the first n games, task types in turn (0: all)")
+    parser.add_argument("--agent", choices=sorted(AGENTS), nargs="+", default=["random", "oracle"])
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random agent")
+    args = parser.parse_args(argv)
+    games = evaluation_games(args.data_root, args.split, args.games or None)
+    rows = {}
+    for name in args.agent:
+        env = gym.make("alfworld/ALFWorld-v0", game_files=games)
+        rows[name] = play_games(env, AGENTS[name](env, seed=args.seed), len(games), progress=True, name=name)
+        env.close()
+    print(f"ALFWorld {args.split}, {len(games)} games, success % / goal-condition %")
+    print(per_type_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
