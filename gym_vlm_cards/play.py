@@ -30,9 +30,12 @@ def play(env_id: str, seed: int | None, window: bool, read: Callable[[str], str]
     task = task_of(env)
     _, info = env.reset(seed=seed)
     total, done = 0.0, False
-    print(f"Legal actions: {' '.join(task.legal_actions)}")
+    if not task.actions_change:
+        print(f"Legal actions: {' '.join(task.legal_actions)}")
     while not done:
         print(info["text_state"])
+        if task.actions_change:  # ALFWorld: the commands admissible now
+            print(f"Legal actions now: {' | '.join(task.available_actions())}")
         try:
             typed = read("action> ")
         except EOFError:

@@ -7,6 +7,12 @@
     vlm-cards sft --demos demos/ezpoints --out checkpoints/ezpoints-sft
     vlm-cards baseline --env gym_cards/NumberLine-v0 --timesteps 20000
 
+ALFWorld takes the data folder and a split (``$ALFWORLD_DATA`` and ``train`` when not given):
+
+    vlm-cards demos --env alfworld/ALFWorld-v0 --data-root data/alfworld --split valid_train --n 1200 --out demos/alf
+    vlm-cards train --env alfworld/ALFWorld-v0 --data-root data/alfworld --split valid_train --eval-episodes 30
+    vlm-cards eval --env alfworld/ALFWorld-v0 --data-root data/alfworld --split valid_unseen --model runs/alf/sft
+
 The options of ``train`` and ``sft`` are generated from the dataclasses of
 :mod:`vlm_policy.training.configs` (``vlm-cards train --help`` lists them all).
 
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from gym_vlm_cards.evaluate import TABLE_HEADER, evaluate_agents, format_table
-from vlm_policy.training.configs import SFT_GROUPS, TRAIN_GROUPS, TrainConfig
+from vlm_policy.training.configs import SFT_GROUPS, TRAIN_GROUPS, TrainConfig, env_kwargs_for, is_alfworld
 from vlm_policy.training.sweep import SweepOptions
 
 
@@ -51,12 +57,17 @@ class EvalOptions:
         "help": "longest answer for a checkpoint (0: enough for the task oracle's answers); an agent .zip uses its own"})
     prompt_style: Literal["cot", "action_only"] = field(default="cot", metadata={"help": "prompt with or without thoughts"})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu' or 'cuda'"})
+    data_root: str = field(default="", metadata={"help": "ALFWorld: the data folder (empty: $ALFWORLD_DATA)"})
+    split: str = field(default="", metadata={
+        "help": "ALFWorld: the split whose first --episodes games are played once each, task types in turn "
+                "(empty: valid_seen)"})
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise ValueError(f"--episodes must be > 0, got {self.episodes}")
         if self.max_new_tokens < 0:
             raise ValueError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
+        env_kwargs_for(self.env, self.data_root, self.split)  # --data-root / --split only for ALFWorld
 
 
 @dataclass
@@ -67,12 +78,17 @@ class DemosOptions:
     seed: int = field(default=0, metadata={"help": "episode i is reset with seed + i"})
     image_size: int = field(default=0, metadata={"help": "frame size in pixels (0: the task's default)"})
     action_only: bool = field(default=False, metadata={"help": "answers without chain of thought"})
+    data_root: str = field(default="", metadata={"help": "ALFWorld: the data folder (empty: $ALFWORLD_DATA)"})
+    split: str = field(default="", metadata={"help": "ALFWorld: the split whose games the oracle plays (empty: train)"})
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"--n must be > 0, got {self.n}")
         if self.image_size < 0:
             raise ValueError(f"--image-size must be >= 0, got {self.image_size}")
+        self.env_kwargs = env_kwargs_for(self.env, self.data_root, self.split)
+        if self.image_size:
+            self.env_kwargs["image_size"] = self.image_size
 
 
 @dataclass
@@ -165,27 +181,35 @@ def _sft(groups: list) -> int:
     return 0
 
 
+def _policy_for(options: EvalOptions, env_kwargs: dict | None = None):
+    """The policy --model names (SFT checkpoint, 'tiny' or agent .zip) and a function making its eval env."""
+    from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
+
+    if options.model.endswith(".zip"):
+        # Read without unpickling anything from the file (see vlm_policy.checkpoints.load_agent).
+        from vlm_policy.checkpoints import agent_answer_length, agent_base, load_agent, read_agent_data
+
+        data = read_agent_data(options.model)
+        source, budget = agent_base(options.model, data), agent_answer_length(data)
+        make = eval_env_factory(options.env, source, budget, options.prompt_style, env_kwargs)
+        policy = load_agent(options.model, make(), device=options.device).policy
+        policy.set_training_mode(False)
+        return policy, make
+    source = options.model
+    budget = options.max_new_tokens or _answer_budget(options, source, env_kwargs)
+    make = eval_env_factory(options.env, source, budget, options.prompt_style, env_kwargs)
+    return standalone_policy(source, make(), device=options.device), make
+
+
 def _eval(groups: list) -> int:
-    from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm, standalone_policy
+    from vlm_policy.training.evaluation import evaluate_vlm
 
     (options,) = groups
+    if is_alfworld(options.env):
+        return _eval_alfworld(options)
     rows = []
     if options.model:
-        policy = None
-        if options.model.endswith(".zip"):
-            # Read without unpickling anything from the file (see vlm_policy.checkpoints.load_agent).
-            from vlm_policy.checkpoints import agent_answer_length, agent_base, load_agent, read_agent_data
-
-            data = read_agent_data(options.model)
-            source, budget = agent_base(options.model, data), agent_answer_length(data)
-            make = eval_env_factory(options.env, source, budget, options.prompt_style)
-            policy = load_agent(options.model, make(), device=options.device).policy
-            policy.set_training_mode(False)
-        else:
-            source = options.model
-            budget = options.max_new_tokens or _answer_budget(options, source)
-            make = eval_env_factory(options.env, source, budget, options.prompt_style)
-            policy = standalone_policy(source, make(), device=options.device)
+        policy, make = _policy_for(options)
         result, _ = evaluate_vlm(policy, make, options.episodes, options.seed, name=options.model, progress=True)
         rows.append(result)
     rows += evaluate_agents(options.env, ["random", "oracle"], options.episodes, options.seed, progress=True)
@@ -195,7 +219,35 @@ def _eval(groups: list) -> int:
     return 0
 
 
-def _answer_budget(options: EvalOptions, source: str) -> int:
+def _eval_alfworld(options: EvalOptions) -> int:
+    """ALFWorld: the first --episodes games of the split, each once; a per-task-type table."""
+    import gymnasium as gym
+
+    from alfworld_bridge.evaluation import Outcome, evaluation_games, per_type_table, play_games
+    from gym_vlm_cards.agents import AGENTS
+    from vlm_policy.training.evaluation import evaluate_vlm
+
+    split = options.split or "valid_seen"
+    games = [str(g) for g in evaluation_games(options.data_root or None, split, options.episodes)]
+    rows: dict[str, list[Outcome]] = {}
+    for name in ("random", "oracle"):
+        env = gym.make(options.env, game_files=games)
+        rows["random admissible command" if name == "random" else name] = play_games(
+            env, AGENTS[name](env, seed=options.seed), len(games), progress=True, name=name)
+        env.close()
+    if options.model:
+        policy, make = _policy_for(options, {"game_files": games})
+        ends: list = []
+        evaluate_vlm(policy, make, len(games), options.seed, name=options.model, progress=True,
+                     reset_options=lambda i: {"game": i}, episode_ends=ends)
+        rows[options.model] = [Outcome.from_final(info, total, length) for _, info, total, length in sorted(
+            ends, key=lambda end: end[0])]
+    print(f"{options.env} {split}: {len(games)} games, each once, greedy answers; success % / goal-condition %")
+    print(per_type_table(rows))
+    return 0
+
+
+def _answer_budget(options: EvalOptions, source: str, env_kwargs: dict | None = None) -> int:
     """For a checkpoint, an answer budget that fits the task oracle's answers."""
     from vlm_policy.env_bridge import frame_kwargs
     from vlm_policy.loading import load_processor
@@ -203,7 +255,7 @@ def _answer_budget(options: EvalOptions, source: str) -> int:
 
     processor = load_processor(source)
     answers = oracle_answers(options.env, chain_of_thought=options.prompt_style == "cot",
-                             env_kwargs=frame_kwargs(options.env, processor))
+                             env_kwargs=frame_kwargs(options.env, processor, env_kwargs))
     return answer_token_budget(longest_answer_tokens(answers, processor.tokenizer))
 
 
@@ -212,8 +264,7 @@ def _demos(groups: list) -> int:
 
     (options,) = groups
     path = write_demonstrations(options.env, options.n, options.out, seed=options.seed,
-                                chain_of_thought=not options.action_only,
-                                env_kwargs={"image_size": options.image_size} if options.image_size else None)
+                                chain_of_thought=not options.action_only, env_kwargs=options.env_kwargs)
     print(f"wrote {options.n} examples to {path}")
     return 0
 
