@@ -166,7 +166,7 @@ def test_train_runs_demos_sft_ppo_and_writes_the_per_task_type_table(toy_data, g
         code = main(["train", "--env", ENV_ID, "--data-root", str(toy_data), "--split", "valid_train", "--out-dir",
                      str(out), "--demos", "12", "--sft-steps", "2", "--vision-warmup-steps", "0", "--sft-batch-size", "4",
                      "--ppo-timesteps", "16", "--n-envs", "2", "--n-steps", "8", "--batch-size", "8", "--n-epochs", "1",
-                     "--eval-episodes", "2", "--progress", "false"])
+                     "--eval-episodes", "2", "--max-episode-steps", "8", "--progress", "false"])
     assert code == 0
     table = (out / "alfworld_table.md").read_text()
     assert table.count("| random admissible command |") == table.count("| after PPO |") == 2  # both splits
@@ -178,7 +178,9 @@ def test_train_runs_demos_sft_ppo_and_writes_the_per_task_type_table(toy_data, g
                                                                 for t in TASK_TYPES[:2]]
     results = json.loads((out / "results.json").read_text())
     assert results["after PPO"]["episodes"] == 4  # 2 games of each of 2 splits
-    assert json.loads((out / "stages" / "demos.json").read_text())["split"] == "valid_train"
+    assert all(o["length"] <= 8 for o in outcomes)  # --max-episode-steps holds in the evaluations too
+    demos_record = json.loads((out / "stages" / "demos.json").read_text())
+    assert demos_record["split"] == "valid_train" and demos_record["max_episode_steps"] == 8
 
 
 def test_the_alfworld_gpu_example_parses_with_the_papers_settings():

@@ -210,12 +210,14 @@ class RunConfig:
         "games of each --eval-splits split, task types in turn"))
     eval_splits: list[str] = field(default_factory=lambda: list(ALFWORLD_EVAL_SPLITS), metadata=_help(
         "ALFWorld: the splits evaluated after SFT and after PPO"))
+    max_episode_steps: int = field(default=0, metadata=_help(
+        "step limit of every episode: demonstrations, PPO and evaluation (0: the task's registered limit)"))
 
     def __post_init__(self) -> None:
         self.validate_run()
 
     def validate_run(self) -> None:
-        _check(self, positive=("demos", "eval_episodes"), non_negative=("max_new_tokens", "eval_seed"))
+        _check(self, positive=("demos", "eval_episodes"), non_negative=("max_new_tokens", "eval_seed", "max_episode_steps"))
         self.eval_splits = list(self.eval_splits)
         if not is_alfworld(self.env_id):
             if self.data_root or self.split:
@@ -230,9 +232,14 @@ class RunConfig:
             raise ValueError("--eval-splits needs at least one split")
 
     def env_kwargs(self, split: str | None = None) -> dict[str, Any]:
-        """The env's arguments besides the frame size: for ALFWorld the data folder and a split
-        (``split``, else the training one); nothing for the card tasks."""
-        return env_kwargs_for(self.env_id, self.data_root, split or self.split)
+        """``gym.make``'s arguments besides the frame size: the step limit when one is set; for ALFWorld
+        the data folder and a split (``split``, else the training one)."""
+        kwargs = env_kwargs_for(self.env_id, self.data_root, split or self.split)
+        return {**kwargs, **self.step_limit()}
+
+    def step_limit(self) -> dict[str, Any]:
+        """``{"max_episode_steps": n}`` when ``--max-episode-steps`` is set, else nothing."""
+        return {"max_episode_steps": self.max_episode_steps} if self.max_episode_steps else {}
 
 
 @dataclass

@@ -126,7 +126,8 @@ class Pipeline:
 
         if is_alfworld(self.config.env_id):
             return self._evaluate_games(policy, model, budget, name, record)
-        make_env = eval_env_factory(self.config.env_id, model, budget, self.config.prompt_style)
+        make_env = eval_env_factory(self.config.env_id, model, budget, self.config.prompt_style,
+                                    self.config.step_limit())
         return evaluate_vlm(policy, make_env, self.config.eval_episodes, self.config.eval_seed, name=name,
                             record_first=record, progress=self.config.progress)
 
@@ -145,7 +146,7 @@ class Pipeline:
         lines, results, first_record = [], [], None
         for split, games in self.evaluation_games().items():
             make_env = eval_env_factory(self.config.env_id, model, budget, self.config.prompt_style,
-                                        env_kwargs={"game_files": games})
+                                        env_kwargs={"game_files": games, **self.config.step_limit()})
             ends: list = []
             result, episode_record = evaluate_vlm(
                 policy, make_env, len(games), self.config.eval_seed, name=f"{name} {split}",
@@ -277,7 +278,9 @@ class Pipeline:
         from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
 
         records.begin("after SFT")
-        env_kwargs = {"game_files": next(iter(self.evaluation_games().values()))} if is_alfworld(self.config.env_id) else None
+        env_kwargs = self.config.step_limit()
+        if is_alfworld(self.config.env_id):
+            env_kwargs["game_files"] = next(iter(self.evaluation_games().values()))
         env = eval_env_factory(self.config.env_id, sft_dir, budget, self.config.prompt_style, env_kwargs)()
         kwargs = {k: v for k, v in self.policy_kwargs(sft_dir).items()
                   if k in ("temperature", "cot_weight", "lora_r", "lora_alpha", "micro_batch_size", "dtype", "seed")}
@@ -325,7 +328,7 @@ class Pipeline:
                 continue
             lines = []
             for split, files in games.items():
-                env = gym.make(self.config.env_id, game_files=files)
+                env = gym.make(self.config.env_id, game_files=files, **self.config.step_limit())
                 for outcome in play_games(env, AGENTS[name](env, seed=self.config.eval_seed), len(files),
                                           progress=self.config.progress, name=f"{name} {split}"):
                     lines.append(json.dumps({"split": split, **outcome.to_dict()}))

@@ -48,7 +48,8 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
 
     # ALFWorld's data settings are recorded for ALFWorld only (the card tasks' records stay as they were).
     alfworld = is_alfworld(config.env_id)
-    demos = pick(("env_id", "demos", "seed", "prompt_style", "model") + (("data_root", "split") if alfworld else ()))
+    demos = pick(("env_id", "demos", "seed", "prompt_style", "model") + (("data_root", "split") if alfworld else ())
+                 + (("max_episode_steps",) if config.max_episode_steps else ()))  # every stage's step limit
     sft = {"demos": demos, **pick([f.name for f in fields(SFTConfig)] + ["dtype", "gradient_checkpointing"])}
     evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens") + (("eval_splits",) if alfworld else ()))
     ppo = {"sft": sft, **pick([f.name for f in fields(PPOConfig)] + ["max_new_tokens", "micro_batch_size"])}
