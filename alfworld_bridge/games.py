@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 GAME_FILE = "game.tw-pddl"
@@ -99,10 +100,12 @@ def build_game_file(folder: str | os.PathLike, cache_dir: str | os.PathLike | No
     grammar = Path(ALFRED_TWL2_PATH).read_text().replace("UNKNOWN GOAL", goal_sentence(traj, digest))
     data = {"pddl_domain": Path(ALFRED_PDDL_PATH).read_text(), "grammar": grammar, "pddl_problem": problem,
             "solvable": None, "walkthrough": None}
-    (out / TRAJ_FILE).write_text(traj_text)
-    temporary = game.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data))
-    temporary.replace(game)  # never leave a half-written game file behind
+    # Written under names of this process's own, then renamed: envs in subprocesses may build the same
+    # game at once (threads too), and none may read a half-written file (the game file last: it marks the build done).
+    for path, text in ((out / TRAJ_FILE, traj_text), (game, json.dumps(data))):
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        temporary.write_text(text)
+        temporary.replace(path)
     return game
 
 

@@ -320,3 +320,19 @@ def test_demonstrations_are_recorded_on_alfworld(sample_root, tmp_path):
     assert len(examples) == 8 and examples[0].image.shape == (64, 64, 3)
     assert all(json.loads(e.answer)["action"] for e in examples)
     assert "pick_heat_then_place_in_recep" in examples[0].state
+
+
+def test_a_game_built_by_several_builders_at_once_is_whole(sample_root, tmp_path):
+    # Envs in subprocesses (SubprocVecEnv) may build the same game file from raw data together.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from alfworld_bridge.games import build_game_file
+
+    raw = tmp_path / "raw" / "trial"
+    raw.mkdir(parents=True)
+    for name in ("initial_state.pddl", "traj_data.json"):
+        shutil.copy(REAL_GAME / name, raw / name)
+    with ThreadPoolExecutor(4) as pool:
+        built = list(pool.map(lambda _: build_game_file(raw, tmp_path / "cache"), range(8)))
+    assert len(set(built)) == 1 and json.loads(built[0].read_text())["pddl_problem"]
+    assert not list(built[0].parent.glob("*.tmp"))  # no temporary file left behind
