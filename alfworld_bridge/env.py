@@ -11,7 +11,7 @@ import numpy as np
 
 from alfworld_bridge.expert import expert_command
 from alfworld_bridge.games import GameDataError, find_games, read_traj_data
-from alfworld_bridge.goals import Targets, goal_condition_rate
+from alfworld_bridge.goals import Facts, Targets, goal_condition_rate
 from alfworld_bridge.render import draw_map_view, draw_text_view, floor_plan_of
 from gym_vlm_cards.rendering import Canvas
 from gym_vlm_cards.text_env import INVALID_ACTION_REWARD, Outcome, TextActionEnv
@@ -119,7 +119,9 @@ class ALFWorldEnv(TextActionEnv):
         self.render_style = render_style
         self._engine = None
         self._loaded: Path | None = None
-        self._plan: tuple[Any, str] | None = None  # (state, expert command): planned once per state
+        # Per state of the engine (a new dict after every command): its facts indexed, the expert's command.
+        self._indexed: tuple[Any, Facts] | None = None
+        self._plan: tuple[Any, str] | None = None
         self.game_file: Path | None = None
         self.state: Any = None
         self.targets: Targets | None = None
@@ -191,17 +193,16 @@ class ALFWorldEnv(TextActionEnv):
             draw_text_view(canvas, self.task, self.observation_text)
             return
         entity_ids = {info.name: info.id for info in self.state["_entity_infos"].values() if info.name}
-        receptacles = {args[0]: entity_ids.get(args[1], args[1]) for args in self._facts("receptacleatlocation")}
-        agent = self._facts("atlocation")
-        held = [args[1] for args in self._facts("holds")]
-        draw_map_view(canvas, self.task, receptacles, entity_ids.get(agent[0][1]) if agent else None, held,
-                      self.floor_plan)
+        receptacles = {args[0]: entity_ids.get(args[1], args[1]) for args in self.facts.args("receptacleatlocation")}
+        agent = self.facts.args("atlocation")
+        draw_map_view(canvas, self.task, receptacles, entity_ids.get(agent[0][1]) if agent else None,
+                      self.facts.holding(), self.floor_plan)
 
     def symbolic_state(self) -> dict[str, Any]:
         """The task type, where the agent is and what it holds (demonstration records, warm-up labels)."""
-        location = self._facts("atlocation")
+        location = self.facts.args("atlocation")
         return {"task_type": self.targets.task_type if self.targets else "",
-                "location": location[0][1] if location else "", "holds": [args[1] for args in self._facts("holds")]}
+                "location": location[0][1] if location else "", "holds": self.facts.holding()}
 
     def describe_state(self) -> str:
         return f"Task: {self.task}. {self.observation_text}"
@@ -220,14 +221,14 @@ class ALFWorldEnv(TextActionEnv):
         if self.state is None or self._episode_over:
             raise RuntimeError("ALFWorldEnv.oracle_action: no episode in progress; call reset() first")
         if self._plan is None or self._plan[0] is not self.state:
-            self._plan = (self.state, expert_command(self.state["facts"], self.targets, self.available_actions()))
+            self._plan = (self.state, expert_command(self.facts, self.targets, self.available_actions()))
         return self._plan[1]
 
     def oracle_thoughts(self) -> dict[str, str]:
         """What the agent is after, where it goes next and why, for the expert's command."""
         command = self.oracle_action()
         verb, _, rest = command.partition(" ")
-        held = [args[1] for args in self._facts("holds")]
+        held = self.facts.holding()
         thing = rest.split(" from ")[0].split(" in/on ")[0].split(" with ")[0].split(" to ")[0]
         # "put X in/on Y" in the released games, "move X to Y" in the current grammar.
         destination = rest.split(" in/on ")[-1] if verb == "put" else rest.split(" to ")[-1]
@@ -254,8 +255,15 @@ class ALFWorldEnv(TextActionEnv):
         return self.available_actions()
 
     @property
+    def facts(self) -> Facts:
+        """The current state's facts, indexed by predicate (once per state)."""
+        if self._indexed is None or self._indexed[0] is not self.state:
+            self._indexed = (self.state, Facts.of(self.state["facts"]))
+        return self._indexed[1]
+
+    @property
     def goal_condition_success_rate(self) -> float:
-        return goal_condition_rate(self.state["facts"], self.targets)
+        return goal_condition_rate(self.facts, self.targets)
 
     @property
     def prompt(self) -> str:  # type: ignore[override]  (the base class's is a fixed string)
@@ -271,6 +279,3 @@ class ALFWorldEnv(TextActionEnv):
                     won=bool(self.state["won"]), goal_condition_success_rate=self.goal_condition_success_rate,
                     game_file=str(self.game_file))
         return info
-
-    def _facts(self, name: str) -> list[list[str]]:
-        return [[a.name.strip() for a in f.arguments] for f in self.state["facts"] if f.name.lower() == name]

@@ -85,6 +85,31 @@ def play_games(env, agent, games: int, progress: bool = False, name: str = "agen
     return outcomes
 
 
+#: How the tables name the reference agents of :data:`gym_vlm_cards.agents.AGENTS`.
+AGENT_LABELS = {"random": "random admissible command", "oracle": "oracle"}
+
+
+def play_agents(names: Sequence[str], games: Sequence[str | os.PathLike], seed: int = 0, progress: bool = False,
+                env_id: str = "alfworld/ALFWorld-v0", tag: str = "", **env_kwargs: Any) -> dict[str, list[Outcome]]:
+    """Each named reference agent (``random``, ``oracle``) on every game once; outcomes by agent name.
+
+    :param tag: added to the progress bars' names (e.g. the split).
+    :param env_kwargs: more ``gym.make`` arguments (e.g. ``max_episode_steps``).
+    """
+    import gymnasium as gym
+
+    import alfworld_bridge  # noqa: F401  (registers the env)
+    from gym_vlm_cards.agents import AGENTS
+
+    played = {}
+    for name in names:
+        env = gym.make(env_id, game_files=[str(g) for g in games], **env_kwargs)
+        played[name] = play_games(env, AGENTS[name](env, seed=seed), len(games), progress=progress,
+                                  name=f"{name} {tag}".strip())
+        env.close()
+    return played
+
+
 def _cell(outcomes: Sequence[Outcome]) -> str:
     if not outcomes:
         return "-"
@@ -107,9 +132,6 @@ def per_type_table(rows: dict[str, Sequence[Outcome]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import gymnasium as gym
-
-    import alfworld_bridge  # noqa: F401  (registers the env)
     from gym_vlm_cards.agents import AGENTS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,11 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds the random agent")
     args = parser.parse_args(argv)
     games = evaluation_games(args.data_root, args.split, args.games or None)
-    rows = {}
-    for name in args.agent:
-        env = gym.make("alfworld/ALFWorld-v0", game_files=games)
-        rows[name] = play_games(env, AGENTS[name](env, seed=args.seed), len(games), progress=True, name=name)
-        env.close()
+    rows = play_agents(args.agent, games, seed=args.seed, progress=True)
     print(f"ALFWorld {args.split}, {len(games)} games, success % / goal-condition %")
     print(per_type_table(rows))
     return 0

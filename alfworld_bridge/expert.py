@@ -50,7 +50,7 @@ def _receptacles_for(state: Facts, thing: str) -> list[str]:
     return sorted(a[0] for a in state.args("receptacletype") if len(a) == 2 and a[1] in holders)
 
 
-def expert_command(facts: Iterable, targets: Targets, admissible: Sequence[str]) -> str:
+def expert_command(facts: Iterable | Facts, targets: Targets, admissible: Sequence[str]) -> str:
     """The expert's next command, one of ``admissible``; :class:`NoExpertMove` if there is none."""
     state = Facts.of(facts)
     allowed = set(admissible)

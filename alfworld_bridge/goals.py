@@ -53,7 +53,10 @@ class Facts:
     by_name: dict[str, list[list[str]]]
 
     @classmethod
-    def of(cls, facts: Iterable) -> Facts:
+    def of(cls, facts: Iterable | Facts) -> Facts:
+        """The index of TextWorld propositions (an index already built is returned as it is)."""
+        if isinstance(facts, Facts):
+            return facts
         by_name: dict[str, list[list[str]]] = {}
         for fact in facts:
             by_name.setdefault(fact.name.lower(), []).append([a.name.strip() for a in fact.arguments])
@@ -77,8 +80,8 @@ class Facts:
         return any(a and a[0] == thing for a in self.args(predicate))
 
 
-def goal_condition_rate(facts: Iterable, targets: Targets) -> float:
-    """Fraction of the task's goal conditions that ``facts`` (TextWorld propositions) satisfy."""
+def goal_condition_rate(facts: Iterable | Facts, targets: Targets) -> float:
+    """Fraction of the task's goal conditions that ``facts`` (TextWorld propositions, or their index) satisfy."""
     state = Facts.of(facts)
     objects = set(state.of_type("objecttype", targets.object_type))
     receptacles = set(state.of_type("receptacletype", targets.receptacle_type))

@@ -254,7 +254,7 @@ class TextActionEnv(gym.Env):
                 raise ValueError(f"action index {int(action)} is out of range [0, {len(self.legal_actions)})")
             return self.legal_actions[int(action)]
         if not isinstance(action, str):
-            example = (self.legal_actions or tuple(self.available_actions()) or ("...",))[0]
+            example = (tuple(self.available_actions()) or ("...",))[0]
             raise TypeError(
                 "in text mode the action must be the model's answer as a str, e.g. "
                 f"'{{\"thoughts\": \"...\", \"action\": \"{example}\"}}', got {type(action).__name__}"

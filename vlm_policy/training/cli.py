@@ -221,27 +221,17 @@ def _eval(groups: list) -> int:
 
 def _eval_alfworld(options: EvalOptions) -> int:
     """ALFWorld: the first --episodes games of the split, each once; a per-task-type table."""
-    import gymnasium as gym
-
-    from alfworld_bridge.evaluation import Outcome, evaluation_games, per_type_table, play_games
-    from gym_vlm_cards.agents import AGENTS
-    from vlm_policy.training.evaluation import evaluate_vlm
+    from alfworld_bridge.evaluation import AGENT_LABELS, evaluation_games, per_type_table, play_agents
+    from vlm_policy.training.evaluation import evaluate_vlm_on_games
 
     split = options.split or "valid_seen"
     games = [str(g) for g in evaluation_games(options.data_root or None, split, options.episodes)]
-    rows: dict[str, list[Outcome]] = {}
-    for name in ("random", "oracle"):
-        env = gym.make(options.env, game_files=games)
-        rows["random admissible command" if name == "random" else name] = play_games(
-            env, AGENTS[name](env, seed=options.seed), len(games), progress=True, name=name)
-        env.close()
+    played = play_agents(list(AGENT_LABELS), games, seed=options.seed, progress=True, env_id=options.env)
+    rows = {AGENT_LABELS[name]: outcomes for name, outcomes in played.items()}
     if options.model:
         policy, make = _policy_for(options, {"game_files": games})
-        ends: list = []
-        evaluate_vlm(policy, make, len(games), options.seed, name=options.model, progress=True,
-                     reset_options=lambda i: {"game": i}, episode_ends=ends)
-        rows[options.model] = [Outcome.from_final(info, total, length) for _, info, total, length in sorted(
-            ends, key=lambda end: end[0])]
+        rows[options.model] = evaluate_vlm_on_games(policy, make, len(games), options.seed, name=options.model,
+                                                    progress=True)[2]
     print(f"{options.env} {split}: {len(games)} games, each once, greedy answers; success % / goal-condition %")
     print(per_type_table(rows))
     return 0

@@ -219,9 +219,8 @@ class RunConfig:
     def validate_run(self) -> None:
         _check(self, positive=("demos", "eval_episodes"), non_negative=("max_new_tokens", "eval_seed", "max_episode_steps"))
         self.eval_splits = list(self.eval_splits)
+        env_kwargs_for(self.env_id, self.data_root, self.split)  # --data-root / --split only for ALFWorld
         if not is_alfworld(self.env_id):
-            if self.data_root or self.split:
-                raise ValueError(f"--data-root and --split are ALFWorld's; {self.env_id} takes neither")
             return
         from alfworld_bridge.games import SPLITS
 

@@ -137,3 +137,19 @@ def evaluate_vlm(
         mean_length=totals["steps"] / episodes,
     )
     return result, record
+
+
+def evaluate_vlm_on_games(policy, make_env: Callable[[], gym.Env], games: int, seed: int, name: str = "policy",
+                          record_first: bool = False, progress: bool = False):
+    """ALFWorld: :func:`evaluate_vlm` playing game ``i`` of the env's list as episode ``i``, each once.
+
+    :return: the summary, the first episode's record (with ``record_first``) and each game's
+        :class:`alfworld_bridge.evaluation.Outcome`, in game order.
+    """
+    from alfworld_bridge.evaluation import Outcome
+
+    ends: list[tuple[int, dict[str, Any], float, int]] = []
+    result, record = evaluate_vlm(policy, make_env, games, seed, name=name, record_first=record_first,
+                                  progress=progress, reset_options=lambda i: {"game": i}, episode_ends=ends)
+    outcomes = [Outcome.from_final(info, total, length) for _, info, total, length in sorted(ends, key=lambda e: e[0])]
+    return result, record, outcomes

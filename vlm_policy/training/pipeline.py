@@ -26,6 +26,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -131,8 +132,10 @@ class Pipeline:
         return evaluate_vlm(policy, make_env, self.config.eval_episodes, self.config.eval_seed, name=name,
                             record_first=record, progress=self.config.progress)
 
+    @cached_property
     def evaluation_games(self) -> dict[str, list[str]]:
-        """ALFWorld: the games each evaluation split plays (the first --eval-episodes, task types in turn)."""
+        """ALFWorld: the games each evaluation split plays (the first --eval-episodes, task types in turn);
+        found once per pipeline (it reads every game's ``traj_data.json``)."""
         from alfworld_bridge.evaluation import evaluation_games
 
         return {split: [str(g) for g in evaluation_games(self.config.data_root or None, split, self.config.eval_episodes)]
@@ -140,29 +143,29 @@ class Pipeline:
 
     def _evaluate_games(self, policy, model: str, budget: int, name: str, record: bool):
         """ALFWorld: every evaluation game once per split; the outcomes go to ``episodes/<name>.jsonl``."""
-        from alfworld_bridge.evaluation import Outcome
-        from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm
+        from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm_on_games
 
-        lines, results, first_record = [], [], None
-        for split, games in self.evaluation_games().items():
+        results, first_record, outcomes = [], None, {}
+        for split, games in self.evaluation_games.items():
             make_env = eval_env_factory(self.config.env_id, model, budget, self.config.prompt_style,
                                         env_kwargs={"game_files": games, **self.config.step_limit()})
-            ends: list = []
-            result, episode_record = evaluate_vlm(
+            result, episode_record, outcomes[split] = evaluate_vlm_on_games(
                 policy, make_env, len(games), self.config.eval_seed, name=f"{name} {split}",
-                record_first=record and first_record is None, progress=self.config.progress,
-                reset_options=lambda i: {"game": i}, episode_ends=ends)
+                record_first=record and first_record is None, progress=self.config.progress)
             results.append(result)
             first_record = first_record or episode_record
-            for _, info, episode_return, length in sorted(ends, key=lambda end: end[0]):
-                lines.append(json.dumps({"split": split, **Outcome.from_final(info, episode_return, length).to_dict()}))
-        atomic_write_text(self._episodes_file(name), "\n".join(lines) + "\n")
+        self._write_outcomes(name, outcomes)
         return _pooled(name, results), first_record
 
     def _episodes_file(self, name: str) -> Path:
-        path = self.out / "episodes" / f"{name.replace(' ', '_')}.jsonl"
+        return self.out / "episodes" / f"{name.replace(' ', '_')}.jsonl"
+
+    def _write_outcomes(self, name: str, by_split: dict[str, list]) -> None:
+        """``episodes/<name>.jsonl``: each game's outcome, with its split."""
+        path = self._episodes_file(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        lines = [json.dumps({"split": split, **o.to_dict()}) for split, outcomes in by_split.items() for o in outcomes]
+        atomic_write_text(path, "\n".join(lines) + "\n")
 
     def policy_kwargs(self, model: str) -> dict[str, Any]:
         """VLMPolicy's settings for PPO from ``model`` (also those of the "after SFT" evaluation)."""
@@ -280,7 +283,7 @@ class Pipeline:
         records.begin("after SFT")
         env_kwargs = self.config.step_limit()
         if is_alfworld(self.config.env_id):
-            env_kwargs["game_files"] = next(iter(self.evaluation_games().values()))
+            env_kwargs["game_files"] = next(iter(self.evaluation_games.values()))
         env = eval_env_factory(self.config.env_id, sft_dir, budget, self.config.prompt_style, env_kwargs)()
         kwargs = {k: v for k, v in self.policy_kwargs(sft_dir).items()
                   if k in ("temperature", "cot_weight", "lora_r", "lora_alpha", "micro_batch_size", "dtype", "seed")}
@@ -316,25 +319,15 @@ class Pipeline:
 
     def _alfworld_table(self) -> None:
         """Random admissible command and oracle on the same games, then a per-task-type table per split."""
-        import gymnasium as gym
+        from alfworld_bridge.evaluation import AGENT_LABELS, Outcome, per_type_table, play_agents
 
-        from alfworld_bridge.evaluation import Outcome, per_type_table, play_games
-        from gym_vlm_cards.agents import AGENTS
-
-        games = self.evaluation_games()
-        for name in ("random", "oracle"):
-            path = self._episodes_file(name)
-            if path.is_file():
-                continue
-            lines = []
-            for split, files in games.items():
-                env = gym.make(self.config.env_id, game_files=files, **self.config.step_limit())
-                for outcome in play_games(env, AGENTS[name](env, seed=self.config.eval_seed), len(files),
-                                          progress=self.config.progress, name=f"{name} {split}"):
-                    lines.append(json.dumps({"split": split, **outcome.to_dict()}))
-                env.close()
-            atomic_write_text(path, "\n".join(lines) + "\n")
-        names = {"random admissible command": "random", "oracle": "oracle", "after SFT": "after SFT",
+        games = self.evaluation_games
+        for name in AGENT_LABELS:
+            if not self._episodes_file(name).is_file():
+                self._write_outcomes(name, {split: play_agents(
+                    [name], files, seed=self.config.eval_seed, progress=self.config.progress, env_id=self.config.env_id,
+                    tag=split, **self.config.step_limit())[name] for split, files in games.items()})
+        names = {**{label: name for name, label in AGENT_LABELS.items()}, "after SFT": "after SFT",
                  "after PPO": "after PPO"}
         outcomes = {label: [json.loads(line) for line in self._episodes_file(name).read_text().splitlines()]
                     for label, name in names.items()}
