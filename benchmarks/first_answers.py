@@ -1,4 +1,5 @@
-"""What a run's SFT checkpoint and PPO agent answer first, on the same held-out deals.
+"""What a run's SFT checkpoint and PPO agent answer first, on the same held-out deals (SFT alone when the run has no
+PPO agent yet).
 
     python benchmarks/first_answers.py runs/points24 [--episodes 200] [--seed 100000]
 
@@ -7,8 +8,11 @@ answer its first frame greedily; the script prints how often each action was cho
 was the oracle's move and, for tasks whose ``info`` says whether a deal can be won (Points24,
 EZPoints), how often the agent ended the game at once on a winnable deal. On NumberLine it also
 counts the answers whose written reading ("current number", "target number") matches the frame:
-whether the thoughts stay faithful after PPO. The README's "PPO teaches the model to give up"
-(Points24) and thought-faithfulness (NumberLine) figures were measured with it.
+whether the thoughts stay faithful after PPO. For every task it prints how likely each agent is to write
+the oracle's whole answer when it samples at PPO's temperature: PPO reinforces only what its sampling
+writes, so on deals where that probability is near 0 its rollouts almost never try the right answer.
+The README's "PPO teaches the model to give up" (Points24), thought-faithfulness (NumberLine) and
+"room for PPO" figures were measured with it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 import gym_vlm_cards  # noqa: F401  (registers the tasks)
 
@@ -33,6 +39,34 @@ def first_answers(policy, envs, observations) -> list[tuple[str | None, str]]:
             info = env.step(tokens[row])[4]
             answers.append((info["parsed_action"], info.get("generated_text", "")))
     return answers
+
+
+def oracle_answer_probabilities(policy, observations, answers: list[str], temperature: float) -> list[float]:
+    """The probability that ``policy``, sampling at ``temperature`` as PPO's rollouts do, writes exactly the
+    oracle's answer (``answers``) to each observation.
+
+    PPO can only reinforce what its sampling writes: where the oracle's answer has a probability near 0 the
+    agent is confidently wrong, and PPO's rollouts almost never try the right answer there.
+    """
+    import torch
+
+    from vlm_policy.training.sft import answer_token_batch
+
+    distribution = policy.answer_distribution
+    saved, distribution.temperature = distribution.temperature, temperature
+    try:
+        probabilities: list[float] = []
+        for start in range(0, len(observations), 8):
+            batch = {key: torch.as_tensor(np.stack([o[key] for o in observations[start : start + 8]]))
+                     for key in observations[0]}
+            images, prompts = policy._unpack(policy.obs_to_tensor(batch)[0])
+            tokens, _ = answer_token_batch(distribution.bundle, answers[start : start + 8])
+            with torch.no_grad():
+                scored = distribution.score(images, prompts, tokens.to(policy.device), policy.device, with_entropy=False)
+            probabilities += scored.per_token.sum(dim=1).exp().tolist()
+        return probabilities
+    finally:
+        distribution.temperature = saved
 
 
 def reading_is_right(text: str, state: dict) -> bool | None:
@@ -55,13 +89,21 @@ def main() -> None:
 
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
+    sft = str((run / "sft").resolve())
     agent = run / "ppo" / "final.zip"
-    data = read_agent_data(agent)
-    make = eval_env_factory(config["env_id"], agent_base(agent, data), agent_answer_length(data), config["prompt_style"])
-    ppo = load_agent(agent, make(), device="cpu").policy
-    ppo.set_training_mode(False)
+    if agent.is_file():
+        data = read_agent_data(agent)
+        make = eval_env_factory(config["env_id"], agent_base(agent, data), agent_answer_length(data), config["prompt_style"])
+    else:  # a run stopped after SFT (an SFT-budget probe): its answer budget is sized from its demonstrations
+        from vlm_policy.training.configs import TrainConfig
+        from vlm_policy.training.pipeline import Pipeline
 
-    agents = {"after SFT": standalone_policy(str((run / "sft").resolve()), make(), device="cpu"), "after PPO": ppo}
+        budget = Pipeline(TrainConfig(**config)).answer_budget(run / "demos" / "demos.jsonl")
+        make = eval_env_factory(config["env_id"], sft, budget, config["prompt_style"])
+    agents = {"after SFT": standalone_policy(sft, make(), device="cpu")}
+    if agent.is_file():
+        agents["after PPO"] = load_agent(agent, make(), device="cpu").policy
+        agents["after PPO"].set_training_mode(False)
     for name, policy in agents.items():
         envs, observations, winnable, oracle, states = [make() for _ in range(args.episodes)], [], [], [], []
         for i, env in enumerate(envs):
@@ -70,11 +112,16 @@ def main() -> None:
             winnable.append(info.get("solvable"))
             oracle.append(env.unwrapped.oracle_action())
             states.append(info)
+        oracle_texts = [env.unwrapped.oracle_answer(config["prompt_style"] == "cot") for env in envs]
+        chances = np.array(oracle_answer_probabilities(policy, observations, oracle_texts, config["temperature"]))
         answers = first_answers(policy, envs, observations)
         actions = [action for action, _ in answers]
         counts = ", ".join(f"{action!r}: {n}" for action, n in Counter(actions).most_common())
         print(f"{name}: first actions on {args.episodes} deals: {counts}")
         print(f"{name}: the oracle's move on {sum(a == o for a, o in zip(actions, oracle))} of {args.episodes}")
+        print(f"{name}: sampling at PPO's temperature {config['temperature']}, the oracle's whole answer has a "
+              f"probability of at least 1% on {int((chances >= 0.01).sum())} of {args.episodes} deals "
+              f"(median {np.median(chances):.3g}; under 1e-4 on {int((chances < 1e-4).sum())}: confidently wrong)")
         readings = [reading_is_right(text, state) for (_, text), state in zip(answers, states)]
         if readings[0] is not None:
             print(f"{name}: both numbers read right on {sum(readings)} of {args.episodes}")

@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from vlm_policy.training import cli
 from vlm_policy.training.demos import answer_token_budget, read_answers, read_demonstrations, write_demonstrations
@@ -71,6 +72,38 @@ def test_cosine_schedule_runs_from_start_to_end():
     schedule = cosine_schedule(1e-3, 1e-5)
     assert schedule(1.0) == pytest.approx(1e-3) and schedule(0.0) == pytest.approx(1e-5)
     assert 1e-5 < schedule(0.5) < 1e-3
+
+
+def test_cosine_schedule_warms_up_linearly_from_a_tenth_first():
+    schedule = cosine_schedule(1e-3, 1e-5, warmup=0.25)  # SB3 passes the progress remaining: 1 -> 0
+    assert schedule(1.0) == pytest.approx(1e-4)
+    assert schedule(0.875) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert schedule(0.75) == pytest.approx(1e-3) and schedule(0.0) == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="warm-up is a fraction"):
+        cosine_schedule(1e-3, 1e-5, warmup=1.0)
+
+
+def test_settings_added_later_are_recorded_only_when_set():
+    from vlm_policy.training.stages import stage_settings
+
+    default = stage_settings(TrainConfig())  # run folders made before these settings still match
+    assert not {"sft_stop_success", "sft_check_every", "sft_check_episodes"} & set(default["sft"])
+    assert "learning_rate_warmup" not in default["ppo"]
+    chosen = stage_settings(TrainConfig(sft_stop_success=0.7, learning_rate_warmup=0.1))
+    assert chosen["sft"]["sft_stop_success"] == 0.7 and chosen["sft"]["sft_check_episodes"] == 64
+    assert chosen["ppo"]["learning_rate_warmup"] == 0.1 and chosen["ppo"]["sft"] == chosen["sft"]
+
+
+def test_the_sft_stop_check_plays_validation_episodes_on_a_copy_of_the_model(tmp_path):
+    from vlm_policy.loading import load_vlm
+
+    pipeline = Pipeline(_micro_config(tmp_path / "run", sft_stop_success=0.5, sft_check_episodes=2))
+    bundle = load_vlm("tiny", seed=0)
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    success = pipeline.validation_success(24)(bundle)
+    assert success in (0.0, 0.5, 1.0)  # 2 episodes
+    after = bundle.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def _micro_config(out_dir: Path, **overrides) -> TrainConfig:

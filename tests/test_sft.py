@@ -73,3 +73,71 @@ def test_sft_micro_batches_accumulate_to_the_same_step(tmp_path):
     assert whole.keys() == micro.keys()
     for key in whole:
         torch.testing.assert_close(micro[key], whole[key], rtol=1e-4, atol=1e-5)
+
+
+def test_sft_stops_at_the_first_check_that_reaches_the_target_and_records_the_checks(tmp_path):
+    from vlm_policy.training.configs import CommonConfig, SFTConfig
+    from vlm_policy.training.demos import read_demonstrations, write_demonstrations
+    from vlm_policy.training.sft import run_sft
+
+    write_demonstrations("gym_cards/NumberLine-v0", 8, tmp_path / "demos", env_kwargs={"image_size": 64})
+    examples = read_demonstrations(tmp_path / "demos")
+    seen = []
+
+    def check(bundle) -> float:  # a scripted validation: 20%, 40%, 70%, ...
+        seen.append(bundle.model.training)
+        return [0.2, 0.4, 0.7, 0.9][len(seen) - 1]
+
+    common = CommonConfig(progress=False, device="cpu")
+    sft = SFTConfig(sft_steps=20, sft_batch_size=2, vision_warmup_steps=0, sft_stop_success=0.6, sft_check_every=3)
+    metadata = json.loads((run_sft(examples, tmp_path / "stopped", sft=sft, common=common, success_check=check)
+                           / "training.json").read_text())
+    assert seen == [False, False, False]  # the model is checked in eval mode, and SFT stops at the third check
+    assert metadata["steps_done"] == 9
+    assert metadata["validation"] == [{"step": 3, "success": 0.2}, {"step": 6, "success": 0.4},
+                                      {"step": 9, "success": 0.7}]
+    with pytest.raises(ValueError, match="needs validation episodes to play"):
+        run_sft(examples, tmp_path / "unchecked", sft=sft, common=common)
+    seen.clear()
+    never = SFTConfig(sft_steps=4, sft_batch_size=2, vision_warmup_steps=0, sft_stop_success=0.95, sft_check_every=3)
+    metadata = json.loads((run_sft(examples, tmp_path / "full", sft=never, common=common, success_check=check)
+                           / "training.json").read_text())
+    assert metadata["steps_done"] == 4 and len(seen) == 1  # below the target: every step is made
+
+
+def test_sft_stop_settings_are_checked():
+    from vlm_policy.training.configs import SFTConfig, TrainConfig
+
+    with pytest.raises(ValueError, match="--sft-stop-success must be between 0 and 1"):
+        SFTConfig(sft_stop_success=1.5)
+    with pytest.raises(ValueError, match="--sft-check-every must be > 0"):
+        SFTConfig(sft_check_every=0)
+    with pytest.raises(ValueError, match="overlap the validation seeds"):
+        TrainConfig(sft_stop_success=0.7, eval_seed=199_990, eval_episodes=200)
+    TrainConfig(eval_seed=199_990, eval_episodes=200)  # without the stop there are no validation episodes
+
+
+def test_sft_checks_leave_training_exactly_as_without_them(tmp_path):
+    import random
+
+    from safetensors.torch import load_file
+
+    from vlm_policy.training.configs import CommonConfig, SFTConfig
+    from vlm_policy.training.demos import read_demonstrations, write_demonstrations
+    from vlm_policy.training.sft import run_sft
+
+    write_demonstrations("gym_cards/NumberLine-v0", 8, tmp_path / "demos", env_kwargs={"image_size": 64})
+    examples = read_demonstrations(tmp_path / "demos")
+
+    def reseeding_check(bundle) -> float:  # as loading a policy does: every global generator reseeded
+        torch.manual_seed(123), random.seed(123), np.random.seed(123)
+        return 0.0
+
+    common = CommonConfig(progress=False, device="cpu")
+    checked = SFTConfig(sft_steps=4, sft_batch_size=2, vision_warmup_steps=2, sft_stop_success=0.9, sft_check_every=1)
+    run_sft(examples, tmp_path / "checked", sft=checked, common=common, success_check=reseeding_check)
+    run_sft(examples, tmp_path / "plain", sft=SFTConfig(sft_steps=4, sft_batch_size=2, vision_warmup_steps=2,
+                                                         sft_stop_success=0), common=common)
+    checked_weights, plain = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("checked", "plain"))
+    for key in plain:
+        torch.testing.assert_close(checked_weights[key], plain[key], rtol=0, atol=0)

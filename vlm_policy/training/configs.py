@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 from vlm_policy.loading import TINY, is_tiny
 
+#: The first seed of the validation episodes that ``--sft-stop-success`` plays (the test seeds start at 100,000).
+VALIDATION_SEED = 200_000
+
 #: ALFWorld's standard evaluation splits (seen and unseen rooms).
 ALFWORLD_EVAL_SPLITS = ("valid_seen", "valid_unseen")
 
@@ -122,13 +125,21 @@ class SFTConfig:
         "(-1: 150 for the tiny model, 0 for real checkpoints, which can already see)"))
     warmup_labels: Literal["auto", "state", "slots"] = field(default="auto", metadata=_help(
         "warm-up targets: whole states, each slot (card, number), or auto (slots when states rarely repeat)"))
+    sft_stop_success: float = field(default=0.0, metadata=_help(
+        "stop SFT at the first check where greedy answers win at least this share of the validation episodes, "
+        "--sft-steps being the most it makes (0: never); a weak start on purpose leaves PPO room, as the paper's "
+        "24.8% SFT start did (docs/results.md has what it gives)"))
+    sft_check_every: int = field(default=10, metadata=_help("SFT steps between two --sft-stop-success checks"))
+    sft_check_episodes: int = field(default=64, metadata=_help(
+        "validation episodes per --sft-stop-success check (seeds from 200,000, apart from the test seeds)"))
 
     def __post_init__(self) -> None:
         self.validate_sft()
 
     def validate_sft(self) -> None:
-        _check(self, positive=("sft_steps", "sft_batch_size", "sft_learning_rate"),
-               non_negative=("sft_lora_r", "sft_lora_alpha"))
+        _check(self, positive=("sft_steps", "sft_batch_size", "sft_learning_rate", "sft_check_every",
+                               "sft_check_episodes"),
+               non_negative=("sft_lora_r", "sft_lora_alpha"), unit_interval=("sft_stop_success",))
         if self.vision_warmup_steps < -1:
             raise ValueError(f"--vision-warmup-steps must be >= 0 (or -1 for the default), got {self.vision_warmup_steps}")
 
@@ -150,6 +161,8 @@ class PPOConfig:
     n_epochs: int = field(default=2, metadata=_help("PPO epochs per update (paper: 4)"))
     learning_rate: float = field(default=5e-5, metadata=_help("PPO learning rate at the start (paper: 1e-5 for 7B)"))
     learning_rate_end: float = field(default=5e-6, metadata=_help("cosine schedule's final learning rate"))
+    learning_rate_warmup: float = field(default=0.0, metadata=_help(
+        "fraction of PPO's env steps over which the learning rate rises linearly from a tenth to --learning-rate"))
     clip_range: float = field(default=0.2, metadata=_help("PPO clip (paper: 0.1)"))
     target_kl: float = field(default=0.05, metadata=_help("stop an update's epochs past this approx KL (0: never)"))
     gamma: float = field(default=0.9, metadata=_help("discount (paper: 0.9)"))
@@ -185,6 +198,8 @@ class PPOConfig:
                non_negative=("learning_rate_end", "target_kl", "ent_coef", "vf_coef", "temperature", "cot_weight",
                              "lora_r", "lora_alpha", "value_lr_scale", "kl_coef", "keep_checkpoints"),
                unit_interval=("gamma", "gae_lambda"))
+        if not 0 <= self.learning_rate_warmup < 1:
+            raise ValueError(f"--learning-rate-warmup must be in [0, 1), got {self.learning_rate_warmup}")
         if self.batch_size > self.n_envs * self.n_steps:
             raise ValueError(f"--batch-size {self.batch_size} is larger than a rollout "
                              f"(--n-envs x --n-steps = {self.n_envs * self.n_steps})")
@@ -251,6 +266,11 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
         self.validate_model()
         self.validate_sft()
         self.validate_ppo()
+        if self.sft_stop_success and (self.eval_seed < VALIDATION_SEED + self.sft_check_episodes
+                                      and VALIDATION_SEED < self.eval_seed + self.eval_episodes):
+            raise ValueError(f"the test episodes (--eval-seed {self.eval_seed}, --eval-episodes {self.eval_episodes}) "
+                             f"overlap the validation seeds of --sft-stop-success ({VALIDATION_SEED} onwards): "
+                             "test on other seeds, the held-out results would otherwise be chosen on themselves")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,7 +54,8 @@ def answer_loss(bundle: VLMBundle, examples: Sequence[Example], device: torch.de
 
 
 def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | None = None,
-            model: ModelConfig | None = None, common: CommonConfig | None = None) -> Path:
+            model: ModelConfig | None = None, common: CommonConfig | None = None,
+            success_check: Callable[[VLMBundle], float] | None = None) -> Path:
     """Fine-tunes ``model.model`` on ``examples`` and saves a checkpoint ``load_vlm(out_dir)`` reads.
 
     :param examples: demonstrations (:func:`vlm_policy.training.demos.read_demonstrations`).
@@ -64,6 +65,10 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         split into micro-batches whose gradients accumulate into one optimizer step: the same step,
         with one micro-batch's activations alive).
     :param common: seed, device, progress bars.
+    :param success_check: when ``sft.sft_stop_success`` is above 0, called every ``sft.sft_check_every`` steps with the
+        model as it is (in eval mode, left unchanged): the share of validation episodes it wins. SFT stops at
+        the first check that reaches it; the checks are recorded in the checkpoint's
+        ``training.json`` (``validation``, ``steps_done``).
 
     Under torchrun (:mod:`vlm_policy.distributed`) every process draws the same batch and trains on its
     share of the rows ``rank::world_size``; the summed gradients and token counts are added up across
@@ -76,6 +81,9 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     context = distributed.current()
     if not examples:
         raise ValueError("no examples to train on")
+    if sft.sft_stop_success > 0 and success_check is None:
+        raise ValueError("--sft-stop-success needs validation episodes to play, which `vlm-cards sft` (demonstrations "
+                         "alone) has not: use `vlm-cards train`, or leave the flag out")
     device = torch.device(distributed.device_for(context, str(resolve_device(common.device))))
     random.seed(common.seed)
     torch.manual_seed(common.seed)
@@ -100,7 +108,10 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     chunk = model.micro_batch or sft.sft_batch_size
     trainable = [p for p in trained.parameters() if p.requires_grad]
     losses = []
-    for _ in steps:
+    validation: list[dict[str, float]] = []
+    stop_success = sft.sft_stop_success
+    checking = success_check is not None and stop_success > 0
+    for step in steps:
         batch = [examples[int(i)] for i in order.integers(len(examples), size=sft.sft_batch_size)]
         batch = batch[context.rank::context.world_size]  # this process's rows (all of them alone)
         optimizer.zero_grad()
@@ -124,15 +135,40 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         schedule.step()
         losses.append(step_loss)
         steps.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        done = step + 1
+        if checking and done % sft.sft_check_every == 0 and done < sft.sft_steps:
+            trained.eval()
+            success = distributed.broadcast_object(_without_touching_rngs(success_check, bundle) if context.is_main else None)
+            trained.train()
+            validation.append({"step": done, "success": success})
+            steps.write(f"SFT step {done}: greedy answers win {success:.1%} of the validation episodes")
+            if success >= stop_success:
+                steps.write(f"SFT stops at step {done}: {success:.1%} >= --sft-stop-success {stop_success}")
+                break
+    steps.close()
     trained.eval()
     metadata = {"sft": asdict(sft), "model": asdict(model), "seed": common.seed,
-                "final_loss": float(np.mean(losses[-20:]))}
+                "final_loss": float(np.mean(losses[-20:])), "steps_done": len(losses)}
+    if checking:
+        metadata["validation"] = validation
     if context.enabled:
         distributed.check_same_weights(trained, "SFT weights")
         metadata["processes"] = context.world_size
     saved = save_sft_checkpoint(bundle, out_dir, metadata) if context.is_main else Path(out_dir)
     distributed.barrier()  # the checkpoint is whole before any process reads it
     return saved
+
+
+def _without_touching_rngs(work: Callable[[VLMBundle], float], bundle: VLMBundle) -> float:
+    """``work(bundle)`` with Python's, NumPy's and torch's global random states restored afterwards: a
+    check (which loads a policy, and seeds) leaves SFT's own draws exactly as they would have been."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        try:
+            return work(bundle)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def image_token_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,9 @@ def downstream(stage: str) -> list[str]:
 #: Settings that change how a stage runs but not what it produces.
 NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device"}
 
+#: Settings added to a stage after run folders had recorded it, with the value that leaves it as it was.
+SETTINGS_ADDED_LATER = {"sft_stop_success": 0.0, "learning_rate_warmup": 0.0}
+
 
 class SettingsChanged(RuntimeError):
     """An output directory holds stages made with other settings than this run's."""
@@ -43,8 +46,14 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     """Each stage's record: the settings its outputs depend on, upstream stages' records nested."""
     values = asdict(config)
 
+    # Settings added after run folders were first recorded are left out while they change nothing, so
+    # that folders made before them still match; the SFT checks' own settings matter only with the stop on.
+    unset = {name for name, off in SETTINGS_ADDED_LATER.items() if values[name] == off}
+    if not values["sft_stop_success"]:  # SFT makes every step, as before the stop existed
+        unset |= {"sft_check_every", "sft_check_episodes"}
+
     def pick(names) -> dict[str, Any]:
-        return {name: values[name] for name in names if name not in NOT_RESULT_SETTINGS}
+        return {name: values[name] for name in names if name not in NOT_RESULT_SETTINGS and name not in unset}
 
     # ALFWorld's data settings are recorded for ALFWorld only (the card tasks' records stay as they were).
     alfworld = is_alfworld(config.env_id)
