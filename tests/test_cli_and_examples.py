@@ -1,9 +1,9 @@
-import importlib.util
 from pathlib import Path
 
 import gymnasium as gym
 import pytest
 from gymnasium.utils.env_checker import check_env
+from helpers import load_script
 
 from gym_vlm_cards import evaluate, play
 
@@ -47,10 +47,7 @@ def test_play_with_a_window_draws_through_pygame(monkeypatch, capsys):
 
 
 def _load_example():
-    spec = importlib.util.spec_from_file_location("custom_task", ROOT / "examples" / "custom_task.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/custom_task.py")
 
 
 def test_custom_task_example_registers_and_plays():

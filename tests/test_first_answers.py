@@ -1,20 +1,14 @@
 """benchmarks/first_answers.py's measure of the room PPO has: how likely sampling is to write the oracle's answer."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 from policy_helpers import answer_tokens, make_policy, wrapped_env
 
 
 def _first_answers():
-    path = Path(__file__).parents[1] / "benchmarks" / "first_answers.py"
-    spec = importlib.util.spec_from_file_location("first_answers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/first_answers.py")
 
 
 def test_oracle_answer_probability_is_the_policy_s_own_at_the_sampling_temperature():

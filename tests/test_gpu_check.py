@@ -1,18 +1,13 @@
 """benchmarks/gpu_check.py, scaled down to the CPU: it must keep working for the day a GPU is at hand."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 
 def _gpu_check():
-    path = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/gpu_check.py")
 
 
 @pytest.mark.slow

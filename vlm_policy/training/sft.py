@@ -141,9 +141,11 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
             success = distributed.broadcast_object(_without_touching_rngs(success_check, bundle) if context.is_main else None)
             trained.train()
             validation.append({"step": done, "success": success})
-            steps.write(f"SFT step {done}: greedy answers win {success:.1%} of the validation episodes")
+            if context.is_main:
+                steps.write(f"SFT step {done}: greedy answers win {success:.1%} of the validation episodes")
             if success >= stop_success:
-                steps.write(f"SFT stops at step {done}: {success:.1%} >= --sft-stop-success {stop_success}")
+                if context.is_main:
+                    steps.write(f"SFT stops at step {done}: {success:.1%} >= --sft-stop-success {stop_success}")
                 break
     steps.close()
     trained.eval()
