@@ -128,7 +128,7 @@ class SFTConfig:
     sft_stop_success: float = field(default=0.0, metadata=_help(
         "stop SFT at the first check where greedy answers win at least this share of the validation episodes, "
         "--sft-steps being the most it makes (0: never); a weak start on purpose leaves PPO room, as the paper's "
-        "24.8% SFT start did (docs/results.md has what it gives)"))
+        "SFT start (24.8 percent) did; docs/results.md has what it gives"))
     sft_check_every: int = field(default=10, metadata=_help("SFT steps between two --sft-stop-success checks"))
     sft_check_episodes: int = field(default=64, metadata=_help(
         "validation episodes per --sft-stop-success check (seeds from 200,000, apart from the test seeds)"))
