@@ -127,12 +127,16 @@ def test_micro_batches_cut_update_memory_and_keep_the_gradient(tmp_path):
     path = str(save_random_llava(tmp_path / "llava10m", config=TEN_MILLION))
 
     context = multiprocessing.get_context("spawn")
-    results = {}
-    for micro in (None, 4):  # each in a fresh process, so one's allocations cannot hide the other's
+    # Each in a fresh process, so one's allocations cannot hide the other's; side by side (one thread
+    # each, peak memory is per process), which halves the test's time on two cores.
+    started = {}
+    for micro in (None, 4):
         queue = context.Queue()
         process = context.Process(target=_update_in_fresh_process, args=(path, micro, queue))
         process.start()
-        results[micro] = queue.get(timeout=600)
+        started[micro] = (process, queue)
+    results = {micro: queue.get(timeout=600) for micro, (_, queue) in started.items()}
+    for process, _ in started.values():
         process.join()
     (whole, whole_memory), (split, split_memory) = results[None], results[4]
     print(f"update memory: unsplit {whole_memory / 2**20:.0f} MiB, micro-batches of 4 {split_memory / 2**20:.0f} MiB")
