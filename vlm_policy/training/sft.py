@@ -109,8 +109,7 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     trainable = [p for p in trained.parameters() if p.requires_grad]
     losses = []
     validation: list[dict[str, float]] = []
-    stop_success = sft.sft_stop_success
-    checking = success_check is not None and stop_success > 0
+    checking = sft.sft_stop_success > 0  # with a success_check, checked above
     for step in steps:
         batch = [examples[int(i)] for i in order.integers(len(examples), size=sft.sft_batch_size)]
         batch = batch[context.rank::context.world_size]  # this process's rows (all of them alone)
@@ -143,9 +142,9 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
             validation.append({"step": done, "success": success})
             if context.is_main:
                 steps.write(f"SFT step {done}: greedy answers win {success:.1%} of the validation episodes")
-            if success >= stop_success:
+            if success >= sft.sft_stop_success:
                 if context.is_main:
-                    steps.write(f"SFT stops at step {done}: {success:.1%} >= --sft-stop-success {stop_success}")
+                    steps.write(f"SFT stops at step {done}: {success:.1%} >= --sft-stop-success {sft.sft_stop_success}")
                 break
     steps.close()
     trained.eval()

@@ -35,7 +35,7 @@ def downstream(stage: str) -> list[str]:
 NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device"}
 
 #: Settings added to a stage after run folders had recorded it, with the value that leaves it as it was.
-SETTINGS_ADDED_LATER = {"sft_stop_success": 0.0, "learning_rate_warmup": 0.0}
+SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "learning_rate_warmup": 0.0}
 
 
 class SettingsChanged(RuntimeError):
@@ -57,8 +57,8 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
 
     # ALFWorld's data settings are recorded for ALFWorld only (the card tasks' records stay as they were).
     alfworld = is_alfworld(config.env_id)
-    demos = pick(("env_id", "demos", "seed", "prompt_style", "model") + (("data_root", "split") if alfworld else ())
-                 + (("max_episode_steps",) if config.max_episode_steps else ()))  # every stage's step limit
+    demos = pick(("env_id", "demos", "seed", "prompt_style", "model", "max_episode_steps")  # every stage's step limit
+                 + (("data_root", "split") if alfworld else ()))
     sft = {"demos": demos, **pick([f.name for f in fields(SFTConfig)] + ["dtype", "gradient_checkpointing"])}
     evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens") + (("eval_splits",) if alfworld else ()))
     ppo = {"sft": sft, **pick([f.name for f in fields(PPOConfig)] + ["max_new_tokens", "micro_batch_size"])}
