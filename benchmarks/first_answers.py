@@ -43,30 +43,16 @@ def first_answers(policy, envs, observations) -> list[tuple[str | None, str]]:
 
 def oracle_answer_probabilities(policy, observations, answers: list[str], temperature: float) -> list[float]:
     """The probability that ``policy``, sampling at ``temperature`` as PPO's rollouts do, writes exactly the
-    oracle's answer (``answers``) to each observation.
+    oracle's answer (``answers``) to each observation (SFT's ``--sft-stop-reach`` measures the same)."""
+    import copy
 
-    PPO can only reinforce what its sampling writes: where the oracle's answer has a probability near 0 the
-    agent is confidently wrong, and PPO's rollouts almost never try the right answer there.
-    """
     import torch
 
-    from vlm_policy.training.sft import answer_token_batch
-
-    distribution = policy.answer_distribution
-    saved, distribution.temperature = distribution.temperature, temperature
-    try:
-        probabilities: list[float] = []
-        for start in range(0, len(observations), 8):
-            batch = {key: torch.as_tensor(np.stack([o[key] for o in observations[start : start + 8]]))
-                     for key in observations[0]}
-            images, prompts = policy._unpack(policy.obs_to_tensor(batch)[0])
-            tokens, _ = answer_token_batch(distribution.bundle, answers[start : start + 8])
-            with torch.no_grad():
-                scored = distribution.score(images, prompts, tokens.to(policy.device), policy.device, with_entropy=False)
-            probabilities += scored.per_token.sum(dim=1).exp().tolist()
-        return probabilities
-    finally:
-        distribution.temperature = saved
+    batch = {key: torch.as_tensor(np.stack([o[key] for o in observations])) for key in observations[0]}
+    images, prompts = policy._unpack(policy.obs_to_tensor(batch)[0])
+    distribution = copy.copy(policy.answer_distribution)  # the policy's own, at another temperature
+    distribution.temperature = temperature
+    return np.exp(distribution.answer_log_probs(images, prompts, answers, policy.device)).tolist()
 
 
 def reading_is_right(text: str, state: dict) -> bool | None:

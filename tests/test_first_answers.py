@@ -27,3 +27,30 @@ def test_oracle_answer_probability_is_the_policy_s_own_at_the_sampling_temperatu
     assert policy.answer_distribution.temperature == 0.7  # the measurement leaves the policy as it was
     colder = module.oracle_answer_probabilities(policy, observations[:1], answers[:1], temperature=0.2)
     assert colder[0] != pytest.approx(chances[0], rel=1e-3)
+
+
+def test_sft_reach_scores_the_model_in_memory_as_the_policy_scores_its_saved_checkpoint(tmp_path):
+    """``--sft-stop-reach`` scores validation frames on the model being trained (no copy); the numbers must be
+    those of the policy PPO will load from the saved checkpoint, on the observations of the same episodes."""
+    from vlm_policy.checkpoints import save_sft_checkpoint
+    from vlm_policy.distribution import TokenSequenceDistribution
+    from vlm_policy.env_bridge import frame_kwargs
+    from vlm_policy.loading import load_vlm
+    from vlm_policy.training.demos import oracle_episode_examples
+
+    bundle = load_vlm("tiny", seed=3)
+    examples = oracle_episode_examples("gym_cards/NumberLine-v0", 2, 200_000,
+                                       env_kwargs=frame_kwargs("gym_cards/NumberLine-v0", bundle.processor, {}))
+    assert len(examples) >= 2 and all('"action"' in e.answer for e in examples)
+    distribution = TokenSequenceDistribution.for_bundle(bundle, temperature=0.7, max_new_tokens=48)
+    log_probs = distribution.answer_log_probs([e.image for e in examples], [e.prompt for e in examples],
+                                              [e.answer for e in examples], "cpu")
+    snapshot = save_sft_checkpoint(bundle, tmp_path / "sft", {})
+    policy, _ = make_policy(model=str(snapshot), max_new_tokens=48, cot_weight=1.0, temperature=0.7)
+    env = wrapped_env(model=str(snapshot), max_new_tokens=48, image_size=bundle.processor.image_processor.size["height"])
+    observation, _ = env.reset(seed=200_000)  # the first frame of the first validation episode
+    batch = policy.obs_to_tensor({k: np.stack([v]) for k, v in observation.items()})[0]
+    with torch.no_grad():
+        _, log_prob, _ = policy.evaluate_actions(batch, answer_tokens(policy, examples[0].answer, 48))
+    assert log_probs[0] == pytest.approx(float(log_prob), rel=1e-4)
+    assert np.all(log_probs < np.log(0.01))  # a random model: nothing within reach

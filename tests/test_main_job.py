@@ -86,22 +86,26 @@ def test_cosine_schedule_warms_up_linearly_from_a_tenth_first():
 def test_settings_added_later_are_recorded_only_when_set():
     from vlm_policy.training.stages import stage_settings
 
-    default = stage_settings(TrainConfig())  # run folders made before these settings still match
-    assert not {"sft_stop_success", "sft_check_every", "sft_check_episodes"} & set(default["sft"])
+    # With these settings off, run folders made before they existed still match.
+    default = stage_settings(TrainConfig(sft_stop_reach=0))
+    assert not {"sft_stop_success", "sft_stop_reach", "sft_check_every", "sft_check_episodes"} & set(default["sft"])
     assert "learning_rate_warmup" not in default["ppo"]
+    # The default reach stop changes what SFT makes: recorded, so older folders are told apart.
+    assert stage_settings(TrainConfig())["sft"]["sft_stop_reach"] == 0.9
     chosen = stage_settings(TrainConfig(sft_stop_success=0.7, learning_rate_warmup=0.1))
     assert chosen["sft"]["sft_stop_success"] == 0.7 and chosen["sft"]["sft_check_episodes"] == 64
     assert chosen["ppo"]["learning_rate_warmup"] == 0.1 and chosen["ppo"]["sft"] == chosen["sft"]
 
 
-def test_the_sft_stop_check_plays_validation_episodes_on_a_copy_of_the_model(tmp_path):
+def test_the_sft_stop_checks_leave_the_model_as_it_was(tmp_path):
     from vlm_policy.loading import load_vlm
 
     pipeline = Pipeline(_micro_config(tmp_path / "run", sft_stop_success=0.5, sft_check_episodes=2))
     bundle = load_vlm("tiny", seed=0)
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-    success = pipeline.validation_success(24)(bundle)
-    assert success in (0.0, 0.5, 1.0)  # 2 episodes
+    measures = pipeline.validation(24)(bundle, ["success", "reach"])
+    assert measures["success"] in (0.0, 0.5, 1.0)  # 2 episodes
+    assert measures["reach"] == 0.0  # a random model writes no oracle answer with 1% probability
     after = bundle.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

@@ -75,34 +75,54 @@ def test_sft_micro_batches_accumulate_to_the_same_step(tmp_path):
         torch.testing.assert_close(micro[key], whole[key], rtol=1e-4, atol=1e-5)
 
 
-def test_sft_stops_at_the_first_check_that_reaches_the_target_and_records_the_checks(tmp_path):
+def test_sft_stops_at_the_first_check_that_meets_every_target_and_records_the_checks(tmp_path):
     from vlm_policy.training.configs import CommonConfig, SFTConfig
     from vlm_policy.training.demos import read_demonstrations, write_demonstrations
     from vlm_policy.training.sft import run_sft
 
     write_demonstrations("gym_cards/NumberLine-v0", 8, tmp_path / "demos", env_kwargs={"image_size": 64})
     examples = read_demonstrations(tmp_path / "demos")
-    seen = []
+    seen, asked = [], []
+    # A scripted validation: success 20%, 70%, 70%, 90%; reach 50%, 60%, 95%, 99%.
+    script = [{"success": 0.2, "reach": 0.5}, {"success": 0.7, "reach": 0.6}, {"success": 0.7, "reach": 0.95},
+              {"success": 0.9, "reach": 0.99}]
 
-    def check(bundle) -> float:  # a scripted validation: 20%, 40%, 70%, ...
+    def check(bundle, names) -> dict[str, float]:
         seen.append(bundle.model.training)
-        return [0.2, 0.4, 0.7, 0.9][len(seen) - 1]
+        asked.append(sorted(names))
+        return {name: script[len(seen) - 1][name] for name in names}
 
     common = CommonConfig(progress=False, device="cpu")
-    sft = SFTConfig(sft_steps=20, sft_batch_size=2, vision_warmup_steps=0, sft_stop_success=0.6, sft_check_every=3)
-    metadata = json.loads((run_sft(examples, tmp_path / "stopped", sft=sft, common=common, success_check=check)
-                           / "training.json").read_text())
-    assert seen == [False, False, False]  # the model is checked in eval mode, and SFT stops at the third check
-    assert metadata["steps_done"] == 9
-    assert metadata["validation"] == [{"step": 3, "success": 0.2}, {"step": 6, "success": 0.4},
-                                      {"step": 9, "success": 0.7}]
-    with pytest.raises(ValueError, match="needs validation episodes to play"):
-        run_sft(examples, tmp_path / "unchecked", sft=sft, common=common)
-    seen.clear()
-    never = SFTConfig(sft_steps=4, sft_batch_size=2, vision_warmup_steps=0, sft_stop_success=0.95, sft_check_every=3)
-    metadata = json.loads((run_sft(examples, tmp_path / "full", sft=never, common=common, success_check=check)
-                           / "training.json").read_text())
-    assert metadata["steps_done"] == 4 and len(seen) == 1  # below the target: every step is made
+
+    def sft_steps_and_checks(**stops):
+        sft = SFTConfig(sft_steps=20, sft_batch_size=2, vision_warmup_steps=0, sft_check_every=3, **stops)
+        seen.clear(), asked.clear()
+        folder = tmp_path / "_".join(f"{k}{v}" for k, v in stops.items())
+        metadata = json.loads((run_sft(examples, folder, sft=sft, common=common, validation=check)
+                               / "training.json").read_text())
+        return metadata["steps_done"], metadata["validation"]
+
+    # Both stops: the first check where success >= 0.6 AND reach >= 0.9 is the third.
+    steps, checks = sft_steps_and_checks(sft_stop_success=0.6, sft_stop_reach=0.9)
+    assert seen == [False, False, False]  # the model is checked in eval mode
+    assert steps == 9 and asked[0] == ["reach", "success"]
+    assert checks == [{"step": 3, **script[0]}, {"step": 6, **script[1]}, {"step": 9, **script[2]}]
+    # Success alone: only success is measured, and it stops at the second check.
+    steps, checks = sft_steps_and_checks(sft_stop_success=0.6, sft_stop_reach=0)
+    assert steps == 6 and asked == [["success"], ["success"]] and checks[-1] == {"step": 6, "success": 0.7}
+    # The default reach (-1: 0.9 once validation is there) alone.
+    steps, checks = sft_steps_and_checks()
+    assert steps == 9 and asked == [["reach"]] * 3
+    # A target never met: every step is made (checks at 3, 6, ..., 18; none at the last step).
+    script[3:] = [{"success": 0.5, "reach": 0.5}] * 3
+    steps, checks = sft_steps_and_checks(sft_stop_success=0.95, sft_stop_reach=0)
+    assert steps == 20 and len(checks) == 6
+    with pytest.raises(ValueError, match="--sft-stop-reach needs validation episodes to play"):
+        run_sft(examples, tmp_path / "unchecked", sft=SFTConfig(sft_steps=2, sft_stop_reach=0.9), common=common)
+    # Without validation (`vlm-cards sft`) the default reach is off: every step is made.
+    run_sft(examples, tmp_path / "plain", sft=SFTConfig(sft_steps=2, sft_batch_size=2, vision_warmup_steps=0),
+            common=common)
+    assert json.loads((tmp_path / "plain" / "training.json").read_text())["steps_done"] == 2
 
 
 def test_sft_stop_settings_are_checked():
@@ -112,9 +132,13 @@ def test_sft_stop_settings_are_checked():
         SFTConfig(sft_stop_success=1.5)
     with pytest.raises(ValueError, match="--sft-check-every must be > 0"):
         SFTConfig(sft_check_every=0)
+    with pytest.raises(ValueError, match="--sft-stop-reach must be between 0 and 1"):
+        SFTConfig(sft_stop_reach=2.0)
     with pytest.raises(ValueError, match="overlap the validation seeds"):
-        TrainConfig(sft_stop_success=0.7, eval_seed=199_990, eval_episodes=200)
-    TrainConfig(eval_seed=199_990, eval_episodes=200)  # without the stop there are no validation episodes
+        TrainConfig(eval_seed=199_990, eval_episodes=200)  # the default reach stop plays validation episodes
+    TrainConfig(sft_stop_reach=0, eval_seed=199_990, eval_episodes=200)  # without a stop there are none
+    assert TrainConfig().sft_stop_reach == 0.9  # -1 is written out: config.json and the stage records say it
+    assert TrainConfig(env_id="alfworld/ALFWorld-v0").sft_stop_reach == 0.0
 
 
 def test_sft_checks_leave_training_exactly_as_without_them(tmp_path):
@@ -129,13 +153,13 @@ def test_sft_checks_leave_training_exactly_as_without_them(tmp_path):
     write_demonstrations("gym_cards/NumberLine-v0", 8, tmp_path / "demos", env_kwargs={"image_size": 64})
     examples = read_demonstrations(tmp_path / "demos")
 
-    def reseeding_check(bundle) -> float:  # as loading a policy does: every global generator reseeded
+    def reseeding_check(bundle, names) -> dict[str, float]:  # as loading a policy does: every generator reseeded
         torch.manual_seed(123), random.seed(123), np.random.seed(123)
-        return 0.0
+        return {name: 0.0 for name in names}
 
     common = CommonConfig(progress=False, device="cpu")
     checked = SFTConfig(sft_steps=4, sft_batch_size=2, vision_warmup_steps=2, sft_stop_success=0.9, sft_check_every=1)
-    run_sft(examples, tmp_path / "checked", sft=checked, common=common, success_check=reseeding_check)
+    run_sft(examples, tmp_path / "checked", sft=checked, common=common, validation=reseeding_check)
     run_sft(examples, tmp_path / "plain", sft=SFTConfig(sft_steps=4, sft_batch_size=2, vision_warmup_steps=2,
                                                          sft_stop_success=0), common=common)
     checked_weights, plain = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("checked", "plain"))

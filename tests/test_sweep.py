@@ -20,14 +20,15 @@ def test_the_child_command_line_reproduces_the_config_exactly():
 
 
 def test_the_table_reports_each_seed_and_the_mean_and_sd_of_those_that_finished():
-    outcomes = [SeedOutcome(0, "a", 0.5, 1.0, 10.0), SeedOutcome(1, "b", 0.7, 0.95, 12.0),
+    outcomes = [SeedOutcome(0, "a", 0.5, 1.0, 10.0, sft_steps=70), SeedOutcome(1, "b", 0.7, 0.95, 12.0),
                 SeedOutcome(2, "c", error="exit status 1")]
     stats = summary(outcomes)
     assert stats["seeds"] == [0, 1] and stats["failed"] == [2]
     assert stats["gain"]["mean"] == pytest.approx(37.5)
     assert stats["gain"]["sd"] == pytest.approx(statistics.stdev([50.0, 25.0]))
     table = format_report(TrainConfig(), outcomes)
-    assert "| 0 | 50.0% | 100.0% | +50.0 |" in table and "| 2 | failed: exit status 1" in table
+    assert "| 0 | 50.0% | 100.0% | +50.0 | 70 | 10 s |" in table and "| 2 | failed: exit status 1" in table
+    assert "| 1 | 70.0% | 95.0% | +25.0 |  | 12 s |" in table  # an older run's SFT: no step count
     assert "| mean ± sd (2) | 60.0 ± 14.1% | 97.5 ± 3.5% | +37.5 ± 17.7 |" in table
 
 
@@ -56,4 +57,5 @@ def test_a_two_seed_sweep_in_parallel_runs_both_and_writes_the_table_and_plot(tm
     report = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert report["summary"]["seeds"] == [4, 5] and "gain" in report["summary"]
     assert "mean ± sd (2)" in (tmp_path / "sweep" / "sweep.md").read_text()
+    assert [seed["sft_steps"] for seed in report["seeds"]] == [config.sft_steps] * 2
     assert (tmp_path / "sweep" / "learning_curves.png").stat().st_size > 10_000

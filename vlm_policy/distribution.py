@@ -32,8 +32,11 @@ from torch.utils.checkpoint import checkpoint
 
 from vlm_policy.adapters import compute_autocast
 from vlm_policy.loading import VLMBundle
-from vlm_policy.logprobs import TokenMasks, process_logits, token_masks, weighted_sum
+from vlm_policy.logprobs import TokenMasks, banned_token_mask, process_logits, token_masks, weighted_sum
 from vlm_policy.prompting import build_inputs, forward_kwargs, with_answer
+
+#: What the value head can read (see :class:`TokenSequenceDistribution`).
+VALUE_INPUTS = ("prompt", "prompt+image")
 
 
 @dataclass
@@ -65,11 +68,14 @@ class TokenSequenceDistribution:
     :param micro_batch_size: answers per scoring forward (None: the whole batch at once); the caller
         checks it (VLMPolicy does, before loading the model).
     :param compute_dtype: the dtype the frozen weights compute in (bf16 runs under autocast).
+    :param value_input: what :class:`ScoredAnswers.prompt_hidden` (the value head's input) holds: the last
+        layer's hidden state at the prompt's last token (``"prompt"``, the paper's), or that and the mean of
+        the last layer's states over the image tokens (``"prompt+image"``, twice as wide).
     """
 
     def __init__(self, bundle: VLMBundle, end_ids: Sequence[int], banned: torch.Tensor, temperature: float,
                  max_new_tokens: int, micro_batch_size: int | None = None,
-                 compute_dtype: torch.dtype = torch.float32) -> None:
+                 compute_dtype: torch.dtype = torch.float32, value_input: str = "prompt") -> None:
         self.bundle = bundle
         self.end_ids = tuple(end_ids)
         self.banned = banned.cpu()
@@ -78,6 +84,48 @@ class TokenSequenceDistribution:
         self.max_new_tokens = int(max_new_tokens)
         self.micro_batch_size = micro_batch_size
         self.compute_dtype = compute_dtype
+        if value_input not in VALUE_INPUTS:
+            raise ValueError(f"value_input must be one of {VALUE_INPUTS}, got {value_input!r}")
+        self.value_input = value_input
+        config = bundle.model.config
+        self.image_token_id = getattr(config, "image_token_id", None)
+        if self.image_token_id is None:
+            self.image_token_id = getattr(config, "image_token_index", None)
+        if value_input == "prompt+image" and self.image_token_id is None:
+            raise ValueError(f"value_input='prompt+image' pools the image tokens' states, but {type(config).__name__} "
+                             "names no image token (image_token_id / image_token_index); use value_input='prompt'")
+
+    @classmethod
+    def for_bundle(cls, bundle: VLMBundle, temperature: float, max_new_tokens: int, micro_batch_size: int | None = None,
+                   compute_dtype: torch.dtype = torch.float32, value_input: str = "prompt") -> TokenSequenceDistribution:
+        """The distribution of ``bundle``'s model with its own end tokens and banned ids (as VLMPolicy builds it)."""
+        from vlm_policy.env_bridge import end_token_ids
+
+        end_ids = end_token_ids(bundle.tokenizer, getattr(bundle.model.generation_config, "eos_token_id", None))
+        vocab_size = bundle.model.get_output_embeddings().weight.shape[0]
+        return cls(bundle, end_ids, banned_token_mask(bundle.tokenizer, vocab_size, end_ids), temperature,
+                   max_new_tokens, micro_batch_size, compute_dtype, value_input)
+
+    @property
+    def value_width(self) -> int:
+        """The width of :meth:`value_features` for a model whose hidden states are ``hidden_size`` wide, as a
+        multiple of it."""
+        return 2 if self.value_input == "prompt+image" else 1
+
+    def value_features(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """The value head's input from the last layer's states over (at least) the prompt (batch, positions, width).
+
+        Why the image tokens: in the tiny model the prompt's last state hardly depends on the frame (the
+        value head explained ~0 of the returns' variance), while the vision warm-up makes the image
+        tokens' states carry the frame's state.
+        """
+        prompt_length = input_ids.shape[1]
+        last = hidden[:, prompt_length - 1].float()
+        if self.value_input == "prompt":
+            return last
+        is_image = (input_ids == self.image_token_id).unsqueeze(-1).float()
+        pooled = (hidden[:, :prompt_length].float() * is_image).sum(1) / is_image.sum(1).clamp(min=1)
+        return torch.cat([last, pooled], dim=-1)
 
     @property
     def model(self) -> nn.Module:
@@ -147,7 +195,7 @@ class TokenSequenceDistribution:
         if logits.shape[1] < self.max_new_tokens:  # every answer ended early: pad the scores (masked anyway)
             logits = torch.cat([logits, logits[:, -1:].expand(-1, self.max_new_tokens - logits.shape[1], -1)], dim=1)
         scores = process_logits(logits, temperature, banned)
-        return tokens, scores, output.hidden_states[0][-1][:, -1].float()
+        return tokens, scores, self.value_features(output.hidden_states[0][-1], inputs["input_ids"])
 
     # ------------------------------------------------------------------ scoring
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[str], tokens: torch.Tensor, device: torch.device,
@@ -178,6 +226,26 @@ class TokenSequenceDistribution:
         return ScoredAnswers(tokens, per_token, entropy, masks, torch.cat([p[2] for p in parts]))
 
     @torch.no_grad()
+    def answer_log_probs(self, images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str],
+                         device: torch.device | str, batch_size: int = 8) -> np.ndarray:
+        """The log-probability that sampling writes exactly ``answers[i]`` (then an end token) to prompt ``i``,
+        every token weighted fully.
+
+        PPO reinforces only what its sampling writes: where the right answer's probability is near 0 the
+        model is confidently wrong, and its rollouts almost never try the right answer there.
+        """
+        from vlm_policy.training.sft import answer_token_batch
+
+        device = torch.device(device)
+        totals = []
+        for start in range(0, len(answers), batch_size):
+            rows = slice(start, start + batch_size)
+            tokens, _ = answer_token_batch(self.bundle, answers[rows])
+            scored = self.score(list(images[rows]), list(prompts[rows]), tokens.to(device), device, with_entropy=False)
+            totals.append(scored.per_token.sum(dim=1).double().cpu().numpy())
+        return np.concatenate(totals) if totals else np.zeros(0)
+
+    @torch.no_grad()
     def prompt_hidden(self, images: Sequence[np.ndarray], prompts: Sequence[str], device: torch.device) -> torch.Tensor:
         """The last hidden state at each prompt's last token (one forward, no generation)."""
         parts = []
@@ -186,12 +254,11 @@ class TokenSequenceDistribution:
             with compute_autocast(device, self.compute_dtype):
                 outputs = self.model(**forward_kwargs(inputs, self.bundle.family), output_hidden_states=True,
                                      logits_to_keep=1, use_cache=False)
-            parts.append(outputs.hidden_states[-1][:, -1].float())
+            parts.append(self.value_features(outputs.hidden_states[-1], inputs["input_ids"]))
         return torch.cat(parts)
 
     def _score_chunk(self, model: nn.Module, inputs: dict[str, torch.Tensor], tokens: torch.Tensor, valid: torch.Tensor,
                      with_entropy: bool):
-        prompt_length = inputs["input_ids"].shape[1]
         with compute_autocast(tokens.device, self.compute_dtype):
             outputs = model(**with_answer(inputs, tokens, self.bundle.family), output_hidden_states=True,
                             logits_to_keep=tokens.shape[1] + 1, use_cache=False)
@@ -199,7 +266,7 @@ class TokenSequenceDistribution:
         scores = process_logits(outputs.logits[:, :-1], self.temperature, self.banned_on(tokens.device))
         per_token = _chosen_log_probs(scores, tokens).masked_fill(~valid, 0.0)
         entropy = _entropy(scores).masked_fill(~valid, 0.0) if with_entropy else torch.zeros(())
-        return per_token, entropy, outputs.hidden_states[-1][:, prompt_length - 1].float()
+        return per_token, entropy, self.value_features(outputs.hidden_states[-1], inputs["input_ids"])
 
 
 def _scored_length(valid: torch.Tensor) -> int:

@@ -25,10 +25,9 @@ from torch import nn
 
 from vlm_policy import checkpoints
 from vlm_policy.adapters import lora_alpha_for, prepare_for_training, set_lora_alpha
-from vlm_policy.distribution import TokenSequenceDistribution
-from vlm_policy.env_bridge import decode_prompt, end_token_ids, tokenizer_fingerprint
+from vlm_policy.distribution import VALUE_INPUTS, TokenSequenceDistribution
+from vlm_policy.env_bridge import decode_prompt, tokenizer_fingerprint
 from vlm_policy.loading import TINY, VLMBundle, is_tiny, load_vlm, resolve_device, resolve_dtype, tiny_source_for_vocab
-from vlm_policy.logprobs import banned_token_mask
 from vlm_policy.optim import ScaledLRAdamW
 from vlm_policy.reference import KLReference, carrying_loss_term
 
@@ -78,6 +77,9 @@ class VLMPolicy(ActorCriticPolicy):
     :param train_vision: also adapt (or, with lora_r=0, train) the vision tower and projector.
     :param value_head_layers: hidden sizes of the value MLP.
     :param value_lr_scale: the value head's learning rate is the policy's times this.
+    :param value_input: what the value head reads: ``"prompt"`` (the last layer's state at the prompt's last
+        token, the paper's) or ``"prompt+image"`` (that and the mean of the last layer's states over the image
+        tokens; :meth:`TokenSequenceDistribution.value_features` says why).
     :param value_gradients_to_model: let the value loss train the VLM too (the paper's shared trunk);
         False feeds the value head a detached hidden state.
     :param kl_coef: weight of a KL penalty towards the model as loaded (see :mod:`vlm_policy.reference`);
@@ -118,6 +120,7 @@ class VLMPolicy(ActorCriticPolicy):
         value_head_layers: Sequence[int] = (1024, 512),
         value_lr_scale: float = 1.0,
         value_gradients_to_model: bool = True,
+        value_input: str = "prompt",
         kl_coef: float = 0.0,
         gradient_checkpointing: bool | None = None,
         micro_batch_size: int | None = None,
@@ -159,6 +162,9 @@ class VLMPolicy(ActorCriticPolicy):
         self.value_head_layers = tuple(int(v) for v in value_head_layers)
         self.value_lr_scale = float(value_lr_scale)
         self.value_gradients_to_model = bool(value_gradients_to_model)
+        if value_input not in VALUE_INPUTS:
+            raise ValueError(f"value_input must be one of {VALUE_INPUTS}, got {value_input!r}")
+        self.value_input = value_input
         self.kl_coef = float(kl_coef)
         self.gradient_checkpointing = (not is_tiny(model)) if gradient_checkpointing is None else bool(gradient_checkpointing)
         self.micro_batch_size = micro_batch_size
@@ -196,13 +202,13 @@ class VLMPolicy(ActorCriticPolicy):
                                         train_vision=self.train_vision, target_modules=self.lora_target_modules,
                                         gradient_checkpointing=self.gradient_checkpointing)
         self.bundle = VLMBundle(model=self.vlm, processor=bundle.processor, source=bundle.source, family=bundle.family)
-        self.value_head = ValueHead(_text_hidden_size(bundle.model.config), self.value_head_layers)
         self.register_buffer(LORA_ALPHA_KEY, torch.tensor(lora_alpha_for(self.lora_r, self.lora_alpha)))
-        self.end_ids = end_token_ids(bundle.tokenizer, getattr(bundle.model.generation_config, "eos_token_id", None))
-        vocab_size = bundle.model.get_output_embeddings().weight.shape[0]
-        self.answer_distribution = TokenSequenceDistribution(
-            self.bundle, self.end_ids, banned_token_mask(bundle.tokenizer, vocab_size, self.end_ids), self.temperature,
-            self.max_new_tokens, self.micro_batch_size, self.compute_dtype)
+        self.answer_distribution = TokenSequenceDistribution.for_bundle(
+            self.bundle, self.temperature, self.max_new_tokens, self.micro_batch_size, self.compute_dtype,
+            self.value_input)
+        self.end_ids = self.answer_distribution.end_ids
+        self.value_head = ValueHead(_text_hidden_size(bundle.model.config) * self.answer_distribution.value_width,
+                                    self.value_head_layers)
         groups = [
             {"params": [p for p in self.vlm.parameters() if p.requires_grad]},
             {"params": list(self.value_head.parameters()), "lr_scale": self.value_lr_scale},
@@ -242,7 +248,7 @@ class VLMPolicy(ActorCriticPolicy):
             model=self.model_source, temperature=self.temperature, cot_weight=self.cot_weight, lora_r=self.lora_r,
             lora_alpha=self.lora_alpha, lora_target_modules=self.lora_target_modules, train_vision=self.train_vision,
             value_head_layers=self.value_head_layers, value_lr_scale=self.value_lr_scale,
-            value_gradients_to_model=self.value_gradients_to_model, kl_coef=self.kl_coef,
+            value_gradients_to_model=self.value_gradients_to_model, value_input=self.value_input, kl_coef=self.kl_coef,
             gradient_checkpointing=self.gradient_checkpointing, micro_batch_size=self.micro_batch_size,
             rollout_logprobs=self.rollout_logprobs, compute_entropy=self.compute_entropy, dtype=self.dtype_name,
             load_in_4bit=self.load_in_4bit, seed=self.seed,

@@ -50,7 +50,7 @@ def write_demonstrations(
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     path = out_dir / DEMOS_FILE
     with path.open("w") as handle:
-        for index, (record, image) in enumerate(_oracle_steps(env_id, n_examples, seed, chain_of_thought, env_kwargs)):
+        for index, (record, image) in enumerate(_oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_examples)):
             name = f"images/{index:06d}.png"
             Image.fromarray(image).save(out_dir / name)
             record["messages"][0]["content"][0]["image"] = name
@@ -58,14 +58,19 @@ def write_demonstrations(
     return path
 
 
-def _oracle_steps(env_id, n_examples, seed, chain_of_thought, env_kwargs) -> Iterator[tuple[dict, np.ndarray]]:
+def _oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_examples: int | None = None,
+                  n_episodes: int | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+    """The oracle's steps, episode ``i`` reset with ``seed + i``: ``n_examples`` steps, or every step of
+    ``n_episodes`` whole episodes."""
+    if n_examples is None:
+        n_examples = float("inf")
     env = gym.make(env_id, **(env_kwargs or {}))
     task = env.unwrapped  # a card task or ALFWorld: anything with an oracle answer and a symbolic state
     if not (hasattr(task, "oracle_answer") and hasattr(task, "symbolic_state")):
         raise TypeError(f"{env_id} has no oracle (oracle_answer / symbolic_state), so no demonstrations can be recorded")
     prompt_key = "prompt" if chain_of_thought else "action_only_prompt"
     produced, episode = 0, 0
-    while produced < n_examples:
+    while produced < n_examples and (n_episodes is None or episode < n_episodes):
         image, info = env.reset(seed=seed + episode)
         step, done = 0, False
         while not done and produced < n_examples:
@@ -137,8 +142,18 @@ def read_answers(path: str | Path) -> list[str]:
 def oracle_answers(env_id: str, n_steps: int = 300, seed: int = 0, chain_of_thought: bool = True,
                    env_kwargs: dict[str, Any] | None = None) -> list[str]:
     """The oracle's answers over ``n_steps`` steps of seeded episodes (nothing written to disk)."""
-    steps = _oracle_steps(env_id, n_steps, seed, chain_of_thought, env_kwargs)
+    steps = _oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_examples=n_steps)
     return [record["messages"][1]["content"][0]["text"] for record, _ in steps]
+
+
+def oracle_episode_examples(env_id: str, episodes: int, seed: int, chain_of_thought: bool = True,
+                            env_kwargs: dict[str, Any] | None = None) -> list[Example]:
+    """Every step of the oracle's episodes ``seed .. seed+episodes-1`` as examples, in memory (SFT's
+    validation frames)."""
+    steps = _oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_episodes=episodes)
+    return [Example(image=image, prompt=record["messages"][0]["content"][1]["text"],
+                    answer=record["messages"][1]["content"][0]["text"], state=json.dumps(record["state"], sort_keys=True))
+            for record, image in steps]
 
 
 #: The fewest new tokens a generated answer is given (every task but Points24 fits in it).

@@ -22,6 +22,7 @@ per task type.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -36,7 +37,15 @@ from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_path, atomic_write_
 from vlm_policy.env_bridge import frame_kwargs
 from vlm_policy.loading import load_processor, resolve_device
 from vlm_policy.optim import cosine_schedule
-from vlm_policy.training.configs import VALIDATION_SEED, CommonConfig, ModelConfig, SFTConfig, TrainConfig, is_alfworld
+from vlm_policy.training.configs import (
+    REACH_PROBABILITY,
+    VALIDATION_SEED,
+    CommonConfig,
+    ModelConfig,
+    SFTConfig,
+    TrainConfig,
+    is_alfworld,
+)
 from vlm_policy.training.stages import StageRecords
 
 __all__ = ["Pipeline", "TrainConfig", "cosine_schedule", "latest_checkpoint"]
@@ -119,17 +128,45 @@ class Pipeline:
         if (directory / SFT_METADATA_FILE).is_file():
             return str(directory)
         c = self.config
-        check = self.validation_success(budget or self.answer_budget(demos)) if c.sft_stop_success > 0 else None
+        validate = self.validation(budget or self.answer_budget(demos)) if c.stop_targets(validated=True) else None
         return str(run_sft(read_demonstrations(demos), directory, sft=_group(SFTConfig, c), model=_group(ModelConfig, c),
-                           common=_group(CommonConfig, c), success_check=check))
+                           common=_group(CommonConfig, c), validation=validate))
+
+    def validation(self, budget: int) -> Callable[[Any, list[str]], dict[str, float]]:
+        """SFT's stop check: ``check(bundle, names)`` measures the model being trained on the
+        ``--sft-check-episodes`` validation episodes (seeds from :data:`VALIDATION_SEED`, never the test seeds).
+
+        * ``"success"``: the share of the episodes that greedy answers win. The model is copied and saved to
+          a temporary folder so that it is played exactly as the "after SFT" evaluation plays a checkpoint (a
+          copy: saving merges LoRA weights, which must stay apart in training).
+        * ``"reach"``: the share of the frames of the oracle's play of those episodes on which sampling at
+          PPO's ``--temperature`` writes the oracle's whole answer with a probability of at least
+          :data:`REACH_PROBABILITY`. Scored on the model in memory (no copy): teacher-forced forwards only.
+        """
+        c = self.config
+        frames: list = []
+
+        def reach(bundle) -> float:
+            from vlm_policy.distribution import TokenSequenceDistribution
+            from vlm_policy.loading import resolve_dtype
+            from vlm_policy.training.demos import oracle_episode_examples
+
+            if not frames:  # the same frames at every check: made once
+                env_kwargs = frame_kwargs(c.env_id, bundle.processor, c.env_kwargs())
+                frames.extend(oracle_episode_examples(c.env_id, c.sft_check_episodes, VALIDATION_SEED,
+                                                      c.prompt_style == "cot", env_kwargs))
+            distribution = TokenSequenceDistribution.for_bundle(bundle, c.temperature, budget, c.micro_batch,
+                                                                resolve_dtype(c.dtype, self.device))
+            log_probs = distribution.answer_log_probs([f.image for f in frames], [f.prompt for f in frames],
+                                                      [f.answer for f in frames], self.device)
+            return float((log_probs >= math.log(REACH_PROBABILITY)).mean())
+
+        measures = {"success": self.validation_success(budget), "reach": reach}
+        return lambda bundle, names: {name: measures[name](bundle) for name in names}
 
     def validation_success(self, budget: int) -> Callable[[Any], float]:
-        """``--sft-stop-success``'s check: the share of ``--sft-check-episodes`` validation episodes (seeds from
-        :data:`VALIDATION_SEED`, never the test seeds) that greedy answers of the model being trained win.
-
-        The model is copied and saved to a temporary folder so that it is played exactly as the "after SFT"
-        evaluation plays a checkpoint (a copy: saving merges LoRA weights, which must stay apart in training).
-        """
+        """The share of the validation episodes that greedy answers of a model being trained win (see
+        :meth:`validation`)."""
         import copy
         import dataclasses
         import tempfile
@@ -203,7 +240,7 @@ class Pipeline:
         c = self.config
         return {"model": model, "temperature": c.temperature, "cot_weight": c.cot_weight, "lora_r": c.lora_r,
                 "lora_alpha": c.lora_alpha or None, "train_vision": c.train_vision, "value_lr_scale": c.value_lr_scale,
-                "value_gradients_to_model": c.value_gradients_to_model, "kl_coef": c.kl_coef,
+                "value_gradients_to_model": c.value_gradients_to_model, "value_input": c.value_input, "kl_coef": c.kl_coef,
                 "gradient_checkpointing": c.checkpointing_for(c.model), "micro_batch_size": c.micro_batch,
                 "rollout_logprobs": c.rollout_logprobs, "compute_entropy": c.ent_coef > 0, "dtype": c.dtype,
                 "device": self.device, "seed": c.seed}

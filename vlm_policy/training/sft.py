@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from vlm_policy.optim import cosine_value
 from vlm_policy.prompting import build_inputs, with_answer
 from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig
 from vlm_policy.training.demos import Example
+
+T = TypeVar("T")
 
 
 def answer_token_batch(bundle: VLMBundle, answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +58,7 @@ def answer_loss(bundle: VLMBundle, examples: Sequence[Example], device: torch.de
 
 def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | None = None,
             model: ModelConfig | None = None, common: CommonConfig | None = None,
-            success_check: Callable[[VLMBundle], float] | None = None) -> Path:
+            validation: Callable[[VLMBundle, Sequence[str]], dict[str, float]] | None = None) -> Path:
     """Fine-tunes ``model.model`` on ``examples`` and saves a checkpoint ``load_vlm(out_dir)`` reads.
 
     :param examples: demonstrations (:func:`vlm_policy.training.demos.read_demonstrations`).
@@ -65,10 +68,13 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         split into micro-batches whose gradients accumulate into one optimizer step: the same step,
         with one micro-batch's activations alive).
     :param common: seed, device, progress bars.
-    :param success_check: when ``sft.sft_stop_success`` is above 0, called every ``sft.sft_check_every`` steps with the
-        model as it is (in eval mode, left unchanged): the share of validation episodes it wins. SFT stops at
-        the first check that reaches it; the checks are recorded in the checkpoint's
-        ``training.json`` (``validation``, ``steps_done``).
+    :param validation: measures the model as it is (in eval mode, left unchanged) on validation episodes, every
+        ``sft.sft_check_every`` steps: ``validation(bundle, names)`` returns each named measure of
+        :meth:`SFTConfig.stop_targets` ("success": the share of episodes greedy answers win; "reach": the
+        share of frames where sampling is likely enough to write the oracle's answer). SFT stops at the first
+        check where every measure meets its target; the checks are recorded in the checkpoint's
+        ``training.json`` (``validation``, ``steps_done``). Without it, ``--sft-stop-reach`` left at -1 is
+        off and a stop that was asked for is an error.
 
     Under torchrun (:mod:`vlm_policy.distributed`) every process draws the same batch and trains on its
     share of the rows ``rank::world_size``; the summed gradients and token counts are added up across
@@ -81,9 +87,11 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     context = distributed.current()
     if not examples:
         raise ValueError("no examples to train on")
-    if sft.sft_stop_success > 0 and success_check is None:
-        raise ValueError("--sft-stop-success needs validation episodes to play, which `vlm-cards sft` (demonstrations "
-                         "alone) has not: use `vlm-cards train`, or leave the flag out")
+    targets = sft.stop_targets(validated=validation is not None)
+    if targets and validation is None:
+        flags = " and ".join(f"--sft-stop-{name}" for name in targets)
+        raise ValueError(f"{flags} needs validation episodes to play, which `vlm-cards sft` (demonstrations alone) "
+                         "has not: use `vlm-cards train`, or leave the flag out")
     device = torch.device(distributed.device_for(context, str(resolve_device(common.device))))
     random.seed(common.seed)
     torch.manual_seed(common.seed)
@@ -108,8 +116,7 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     chunk = model.micro_batch or sft.sft_batch_size
     trainable = [p for p in trained.parameters() if p.requires_grad]
     losses = []
-    validation: list[dict[str, float]] = []
-    checking = sft.sft_stop_success > 0  # with a success_check, checked above
+    checks: list[dict[str, float]] = []
     for step in steps:
         batch = [examples[int(i)] for i in order.integers(len(examples), size=sft.sft_batch_size)]
         batch = batch[context.rank::context.world_size]  # this process's rows (all of them alone)
@@ -135,23 +142,26 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         losses.append(step_loss)
         steps.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         done = step + 1
-        if checking and done % sft.sft_check_every == 0 and done < sft.sft_steps:
+        if targets and done % sft.sft_check_every == 0 and done < sft.sft_steps:
             trained.eval()
-            success = distributed.broadcast_object(_without_touching_rngs(success_check, bundle) if context.is_main else None)
+            measures = distributed.broadcast_object(
+                _without_touching_rngs(lambda b: validation(b, list(targets)), bundle) if context.is_main else None)
             trained.train()
-            validation.append({"step": done, "success": success})
+            checks.append({"step": done, **measures})
             if context.is_main:
-                steps.write(f"SFT step {done}: greedy answers win {success:.1%} of the validation episodes")
-            if success >= sft.sft_stop_success:
+                steps.write(f"SFT step {done}: {describe_measures(measures)}")
+            if all(measures[name] >= target for name, target in targets.items()):
                 if context.is_main:
-                    steps.write(f"SFT stops at step {done}: {success:.1%} >= --sft-stop-success {sft.sft_stop_success}")
+                    reached = ", ".join(f"{measures[name]:.1%} >= --sft-stop-{name} {target}"
+                                        for name, target in targets.items())
+                    steps.write(f"SFT stops at step {done}: {reached}")
                 break
     steps.close()
     trained.eval()
     metadata = {"sft": asdict(sft), "model": asdict(model), "seed": common.seed,
                 "final_loss": float(np.mean(losses[-20:])), "steps_done": len(losses)}
-    if checking:
-        metadata["validation"] = validation
+    if targets:
+        metadata["validation"] = checks
     if context.enabled:
         distributed.check_same_weights(trained, "SFT weights")
         metadata["processes"] = context.world_size
@@ -160,7 +170,14 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     return saved
 
 
-def _without_touching_rngs(work: Callable[[VLMBundle], float], bundle: VLMBundle) -> float:
+def describe_measures(measures: dict[str, float]) -> str:
+    """A validation check in words: ``greedy answers win 70.3% of the validation episodes; ...``."""
+    words = {"success": "greedy answers win {:.1%} of the validation episodes",
+             "reach": "the oracle's answer is within sampling's reach on {:.1%} of the validation frames"}
+    return "; ".join(words[name].format(value) for name, value in measures.items())
+
+
+def _without_touching_rngs(work: Callable[[VLMBundle], T], bundle: VLMBundle) -> T:
     """``work(bundle)`` with Python's, NumPy's and torch's global random states restored afterwards: a
     check (which loads a policy, and seeds) leaves SFT's own draws exactly as they would have been."""
     python_state, numpy_state = random.getstate(), np.random.get_state()

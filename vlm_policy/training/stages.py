@@ -35,7 +35,8 @@ def downstream(stage: str) -> list[str]:
 NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device"}
 
 #: Settings added to a stage after run folders had recorded it, with the value that leaves it as it was.
-SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "learning_rate_warmup": 0.0}
+SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_stop_reach": 0.0,
+                        "learning_rate_warmup": 0.0, "value_input": "prompt"}
 
 
 class SettingsChanged(RuntimeError):
@@ -49,7 +50,7 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     # Settings added after run folders were first recorded are left out while they change nothing, so
     # that folders made before them still match; the SFT checks' own settings matter only with the stop on.
     unset = {name for name, off in SETTINGS_ADDED_LATER.items() if values[name] == off}
-    if not values["sft_stop_success"]:  # SFT makes every step, as before the stop existed
+    if not config.stop_targets(validated=True):  # SFT makes every step, as before the stops existed
         unset |= {"sft_check_every", "sft_check_episodes"}
 
     def pick(names) -> dict[str, Any]:
@@ -60,6 +61,8 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     demos = pick(("env_id", "demos", "seed", "prompt_style", "model", "max_episode_steps")  # every stage's step limit
                  + (("data_root", "split") if alfworld else ()))
     sft = {"demos": demos, **pick([f.name for f in fields(SFTConfig)] + ["dtype", "gradient_checkpointing"])}
+    if values["sft_stop_reach"]:  # the reach is measured at PPO's sampling temperature
+        sft["temperature"] = values["temperature"]
     evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens") + (("eval_splits",) if alfworld else ()))
     ppo = {"sft": sft, **pick([f.name for f in fields(PPOConfig)] + ["max_new_tokens", "micro_batch_size"])}
     return {"demos": demos, "sft": sft, "after SFT": {"sft": sft, "temperature": values["temperature"], **evaluation},

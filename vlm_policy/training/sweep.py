@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from vlm_policy.checkpoints import atomic_write_text
+from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_write_text
 from vlm_policy.training.configs import TrainConfig
 
 SWEEP_TABLE = "sweep.md"
@@ -62,6 +62,7 @@ class SeedOutcome:
     ppo_success: float | None = None
     seconds: float | None = None
     error: str | None = None
+    sft_steps: int | None = None  # the SFT steps made (fewer than --sft-steps where a stop check ended SFT)
 
     @property
     def gain(self) -> float | None:
@@ -135,6 +136,10 @@ def read_outcome(seed: int, out_dir: str | Path) -> SeedOutcome:
         outcome.ppo_success = float(results["after PPO"]["success_rate"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         outcome.error = f"no complete results in {path} ({type(error).__name__})"
+    try:
+        outcome.sft_steps = int(json.loads((Path(out_dir) / "sft" / SFT_METADATA_FILE).read_text())["steps_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # an SFT checkpoint of an older version: no count to show
     return outcome
 
 
@@ -159,18 +164,19 @@ def format_report(config: TrainConfig, outcomes: Sequence[SeedOutcome]) -> str:
     """The markdown table: one row per seed, then mean ± sd."""
     stats = summary(outcomes)
     lines = [f"{config.env_id}, {config.eval_episodes} held-out episodes (seeds from {config.eval_seed}), greedy answers",
-             "", "| seed | after SFT | after PPO | gain (points) | time |", "|---|---|---|---|---|"]
+             "", "| seed | after SFT | after PPO | gain (points) | SFT steps | time |", "|---|---|---|---|---|---|"]
     for o in outcomes:
         if o.error:
-            lines.append(f"| {o.seed} | failed: {o.error} | | | |")
+            lines.append(f"| {o.seed} | failed: {o.error} | | | | |")
             continue
         time_text = f"{o.seconds:.0f} s" if o.seconds is not None else ""
+        steps_text = "" if o.sft_steps is None else str(o.sft_steps)
         lines.append(f"| {o.seed} | {100 * o.sft_success:.1f}% | {100 * o.ppo_success:.1f}% | {100 * o.gain:+.1f} | "
-                     f"{time_text} |")
+                     f"{steps_text} | {time_text} |")
     if "gain" in stats:
         sft, ppo, gain = stats["after SFT"], stats["after PPO"], stats["gain"]
         lines.append(f"| mean ± sd ({len(stats['seeds'])}) | {sft['mean']:.1f} ± {sft['sd']:.1f}% | "
-                     f"{ppo['mean']:.1f} ± {ppo['sd']:.1f}% | {gain['mean']:+.1f} ± {gain['sd']:.1f} | |")
+                     f"{ppo['mean']:.1f} ± {ppo['sd']:.1f}% | {gain['mean']:+.1f} ± {gain['sd']:.1f} | | |")
     return "\n".join(lines) + "\n"
 
 
