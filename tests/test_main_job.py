@@ -86,12 +86,14 @@ def test_cosine_schedule_warms_up_linearly_from_a_tenth_first():
 def test_settings_added_later_are_recorded_only_when_set():
     from vlm_policy.training.stages import stage_settings
 
-    # With these settings off, run folders made before they existed still match.
-    default = stage_settings(TrainConfig(sft_stop_reach=0))
-    assert not {"sft_stop_success", "sft_stop_reach", "sft_check_every", "sft_check_episodes"} & set(default["sft"])
-    assert "learning_rate_warmup" not in default["ppo"]
-    # The default reach stop changes what SFT makes: recorded, so older folders are told apart.
-    assert stage_settings(TrainConfig())["sft"]["sft_stop_reach"] == 0.9
+    default = stage_settings(TrainConfig())  # run folders made before these settings still match
+    assert not {"sft_stop_success", "sft_stop_reach", "sft_check_every", "sft_check_episodes",
+                "temperature"} & set(default["sft"])
+    assert not {"learning_rate_warmup", "value_input"} & set(default["ppo"])
+    # The reach is measured at PPO's temperature: with it on, SFT's record holds the temperature.
+    reach = stage_settings(TrainConfig(sft_stop_reach=0.9, temperature=0.3, value_input="prompt+image"))
+    assert reach["sft"]["sft_stop_reach"] == 0.9 and reach["sft"]["temperature"] == 0.3
+    assert reach["ppo"]["value_input"] == "prompt+image"
     chosen = stage_settings(TrainConfig(sft_stop_success=0.7, learning_rate_warmup=0.1))
     assert chosen["sft"]["sft_stop_success"] == 0.7 and chosen["sft"]["sft_check_episodes"] == 64
     assert chosen["ppo"]["learning_rate_warmup"] == 0.1 and chosen["ppo"]["sft"] == chosen["sft"]

@@ -110,8 +110,8 @@ def test_sft_stops_at_the_first_check_that_meets_every_target_and_records_the_ch
     # Success alone: only success is measured, and it stops at the second check.
     steps, checks = sft_steps_and_checks(sft_stop_success=0.6, sft_stop_reach=0)
     assert steps == 6 and asked == [["success"], ["success"]] and checks[-1] == {"step": 6, "success": 0.7}
-    # The default reach (-1: 0.9 once validation is there) alone.
-    steps, checks = sft_steps_and_checks()
+    # Reach alone: the third check.
+    steps, checks = sft_steps_and_checks(sft_stop_reach=0.9)
     assert steps == 9 and asked == [["reach"]] * 3
     # A target never met: every step is made (checks at 3, 6, ..., 18; none at the last step).
     script[3:] = [{"success": 0.5, "reach": 0.5}] * 3
@@ -119,10 +119,6 @@ def test_sft_stops_at_the_first_check_that_meets_every_target_and_records_the_ch
     assert steps == 20 and len(checks) == 6
     with pytest.raises(ValueError, match="--sft-stop-reach needs validation episodes to play"):
         run_sft(examples, tmp_path / "unchecked", sft=SFTConfig(sft_steps=2, sft_stop_reach=0.9), common=common)
-    # Without validation (`vlm-cards sft`) the default reach is off: every step is made.
-    run_sft(examples, tmp_path / "plain", sft=SFTConfig(sft_steps=2, sft_batch_size=2, vision_warmup_steps=0),
-            common=common)
-    assert json.loads((tmp_path / "plain" / "training.json").read_text())["steps_done"] == 2
 
 
 def test_sft_stop_settings_are_checked():
@@ -134,11 +130,10 @@ def test_sft_stop_settings_are_checked():
         SFTConfig(sft_check_every=0)
     with pytest.raises(ValueError, match="--sft-stop-reach must be between 0 and 1"):
         SFTConfig(sft_stop_reach=2.0)
-    with pytest.raises(ValueError, match="overlap the validation seeds"):
-        TrainConfig(eval_seed=199_990, eval_episodes=200)  # the default reach stop plays validation episodes
-    TrainConfig(sft_stop_reach=0, eval_seed=199_990, eval_episodes=200)  # without a stop there are none
-    assert TrainConfig().sft_stop_reach == 0.9  # -1 is written out: config.json and the stage records say it
-    assert TrainConfig(env_id="alfworld/ALFWorld-v0").sft_stop_reach == 0.0
+    for stop in ({"sft_stop_success": 0.7}, {"sft_stop_reach": 0.9}):
+        with pytest.raises(ValueError, match="overlap the validation seeds"):
+            TrainConfig(eval_seed=199_990, eval_episodes=200, **stop)
+    TrainConfig(eval_seed=199_990, eval_episodes=200)  # without a stop there are no validation episodes
 
 
 def test_sft_checks_leave_training_exactly_as_without_them(tmp_path):

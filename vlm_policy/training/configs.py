@@ -18,9 +18,6 @@ from vlm_policy.loading import TINY, is_tiny
 #: The first seed of the validation episodes SFT's stop checks use (the test seeds start at 100,000).
 VALIDATION_SEED = 200_000
 
-#: ``--sft-stop-reach``'s value for the card tasks when left at -1 (how it was chosen: docs/results.md).
-DEFAULT_STOP_REACH = 0.9
-
 #: The probability from which an answer counts as within reach of PPO's sampling.
 REACH_PROBABILITY = 0.01
 
@@ -135,11 +132,11 @@ class SFTConfig:
         "stop SFT at the first check where greedy answers win at least this share of the validation episodes, "
         "--sft-steps being the most it makes (0: never); a weak start on purpose leaves PPO room, as the paper's "
         "SFT start (24.8 percent) did; docs/results.md has what it gives"))
-    sft_stop_reach: float = field(default=-1.0, metadata=_help(
+    sft_stop_reach: float = field(default=0.0, metadata=_help(
         "stop SFT at the first check where, sampling at PPO's --temperature, the oracle's whole answer has a "
-        "probability of at least 1 percent on this share of the validation frames: from there PPO's rollouts find "
-        "the right answers themselves, and more SFT only takes away PPO's room (-1: 0.9 for the card tasks, "
-        "off for ALFWorld and for `vlm-cards sft`; 0: never); with --sft-stop-success both must hold"))
+        "probability of at least 1 percent on this share of the validation frames: from there PPO's rollouts can "
+        "find the right answers, and more SFT only takes PPO's room (0: never); with --sft-stop-success both must "
+        "hold; docs/results.md has what it gives"))
     sft_check_every: int = field(default=10, metadata=_help("SFT steps between two stop checks"))
     sft_check_episodes: int = field(default=64, metadata=_help(
         "validation episodes per stop check (seeds from 200,000, apart from the test seeds): --sft-stop-success "
@@ -151,20 +148,14 @@ class SFTConfig:
     def validate_sft(self) -> None:
         _check(self, positive=("sft_steps", "sft_batch_size", "sft_learning_rate", "sft_check_every",
                                "sft_check_episodes"),
-               non_negative=("sft_lora_r", "sft_lora_alpha"), unit_interval=("sft_stop_success",))
-        if self.sft_stop_reach != -1 and not 0 <= self.sft_stop_reach <= 1:
-            raise ValueError(f"--sft-stop-reach must be between 0 and 1 (or -1 for the default), got {self.sft_stop_reach}")
+               non_negative=("sft_lora_r", "sft_lora_alpha"), unit_interval=("sft_stop_success", "sft_stop_reach"))
         if self.vision_warmup_steps < -1:
             raise ValueError(f"--vision-warmup-steps must be >= 0 (or -1 for the default), got {self.vision_warmup_steps}")
 
-    def stop_targets(self, validated: bool) -> dict[str, float]:
-        """The validation measures SFT stops on, with their targets (empty: SFT makes every step).
-
-        :param validated: whether validation episodes are there to check on (``vlm-cards train``); an
-            ``--sft-stop-reach`` left at -1 is then :data:`DEFAULT_STOP_REACH`, else off.
-        """
-        reach = (DEFAULT_STOP_REACH if validated else 0.0) if self.sft_stop_reach == -1 else self.sft_stop_reach
-        return {name: target for name, target in (("success", self.sft_stop_success), ("reach", reach)) if target > 0}
+    def stop_targets(self) -> dict[str, float]:
+        """The validation measures SFT stops on, with their targets (empty: SFT makes every step)."""
+        return {name: target for name, target in (("success", self.sft_stop_success), ("reach", self.sft_stop_reach))
+                if target > 0}
 
     def warmup_steps_for(self, model: str) -> int:
         """The warm-up's steps for ``model``: only the tiny model's random vision tower needs one."""
@@ -292,14 +283,11 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
         self.validate_model()
         self.validate_sft()
         self.validate_ppo()
-        if self.sft_stop_reach == -1:  # the default, written out so that config.json and stage records say it
-            self.sft_stop_reach = 0.0 if is_alfworld(self.env_id) else DEFAULT_STOP_REACH
-        if self.stop_targets(validated=True) and (self.eval_seed < VALIDATION_SEED + self.sft_check_episodes
+        if self.stop_targets() and (self.eval_seed < VALIDATION_SEED + self.sft_check_episodes
                                                   and VALIDATION_SEED < self.eval_seed + self.eval_episodes):
             raise ValueError(f"the test episodes (--eval-seed {self.eval_seed}, --eval-episodes {self.eval_episodes}) "
                              f"overlap the validation seeds of SFT's stop checks ({VALIDATION_SEED} onwards): test on "
-                             "other seeds (the held-out results would otherwise be chosen on themselves), or pass "
-                             "--sft-stop-reach 0 --sft-stop-success 0")
+                             "other seeds: the held-out results would otherwise be chosen on themselves")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

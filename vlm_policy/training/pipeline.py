@@ -128,7 +128,7 @@ class Pipeline:
         if (directory / SFT_METADATA_FILE).is_file():
             return str(directory)
         c = self.config
-        validate = self.validation(budget or self.answer_budget(demos)) if c.stop_targets(validated=True) else None
+        validate = self.validation(budget or self.answer_budget(demos)) if c.stop_targets() else None
         return str(run_sft(read_demonstrations(demos), directory, sft=_group(SFTConfig, c), model=_group(ModelConfig, c),
                            common=_group(CommonConfig, c), validation=validate))
 

@@ -73,8 +73,7 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         :meth:`SFTConfig.stop_targets` ("success": the share of episodes greedy answers win; "reach": the
         share of frames where sampling is likely enough to write the oracle's answer). SFT stops at the first
         check where every measure meets its target; the checks are recorded in the checkpoint's
-        ``training.json`` (``validation``, ``steps_done``). Without it, ``--sft-stop-reach`` left at -1 is
-        off and a stop that was asked for is an error.
+        ``training.json`` (``validation``, ``steps_done``). A stop asked for without it is an error.
 
     Under torchrun (:mod:`vlm_policy.distributed`) every process draws the same batch and trains on its
     share of the rows ``rank::world_size``; the summed gradients and token counts are added up across
@@ -87,7 +86,7 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     context = distributed.current()
     if not examples:
         raise ValueError("no examples to train on")
-    targets = sft.stop_targets(validated=validation is not None)
+    targets = sft.stop_targets()
     if targets and validation is None:
         flags = " and ".join(f"--sft-stop-{name}" for name in targets)
         raise ValueError(f"{flags} needs validation episodes to play, which `vlm-cards sft` (demonstrations alone) "

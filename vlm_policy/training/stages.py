@@ -50,7 +50,7 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     # Settings added after run folders were first recorded are left out while they change nothing, so
     # that folders made before them still match; the SFT checks' own settings matter only with the stop on.
     unset = {name for name, off in SETTINGS_ADDED_LATER.items() if values[name] == off}
-    if not config.stop_targets(validated=True):  # SFT makes every step, as before the stops existed
+    if not config.stop_targets():  # SFT makes every step, as before the stops existed
         unset |= {"sft_check_every", "sft_check_episodes"}
 
     def pick(names) -> dict[str, Any]:
