@@ -1,5 +1,7 @@
 """benchmarks/first_answers.py's measure of the room PPO has: how likely sampling is to write the oracle's answer."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -54,3 +56,14 @@ def test_sft_reach_scores_the_model_in_memory_as_the_policy_scores_its_saved_che
         _, log_prob, _ = policy.evaluate_actions(batch, answer_tokens(policy, examples[0].answer, 48))
     assert log_probs[0] == pytest.approx(float(log_prob), rel=1e-4)
     assert np.all(log_probs < np.log(0.01))  # a random model: nothing within reach
+
+
+def test_the_sft_trajectory_script_measures_every_check_without_stopping(tmp_path):
+    module = load_script("benchmarks/sft_trajectory.py")
+    log = module.main(["--demos", "16", "--sft-steps", "5", "--sft-check-every", "2", "--vision-warmup-steps", "2",
+                       "--sft-batch-size", "4", "--sft-check-episodes", "2", "--out-dir", str(tmp_path / "run"),
+                       "--no-progress", "--device", "cpu"])
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 4]  # no check at the last step; SFT never stopped
+    assert all(set(row) == {"step", "success", "reach"} and 0 <= row["reach"] <= 1 for row in rows)
+    assert json.loads((tmp_path / "run" / "sft" / "training.json").read_text())["steps_done"] == 5

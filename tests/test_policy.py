@@ -8,6 +8,7 @@ from stable_baselines3 import PPO
 from tests.policy_helpers import PROMPTS, answer_tokens, batch_obs, make_policy, wrapped_env
 from vlm_policy import VLMPolicy, make_vlm_vec_env
 from vlm_policy.models.random_models import SAVERS
+from vlm_policy.policy import _text_hidden_size
 
 FAMILIES = sorted(SAVERS)  # llava, llava_next, qwen2_vl, idefics3
 
@@ -51,7 +52,7 @@ def test_a_value_head_that_reads_the_image_tokens_gives_the_same_values_on_every
     build the value head's input from different forwards; they must agree, alone or beside other prompts."""
     policy, _ = make_policy(random_checkpoints[family], temperature=1.0, value_input="prompt+image")
     width = policy.value_head.net[0].in_features
-    assert width == 2 * make_policy(random_checkpoints[family])[0].value_head.net[0].in_features
+    assert width == 2 * _text_hidden_size(policy.bundle.model.config)
     obs = batch_obs(policy)
     with torch.no_grad():
         tokens, values, _ = policy(obs)
