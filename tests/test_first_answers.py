@@ -61,7 +61,7 @@ def test_sft_reach_scores_the_model_in_memory_as_the_policy_scores_its_saved_che
 def test_the_sft_trajectory_script_measures_every_check_without_stopping(tmp_path):
     module = load_script("benchmarks/sft_trajectory.py")
     log = module.main(["--demos", "16", "--sft-steps", "5", "--sft-check-every", "2", "--vision-warmup-steps", "2",
-                       "--sft-batch-size", "4", "--sft-check-episodes", "2", "--out-dir", str(tmp_path / "run"),
+                       "--sft-batch-size", "4", "--sft-check-episodes", "2", "--max-episode-steps", "2", "--out-dir", str(tmp_path / "run"),
                        "--no-progress", "--device", "cpu"])
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [row["step"] for row in rows] == [2, 4]  # no check at the last step; SFT never stopped
