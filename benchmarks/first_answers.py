@@ -10,7 +10,8 @@ EZPoints), how often the agent ended the game at once on a winnable deal. On Num
 counts the answers whose written reading ("current number", "target number") matches the frame:
 whether the thoughts stay faithful after PPO. For every task it prints how likely each agent is to write
 the oracle's whole answer when it samples at PPO's temperature: PPO reinforces only what its sampling
-writes, so on deals where that probability is near 0 its rollouts almost never try the right answer.
+writes, so on deals where that probability is near 0 its rollouts almost never try the right answer
+(``vlm-cards train --sft-stop-reach`` stops SFT on the same measure, taken on validation episodes).
 The README's "PPO teaches the model to give up" (Points24), thought-faithfulness (NumberLine) and
 "room for PPO" figures were measured with it.
 """
