@@ -33,10 +33,17 @@ from torch.utils.checkpoint import checkpoint
 from vlm_policy.adapters import compute_autocast
 from vlm_policy.loading import VLMBundle
 from vlm_policy.logprobs import TokenMasks, banned_token_mask, process_logits, token_masks, weighted_sum
-from vlm_policy.prompting import build_inputs, forward_kwargs, with_answer
+from vlm_policy.prompting import answer_token_batch, build_inputs, forward_kwargs, with_answer
 
 #: What the value head can read (see :class:`TokenSequenceDistribution`).
 VALUE_INPUTS = ("prompt", "prompt+image")
+
+
+def checked_value_input(value_input: str) -> str:
+    """``value_input`` if it is one of :data:`VALUE_INPUTS`, else a ValueError naming them."""
+    if value_input not in VALUE_INPUTS:
+        raise ValueError(f"value_input must be one of {VALUE_INPUTS}, got {value_input!r}")
+    return value_input
 
 
 @dataclass
@@ -84,9 +91,7 @@ class TokenSequenceDistribution:
         self.max_new_tokens = int(max_new_tokens)
         self.micro_batch_size = micro_batch_size
         self.compute_dtype = compute_dtype
-        if value_input not in VALUE_INPUTS:
-            raise ValueError(f"value_input must be one of {VALUE_INPUTS}, got {value_input!r}")
-        self.value_input = value_input
+        self.value_input = checked_value_input(value_input)
         config = bundle.model.config
         self.image_token_id = getattr(config, "image_token_id", None)
         if self.image_token_id is None:
@@ -234,8 +239,6 @@ class TokenSequenceDistribution:
         PPO reinforces only what its sampling writes: where the right answer's probability is near 0 the
         model is confidently wrong, and its rollouts almost never try the right answer there.
         """
-        from vlm_policy.training.sft import answer_token_batch
-
         device = torch.device(device)
         totals = []
         for start in range(0, len(answers), batch_size):

@@ -25,7 +25,7 @@ from torch import nn
 
 from vlm_policy import checkpoints
 from vlm_policy.adapters import lora_alpha_for, prepare_for_training, set_lora_alpha
-from vlm_policy.distribution import VALUE_INPUTS, TokenSequenceDistribution
+from vlm_policy.distribution import TokenSequenceDistribution, checked_value_input
 from vlm_policy.env_bridge import decode_prompt, tokenizer_fingerprint
 from vlm_policy.loading import TINY, VLMBundle, is_tiny, load_vlm, resolve_device, resolve_dtype, tiny_source_for_vocab
 from vlm_policy.optim import ScaledLRAdamW
@@ -162,9 +162,7 @@ class VLMPolicy(ActorCriticPolicy):
         self.value_head_layers = tuple(int(v) for v in value_head_layers)
         self.value_lr_scale = float(value_lr_scale)
         self.value_gradients_to_model = bool(value_gradients_to_model)
-        if value_input not in VALUE_INPUTS:
-            raise ValueError(f"value_input must be one of {VALUE_INPUTS}, got {value_input!r}")
-        self.value_input = value_input
+        self.value_input = checked_value_input(value_input)  # before the model is loaded
         self.kl_coef = float(kl_coef)
         self.gradient_checkpointing = (not is_tiny(model)) if gradient_checkpointing is None else bool(gradient_checkpointing)
         self.micro_batch_size = micro_batch_size

@@ -75,3 +75,17 @@ def with_answer(inputs: dict[str, torch.Tensor], tokens: torch.Tensor, family: s
         if key in inputs:
             extended[key] = torch.cat([inputs[key], torch.zeros_like(tokens, dtype=inputs[key].dtype)], dim=1)
     return forward_kwargs(extended, family)
+
+
+def answer_token_batch(bundle: VLMBundle, answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Answer ids followed by the end token, right-padded: (tokens, mask of real tokens)."""
+    tokenizer = bundle.tokenizer
+    end = tokenizer.eos_token_id
+    rows = [tokenizer(answer, add_special_tokens=False).input_ids + [end] for answer in answers]
+    width = max(len(row) for row in rows)
+    tokens = torch.full((len(rows), width), end, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = True
+    return tokens, mask

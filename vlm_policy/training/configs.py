@@ -284,7 +284,7 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
         self.validate_sft()
         self.validate_ppo()
         if self.stop_targets() and (self.eval_seed < VALIDATION_SEED + self.sft_check_episodes
-                                                  and VALIDATION_SEED < self.eval_seed + self.eval_episodes):
+                                    and VALIDATION_SEED < self.eval_seed + self.eval_episodes):
             raise ValueError(f"the test episodes (--eval-seed {self.eval_seed}, --eval-episodes {self.eval_episodes}) "
                              f"overlap the validation seeds of SFT's stop checks ({VALIDATION_SEED} onwards): test on "
                              "other seeds: the held-out results would otherwise be chosen on themselves")

@@ -22,25 +22,11 @@ from vlm_policy.adapters import compute_autocast, is_vision_module, prepare_for_
 from vlm_policy.checkpoints import save_sft_checkpoint
 from vlm_policy.loading import VLMBundle, load_vlm, resolve_device, resolve_dtype
 from vlm_policy.optim import cosine_value
-from vlm_policy.prompting import build_inputs, with_answer
+from vlm_policy.prompting import answer_token_batch, build_inputs, with_answer
 from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig
 from vlm_policy.training.demos import Example
 
 T = TypeVar("T")
-
-
-def answer_token_batch(bundle: VLMBundle, answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Answer ids followed by the end token, right-padded: (tokens, mask of real tokens)."""
-    tokenizer = bundle.tokenizer
-    end = tokenizer.eos_token_id
-    rows = [tokenizer(answer, add_special_tokens=False).input_ids + [end] for answer in answers]
-    width = max(len(row) for row in rows)
-    tokens = torch.full((len(rows), width), end, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = True
-    return tokens, mask
 
 
 def answer_loss(bundle: VLMBundle, examples: Sequence[Example], device: torch.device | str = "cpu",
