@@ -268,13 +268,20 @@ def test_sft_runs_the_vision_warm_up_for_the_tiny_model_only(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_torn_final_agent_is_not_taken_as_done(finished_run, tmp_path, capsys):
+def test_a_torn_final_agent_is_not_taken_as_done(finished_run, tmp_path, capsys, monkeypatch):
     from vlm_policy.checkpoints import read_agent_data
 
     run = tmp_path / "run"
     shutil.copytree(finished_run[0], run)
     final = run / "ppo" / "final.zip"
     final.write_bytes(final.read_bytes()[:300])
-    Pipeline(_micro_config(run)).run(resume=True)
+    evaluated = []
+    original = Pipeline.evaluate
+    monkeypatch.setattr(Pipeline, "evaluate", lambda self, *a, **k: evaluated.append(a[-1]) or original(self, *a, **k))
+    rows = Pipeline(_micro_config(run)).run(resume=True)
     assert "is not whole" in capsys.readouterr().out
     assert read_agent_data(final)["num_timesteps"] == 16
+    assert evaluated == ["after PPO"]  # the retrained agent is evaluated, not the torn one's result reused
+    # Run again as it is: the whole agent and its evaluation stand, nothing is evaluated again.
+    assert Pipeline(_micro_config(run)).run() == rows
+    assert evaluated == ["after PPO"] and "nothing changed since" in capsys.readouterr().out

@@ -72,6 +72,8 @@ class Pipeline:
         self.out = Path(config.out_dir)
         self.context = distributed.current()
         self.device = distributed.device_for(self.context, str(resolve_device(config.device)))
+        #: Set by :meth:`ppo` when it loads a finished run's whole final agent instead of training one.
+        self.agent_reused = False
         if self.context.enabled:
             check_divides_across_processes(config, self.context.world_size)
 
@@ -276,6 +278,7 @@ class Pipeline:
         schedule = cosine_schedule(c.learning_rate, c.learning_rate_end, c.learning_rate_warmup)
         training = {"learning_rate": schedule, "clip_range": c.clip_range}
         if self.on_main(lambda: _final_is_whole(final)):
+            self.agent_reused = True
             return load_agent(final, env, device=self.device, **training)
         checkpoint = self.on_main(lambda: latest_checkpoint(self.out / "ppo" / "checkpoints")) if resume else None
         if checkpoint is not None:
@@ -367,10 +370,15 @@ class Pipeline:
     def _finish(self, records: StageRecords, results: dict[str, EvalResult], model, sft_dir: str, budget: int,
                 start: float) -> list[EvalResult]:
         """The held-out evaluation after PPO, the table and the plots."""
-        records.begin("after PPO")
-        result, record = self.evaluate(model.policy, sft_dir, budget, "after PPO", record=True)
-        results["after PPO"] = result
-        self._save_results(results)
+        record = None
+        if self.agent_reused and "after PPO" in results and (self.out / "episode_strip.png").is_file():
+            # A finished run run again with the same settings (its stage records matched): the agent is
+            # the one evaluated, so its evaluation stands (a 1,000-episode one takes minutes).
+            print(f"the agent and its held-out evaluation are those in {self.out} (nothing changed since)")
+        else:
+            records.begin("after PPO")
+            results["after PPO"], record = self.evaluate(model.policy, sft_dir, budget, "after PPO", record=True)
+            self._save_results(results)
         rows = [results["after SFT"], results["after PPO"]]
         held_out = (f"the first {self.config.eval_episodes} games of {' and '.join(self.config.eval_splits)}"
                     if is_alfworld(self.config.env_id) else
