@@ -390,9 +390,11 @@ class Pipeline:
         plot_learning_curve(self.out / "curve.jsonl", self.out / "learning_curve.png",
                             sft_success=results["after SFT"].success_rate, title=self.config.env_id,
                             ppo_success=results["after PPO"].success_rate)
-        if record is not None:
+        written = [self.out / "learning_curve.png"]
+        if record is not None:  # None: the strip of the evaluation reused above stands
             plot_episode_strip(record, self.out / "episode_strip.png", title=f"{self.config.env_id} after PPO")
-        print(f"wrote {self.out / 'learning_curve.png'} and {self.out / 'episode_strip.png'}")
+            written.append(self.out / "episode_strip.png")
+        print(f"wrote {' and '.join(map(str, written))}")
         if is_alfworld(self.config.env_id):
             self._alfworld_table()
         return rows
