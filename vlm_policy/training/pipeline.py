@@ -72,7 +72,7 @@ class Pipeline:
         self.out = Path(config.out_dir)
         self.context = distributed.current()
         self.device = distributed.device_for(self.context, str(resolve_device(config.device)))
-        #: Set by :meth:`ppo` when it loads a finished run's whole final agent instead of training one.
+        #: Whether the latest :meth:`ppo` loaded a finished run's whole final agent instead of training one.
         self.agent_reused = False
         if self.context.enabled:
             check_divides_across_processes(config, self.context.world_size)
@@ -277,8 +277,8 @@ class Pipeline:
         # Agents are read without unpickling (load_agent); training state comes from the config.
         schedule = cosine_schedule(c.learning_rate, c.learning_rate_end, c.learning_rate_warmup)
         training = {"learning_rate": schedule, "clip_range": c.clip_range}
-        if self.on_main(lambda: _final_is_whole(final)):
-            self.agent_reused = True
+        self.agent_reused = self.on_main(lambda: _final_is_whole(final))
+        if self.agent_reused:
             return load_agent(final, env, device=self.device, **training)
         checkpoint = self.on_main(lambda: latest_checkpoint(self.out / "ppo" / "checkpoints")) if resume else None
         if checkpoint is not None:
