@@ -17,4 +17,4 @@ vlm-cards train --env alfworld/ALFWorld-v0 --data-root "$DATA" --split "$SPLIT" 
   --learning-rate 1e-5 --learning-rate-end 1e-9 --clip-range 0.1 --target-kl 0 --gamma 0.9 --gae-lambda 0.95 \
   --max-grad-norm 0.01 --temperature 0.2 --cot-weight 0.2 --max-new-tokens 256 --lora-r 128 --lora-alpha 256 \
   --train-vision --value-lr-scale 1 --value-gradients-to-model --kl-coef 0 --rollout-logprobs recompute \
-  --keep-checkpoints 3 --device cuda
+  --sft-stop-reach 0 --keep-checkpoints 3 --device cuda

@@ -86,10 +86,16 @@ def test_cosine_schedule_warms_up_linearly_from_a_tenth_first():
 def test_settings_added_later_are_recorded_only_when_set():
     from vlm_policy.training.stages import stage_settings
 
-    default = stage_settings(TrainConfig())  # run folders made before these settings still match
+    # Run folders made before these settings, with them off, still match.
+    default = stage_settings(TrainConfig(sft_stop_reach=0.0, ppo_check_every=0))
     assert not {"sft_stop_success", "sft_stop_reach", "sft_check_every", "sft_check_episodes",
                 "temperature"} & set(default["sft"])
-    assert not {"learning_rate_warmup", "value_input"} & set(default["ppo"])
+    assert not {"learning_rate_warmup", "value_input", "ppo_check_every", "ppo_check_episodes",
+                "ppo_keep_best"} & set(default["ppo"])
+    checked = stage_settings(TrainConfig())["ppo"]  # the checks are on by default for the card tasks
+    assert (checked["ppo_check_every"], checked["ppo_check_episodes"], checked["ppo_keep_best"]) == (-1, 64, True)
+    alfworld = stage_settings(TrainConfig(env_id="alfworld/ALFWorld-v0", sft_stop_reach=0.0))["ppo"]
+    assert "ppo_check_every" not in alfworld  # off by default on ALFWorld
     # The reach is measured at PPO's temperature: with it on, SFT's record holds the temperature.
     reach = stage_settings(TrainConfig(sft_stop_reach=0.9, temperature=0.3, value_input="prompt+image"))
     assert reach["sft"]["sft_stop_reach"] == 0.9 and reach["sft"]["temperature"] == 0.3
@@ -114,7 +120,7 @@ def test_the_sft_stop_checks_leave_the_model_as_it_was(tmp_path):
 
 def _micro_config(out_dir: Path, **overrides) -> TrainConfig:
     values = dict(out_dir=str(out_dir), demos=24, sft_steps=3, vision_warmup_steps=2, sft_batch_size=4, ppo_timesteps=16, n_envs=2, n_steps=4,
-                  batch_size=8, n_epochs=1, eval_episodes=3, max_new_tokens=24, progress=False)
+                  batch_size=8, n_epochs=1, eval_episodes=3, max_new_tokens=24, ppo_check_episodes=2, progress=False)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -138,6 +144,42 @@ def test_pipeline_runs_end_to_end(finished_run):
     assert latest_checkpoint(run / "ppo" / "checkpoints").name == "rl_model_16_steps.zip"
     assert list((run / "tb").rglob("events.out.tfevents.*"))
     assert json.loads((run / "config.json").read_text())["sft_steps"] == 3
+
+
+def _policy_weights(agent_zip: Path) -> dict[str, torch.Tensor]:
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    return load_from_zip_file(agent_zip, load_data=False)[1]["policy"]
+
+
+def _same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.slow
+def test_ppo_plays_greedy_validation_checks_and_hands_over_the_best(finished_run):
+    from vlm_policy.training.callbacks import kept_best, read_validation
+
+    run = finished_run[0]
+    checks = read_validation(run / "ppo" / "validation.jsonl")
+    assert [c["timesteps"] for c in checks] == [0, 16]  # the SFT model and the last of the 2 updates
+    kept = kept_best(run / "ppo" / "best")
+    assert kept == max(reversed(checks), key=lambda c: c["success_rate"])  # ties: the later
+    assert _same_weights(_policy_weights(run / "ppo" / "final.zip"), _policy_weights(run / "ppo" / "best" / "agent.zip"))
+
+
+@pytest.mark.slow
+def test_an_earlier_better_check_is_the_agent_handed_over(finished_run, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    scores = iter([0.5, 1.0, 0.5])  # the SFT model, after update 1, after update 2 (the last)
+    monkeypatch.setattr(Pipeline, "ppo_validation", lambda self, sft_dir, budget: lambda policy: next(scores))
+    Pipeline(_micro_config(run, ppo_check_every=1)).run(overwrite=True)
+    assert "PPO's agent is the one checked at 8 env steps: greedy answers win 100.0%" in capsys.readouterr().out
+    final = _policy_weights(run / "ppo" / "final.zip")
+    assert _same_weights(final, _policy_weights(run / "ppo" / "best" / "agent.zip"))
+    last = _policy_weights(run / "ppo" / "checkpoints" / "rl_model_16_steps.zip")
+    assert not _same_weights(final, last)  # the last update's agent is kept apart, not lost
 
 
 @pytest.mark.slow
@@ -231,6 +273,7 @@ def test_paper_gpu_example_script_uses_only_real_flags():
     assert config.batch_size == 128 and config.micro_batch_size == 4 and config.gradient_checkpointing == "on"
     assert config.temperature == 0.2 and config.max_grad_norm == 0.01 and config.value_gradients_to_model is True
     assert config.kl_coef == 0 and config.n_epochs == 4  # the paper's PPO: no KL penalty
+    assert config.sft_stop_reach == 0 and config.ppo_checks_every() == 0  # the paper's whole SFT, its last agent
 
 
 def test_demos_and_sft_commands_write_a_checkpoint_the_policy_loads(tmp_path, capsys):

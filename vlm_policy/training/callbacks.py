@@ -166,3 +166,119 @@ class UpdateCheckpointCallback(BaseCallback):
             for old in self.written[: -self.keep]:
                 old.unlink(missing_ok=True)
             self.written = self.written[-self.keep:]
+
+
+class GreedyValidationCallback(BaseCallback):
+    """Plays the validation episodes greedily every ``every`` PPO updates and keeps the best agent.
+
+    PPO's curve counts *sampled* episodes, while the agent is judged on greedy answers, and the two can
+    part: a state whose sampled answers escape after a step or two can still trap greedy play, and a
+    late update can undo an earlier one's greedy gain. So the agent PPO starts from (the SFT model:
+    the first candidate), the agent after every ``every``-th update and the last one are played
+    greedily by ``check(policy) -> success rate`` on episodes apart from the test seeds; each result is
+    appended to ``record_path`` (JSON lines ``{"timesteps", "success_rate"}``) and logged as
+    ``validation/success_rate``. With ``best_dir``, an agent scoring at least as well as the one kept
+    there (ties go to the later, more trained one) replaces it: ``best_dir/agent.zip`` with its check
+    in ``best_dir/check.json``, the folder written atomically, so the two always belong together.
+
+    A resumed run reads the checks already made from ``record_path`` and keeps ``best_dir``, so an
+    interruption loses none of them. Only the process given the paths (rank 0) plays; the others
+    go on and wait at their next collective step.
+
+    :param check: greedy success of a policy on the validation episodes (the policy is put in eval
+        mode for it and set back after); every global random state is restored after it, so the checks
+        never change PPO's own draws.
+    :param every: PPO updates between two checks (the last update is always checked).
+    :param steps_scale: the number of processes (checks are named by every process's env steps).
+    """
+
+    def __init__(self, check, record_path: str | Path | None, best_dir: str | Path | None = None, every: int = 1,
+                 verbose: int = 0, steps_scale: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1 update, got {every}")
+        super().__init__(verbose)
+        self.check = check
+        self.record_path = Path(record_path) if record_path else None
+        self.best_dir = Path(best_dir) if best_dir else None
+        self.every = every
+        self.steps_scale = steps_scale
+        self.checks: list[dict] = read_validation(self.record_path) if self.record_path else []
+        self._rollouts = 0
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_start(self) -> None:
+        self._check_once()  # the agent PPO starts from (a resumed run checked it already)
+
+    def _on_rollout_start(self) -> None:
+        # The first rollout of a learn() call follows no update of this call.
+        if self._rollouts and self._rollouts % self.every == 0:
+            self._check_once()
+        self._rollouts += 1
+
+    def _on_training_end(self) -> None:
+        self._check_once()
+
+    def _check_once(self) -> None:
+        steps = int(self.model.num_timesteps) * self.steps_scale
+        if self.record_path is None or any(c["timesteps"] == steps for c in self.checks):
+            return
+        import random
+
+        import torch
+
+        policy = self.model.policy
+        was_training = policy.training
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+            try:
+                policy.set_training_mode(False)
+                success = float(self.check(policy))
+            finally:
+                policy.set_training_mode(was_training)
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+        point = {"timesteps": steps, "success_rate": success}
+        kept = kept_best(self.best_dir) if self.best_dir is not None else None
+        if self.best_dir is not None and (kept is None or success >= kept["success_rate"]):
+            from vlm_policy.checkpoints import atomic_path
+
+            with atomic_path(self.best_dir) as temporary:
+                temporary.mkdir()
+                self.model.save(temporary / BEST_AGENT_FILE)
+                (temporary / BEST_CHECK_FILE).write_text(json.dumps(point))
+        self.checks.append(point)
+        with self.record_path.open("a") as handle:
+            handle.write(json.dumps(point) + "\n")
+        self.logger.record("validation/success_rate", success)
+
+
+#: What :class:`GreedyValidationCallback` keeps in its ``best_dir``.
+BEST_AGENT_FILE = "agent.zip"
+BEST_CHECK_FILE = "check.json"
+
+
+def read_validation(path: str | Path) -> list[dict]:
+    """The greedy validation checks recorded in ``path`` (JSON lines), in order; a line torn by a kill is skipped."""
+    path = Path(path)
+    checks = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            point = json.loads(line)
+            checks.append({"timesteps": int(point["timesteps"]), "success_rate": float(point["success_rate"])})
+        except (ValueError, KeyError, TypeError):
+            continue
+    return checks
+
+
+def kept_best(best_dir: str | Path) -> dict | None:
+    """The check of the agent kept in ``best_dir`` (``{"timesteps", "success_rate"}``), or None when
+    there is none (both files are written together, atomically)."""
+    folder = Path(best_dir)
+    try:
+        point = json.loads((folder / BEST_CHECK_FILE).read_text())
+        found = {"timesteps": int(point["timesteps"]), "success_rate": float(point["success_rate"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found if (folder / BEST_AGENT_FILE).is_file() else None

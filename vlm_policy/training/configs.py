@@ -132,11 +132,11 @@ class SFTConfig:
         "stop SFT at the first check where greedy answers win at least this share of the validation episodes, "
         "--sft-steps being the most it makes (0: never); a weak start on purpose leaves PPO room, as the paper's "
         "SFT start (24.8 percent) did; docs/results.md has what it gives"))
-    sft_stop_reach: float = field(default=0.0, metadata=_help(
+    sft_stop_reach: float = field(default=0.9, metadata=_help(
         "stop SFT at the first check where, sampling at PPO's --temperature, the oracle's whole answer has a "
         "probability of at least 1 percent on this share of the validation frames: from there PPO's rollouts can "
-        "find the right answers, and more SFT only takes PPO's room (0: never); with --sft-stop-success both must "
-        "hold; docs/results.md has what it gives"))
+        "find the right answers, and more SFT only takes PPO's room (0: never, SFT makes every --sft-steps); with "
+        "--sft-stop-success both must hold; docs/results.md has what it gives"))
     sft_check_every: int = field(default=10, metadata=_help("SFT steps between two stop checks"))
     sft_check_episodes: int = field(default=64, metadata=_help(
         "validation episodes per stop check (seeds from 200,000, apart from the test seeds): --sft-stop-success "
@@ -172,19 +172,21 @@ class PPOConfig:
     n_envs: int = field(default=8, metadata=_help("parallel envs (one batched generate per step)"))
     n_steps: int = field(default=32, metadata=_help("rollout steps per env per update"))
     batch_size: int = field(default=32, metadata=_help("PPO minibatch size"))
-    n_epochs: int = field(default=2, metadata=_help("PPO epochs per update (paper: 4)"))
+    n_epochs: int = field(default=4, metadata=_help(
+        "PPO epochs per update, at most: --target-kl stops an update earlier (paper: 4)"))
     learning_rate: float = field(default=5e-5, metadata=_help("PPO learning rate at the start (paper: 1e-5 for 7B)"))
-    learning_rate_end: float = field(default=5e-6, metadata=_help("cosine schedule's final learning rate"))
+    learning_rate_end: float = field(default=5e-5, metadata=_help(
+        "cosine schedule's final learning rate (the default: constant at --learning-rate)"))
     learning_rate_warmup: float = field(default=0.0, metadata=_help(
         "fraction of PPO's env steps over which the learning rate rises linearly from a tenth to --learning-rate"))
     clip_range: float = field(default=0.2, metadata=_help("PPO clip (paper: 0.1)"))
-    target_kl: float = field(default=0.05, metadata=_help("stop an update's epochs past this approx KL (0: never)"))
+    target_kl: float = field(default=0.1, metadata=_help("stop an update's epochs past this approx KL (0: never)"))
     gamma: float = field(default=0.9, metadata=_help("discount (paper: 0.9)"))
     gae_lambda: float = field(default=0.95, metadata=_help("GAE lambda (paper: 0.95)"))
     max_grad_norm: float = field(default=0.5, metadata=_help("gradient clip (paper: 0.01 for 7B)"))
     ent_coef: float = field(default=0.0, metadata=_help("entropy bonus"))
     vf_coef: float = field(default=0.5, metadata=_help("value loss weight"))
-    temperature: float = field(default=0.5, metadata=_help("sampling temperature during PPO (paper: 0.2)"))
+    temperature: float = field(default=0.3, metadata=_help("sampling temperature during PPO (paper: 0.2)"))
     cot_weight: float = field(default=0.5, metadata=_help("lambda: weight of the thought tokens' log-prob"))
     lora_r: int = field(default=0, metadata=_help("PPO LoRA rank (0: all weights, the tiny model)"))
     lora_alpha: int = field(default=0, metadata=_help("PPO LoRA scaling numerator (0: twice the rank)"))
@@ -203,6 +205,15 @@ class PPOConfig:
     rollout_logprobs: Literal["auto", "generate", "recompute"] = field(default="auto", metadata=_help(
         "old log-probs from the generation's logits or recomputed with the update's forward "
         "(auto: recompute unless the model computes in fp32)"))
+    ppo_check_every: int = field(default=-1, metadata=_help(
+        "PPO updates between two greedy plays of the validation episodes (seeds from 200,000, apart from the test "
+        "seeds); the starting agent and the last update are always played; the results go to ppo/validation.jsonl "
+        "and the learning curve (0: no checks; -1: 2 for the card tasks, 0 for ALFWorld, whose games are its "
+        "evaluation splits)"))
+    ppo_check_episodes: int = field(default=64, metadata=_help("validation episodes per PPO check"))
+    ppo_keep_best: bool = field(default=True, metadata=_help(
+        "hand over the agent of the best PPO check (the starting SFT model is a candidate; ties go to the later) "
+        "instead of the last update's; it is kept in ppo/best/, the last update's in ppo/checkpoints/"))
     keep_checkpoints: int = field(default=3, metadata=_help(
         "PPO checkpoints kept for --resume, the newest (0: all; each is ~40 MB for the tiny model)"))
 
@@ -215,6 +226,10 @@ class PPOConfig:
                non_negative=("learning_rate_end", "target_kl", "ent_coef", "vf_coef", "temperature", "cot_weight",
                              "lora_r", "lora_alpha", "value_lr_scale", "kl_coef", "keep_checkpoints"),
                unit_interval=("gamma", "gae_lambda"))
+        if self.ppo_check_every < -1:
+            raise ValueError(f"--ppo-check-every must be >= 0 (or -1 for the default), got {self.ppo_check_every}")
+        if self.ppo_check_episodes < 1:
+            raise ValueError(f"--ppo-check-episodes must be at least 1, got {self.ppo_check_episodes}")
         if not 0 <= self.learning_rate_warmup < 1:
             raise ValueError(f"--learning-rate-warmup must be in [0, 1), got {self.learning_rate_warmup}")
         if self.batch_size > self.n_envs * self.n_steps:
@@ -283,11 +298,19 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
         self.validate_model()
         self.validate_sft()
         self.validate_ppo()
-        if self.stop_targets() and (self.eval_seed < VALIDATION_SEED + self.sft_check_episodes
-                                    and VALIDATION_SEED < self.eval_seed + self.eval_episodes):
+        validated = max(self.sft_check_episodes if self.stop_targets() else 0,
+                        self.ppo_check_episodes if self.ppo_checks_every() else 0)
+        if validated and (self.eval_seed < VALIDATION_SEED + validated
+                          and VALIDATION_SEED < self.eval_seed + self.eval_episodes):
             raise ValueError(f"the test episodes (--eval-seed {self.eval_seed}, --eval-episodes {self.eval_episodes}) "
-                             f"overlap the validation seeds of SFT's stop checks ({VALIDATION_SEED} onwards): test on "
-                             "other seeds: the held-out results would otherwise be chosen on themselves")
+                             f"overlap the validation seeds of the SFT and PPO checks ({VALIDATION_SEED} onwards): test "
+                             "on other seeds: the held-out results would otherwise be chosen on themselves")
+
+    def ppo_checks_every(self) -> int:
+        """PPO updates between two greedy validation checks (0: none), ``--ppo-check-every -1`` resolved."""
+        if self.ppo_check_every == -1:
+            return 0 if is_alfworld(self.env_id) else 2
+        return self.ppo_check_every
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,21 +29,28 @@ def read_curve(curve_path: str | Path) -> list[dict]:
 
 
 def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_success: float | None = None,
-                        title: str = "", ppo_success: float | None = None) -> Path:
+                        title: str = "", ppo_success: float | None = None, validation: list[dict] | None = None,
+                        chosen_steps: int | None = None) -> Path:
     """Success rate of the training episodes per PPO rollout, against env steps.
 
-    ``sft_success`` (a dashed line at the start level) and ``ppo_success`` (a star at the last step)
-    are the held-out greedy results, so the noisy sampled training curve can be read against both.
+    ``sft_success`` (a dashed line at the start level) and ``ppo_success`` (a star) are the held-out
+    greedy results, so the noisy sampled training curve can be read against both. ``validation`` (PPO's
+    greedy checks, ``{"timesteps", "success_rate"}``) is drawn as a second line; the star stands at
+    ``chosen_steps`` (the check whose agent PPO handed over), else at the last step.
     """
     points = [p for p in read_curve(curve_path) if p.get("success_rate") is not None]
     figure, axis = plt.subplots(figsize=(6, 3.5), dpi=120)
     if points:
         axis.plot([p["timesteps"] for p in points], [100 * p["success_rate"] for p in points], marker="o",
-                  label="PPO training episodes")
+                  label="PPO training episodes (sampled)")
+    if validation:
+        axis.plot([p["timesteps"] for p in validation], [100 * p["success_rate"] for p in validation], marker="s",
+                  color="tab:green", label="validation episodes (greedy)")
     if sft_success is not None:
         axis.axhline(100 * sft_success, color="gray", linestyle="--", label="after SFT (held-out, greedy)")
     if ppo_success is not None:
-        axis.plot([points[-1]["timesteps"] if points else 0], [100 * ppo_success], marker="*", markersize=14,
+        where = chosen_steps if chosen_steps is not None else points[-1]["timesteps"] if points else 0
+        axis.plot([where], [100 * ppo_success], marker="*", markersize=14,
                   color="tab:red", linestyle="none", label="after PPO (held-out, greedy)")
     axis.set_xlabel("env steps of PPO")
     axis.set_ylabel("success rate (%)")
@@ -51,7 +58,7 @@ def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_succes
     axis.set_title(title, pad=24)
     axis.grid(alpha=0.3)
     # Above the axes, so that it never hides a point of the curve.
-    axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=3, fontsize=7, frameon=False)
+    axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=2, fontsize=7, frameon=False)
     figure.tight_layout()
     figure.savefig(out_path)
     plt.close(figure)

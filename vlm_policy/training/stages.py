@@ -52,6 +52,8 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     unset = {name for name, off in SETTINGS_ADDED_LATER.items() if values[name] == off}
     if not config.stop_targets():  # SFT makes every step, as before the stops existed
         unset |= {"sft_check_every", "sft_check_episodes"}
+    if not config.ppo_checks_every():  # PPO hands over its last update's agent, as before the checks existed
+        unset |= {"ppo_check_every", "ppo_check_episodes", "ppo_keep_best"}
 
     def pick(names) -> dict[str, Any]:
         return {name: values[name] for name in names if name not in NOT_RESULT_SETTINGS and name not in unset}

@@ -1,0 +1,124 @@
+"""PPO's greedy validation checks: when they run, what they keep, that they leave PPO's draws alone."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.logger import configure
+
+from vlm_policy.training.callbacks import GreedyValidationCallback, kept_best, read_validation
+
+
+class _StandInPolicy(torch.nn.Module):
+    def set_training_mode(self, mode: bool) -> None:
+        self.train(mode)
+
+
+class _StandInAgent:
+    """What the callback touches of an SB3 algorithm: its step count, policy, logger and save()."""
+
+    def __init__(self) -> None:
+        self.num_timesteps = 0
+        self.policy = _StandInPolicy()
+        self.logger = configure(None, [])
+
+    def get_env(self):
+        return None
+
+    def save(self, path) -> None:
+        Path(path).write_text(f"agent at {self.num_timesteps}")
+
+
+def _train(callback: GreedyValidationCallback, agent: _StandInAgent, updates: int, rollout_steps: int = 8) -> None:
+    """Drives the callback as PPO.learn does: training start, each rollout's start (after the previous update)."""
+    callback.init_callback(agent)
+    callback.on_training_start({}, {})
+    for _ in range(updates):
+        callback.on_rollout_start()
+        agent.num_timesteps += rollout_steps
+        callback.on_rollout_end()
+    callback.on_training_end()
+
+
+def test_checks_run_at_the_start_every_n_updates_and_at_the_end_keeping_the_best(tmp_path):
+    scores = iter([0.5, 0.75, 0.25, 0.75, 0.5])  # the start, updates 2, 4, 6 and the last (7)
+    modes = []
+
+    def check(policy):
+        modes.append(policy.training)
+        return next(scores)
+
+    agent = _StandInAgent()
+    agent.policy.train(True)
+    _train(GreedyValidationCallback(check, tmp_path / "validation.jsonl", tmp_path / "best", every=2), agent, updates=7)
+    checks = read_validation(tmp_path / "validation.jsonl")
+    assert [c["timesteps"] for c in checks] == [0, 16, 32, 48, 56]
+    assert [c["success_rate"] for c in checks] == [0.5, 0.75, 0.25, 0.75, 0.5]
+    assert modes == [False] * 5 and agent.policy.training  # played in eval mode, then set back
+    # A tie goes to the later, more trained agent; the folder holds it and its own check.
+    assert kept_best(tmp_path / "best") == {"timesteps": 48, "success_rate": 0.75}
+    assert (tmp_path / "best" / "agent.zip").read_text() == "agent at 48"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]
+
+
+def test_a_resumed_run_keeps_its_checks_and_best_agent(tmp_path):
+    record, best = tmp_path / "validation.jsonl", tmp_path / "best"
+    agent = _StandInAgent()
+    _train(GreedyValidationCallback(lambda _: 0.9, record, best, every=1), agent, updates=2)
+    # Killed mid-line after the second check; resumed from the checkpoint of 8 env steps.
+    with record.open("a") as handle:
+        handle.write('{"timesteps": 2')
+    agent.num_timesteps = 8
+    resumed = GreedyValidationCallback(lambda _: 0.5, record, best, every=1)
+    assert [c["timesteps"] for c in resumed.checks] == [0, 8, 16]
+    resumed.init_callback(agent)
+    resumed.on_training_start({}, {})  # 8 was checked before the kill: not played again
+    assert len(read_validation(record)) == 3
+    resumed.on_rollout_start()
+    agent.num_timesteps = 16
+    resumed.on_training_end()  # 16 was checked (0.9) before the kill too
+    assert len(read_validation(record)) == 3
+    assert kept_best(best) == {"timesteps": 16, "success_rate": 0.9}  # a worse agent never replaces it
+
+
+def test_the_checks_leave_every_random_generator_as_it_was(tmp_path):
+    def noisy_check(policy):
+        random.random(), np.random.rand(), torch.rand(3)
+        torch.manual_seed(123)  # evaluation reseeds, as the policy's own seeding does
+        return 0.5
+
+    def draws(with_checks: bool):
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+        agent = _StandInAgent()
+        if with_checks:
+            _train(GreedyValidationCallback(noisy_check, tmp_path / f"v{with_checks}.jsonl", None, every=1), agent, 3)
+        return random.random(), float(np.random.rand()), torch.rand(2).tolist()
+
+    assert draws(True) == draws(False)
+
+
+def test_without_a_record_path_nothing_is_played_or_written(tmp_path):
+    """The processes other than rank 0 in a data-parallel run."""
+    played = []
+    _train(GreedyValidationCallback(lambda p: played.append(1) or 1.0, None, None, every=1), _StandInAgent(), 3)
+    assert played == [] and not list(tmp_path.iterdir())
+
+
+def test_torn_or_foreign_best_folders_are_not_taken_as_a_kept_agent(tmp_path):
+    assert kept_best(tmp_path / "missing") is None
+    folder = tmp_path / "best"
+    folder.mkdir()
+    (folder / "check.json").write_text(json.dumps({"timesteps": 8, "success_rate": 0.5}))
+    assert kept_best(folder) is None  # no agent beside the check
+    (folder / "agent.zip").write_text("x")
+    assert kept_best(folder) == {"timesteps": 8, "success_rate": 0.5}
+    (folder / "check.json").write_text('{"timesteps": 8')
+    assert kept_best(folder) is None
+
+
+def test_every_must_be_at_least_one_update():
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        GreedyValidationCallback(lambda _: 0.0, None, every=0)
