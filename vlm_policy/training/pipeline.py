@@ -433,9 +433,8 @@ class Pipeline:
                     f"{self.config.eval_episodes} held-out episodes (seeds from {self.config.eval_seed})")
         print(f"\n{self.config.env_id}: {held_out}, greedy answers, {time.perf_counter() - start:.0f} s in all")
         print(format_table(TABLE_HEADER, [r.row() for r in rows]))
-        from vlm_policy.training.plots import plot_episode_strip, plot_learning_curve
-
         from vlm_policy.training.callbacks import kept_best, read_validation
+        from vlm_policy.training.plots import plot_episode_strip, plot_learning_curve
 
         kept = kept_best(self.out / "ppo" / "best") if self.config.ppo_checks_every() and self.config.ppo_keep_best else None
         plot_learning_curve(self.out / "curve.jsonl", self.out / "learning_curve.png",
