@@ -226,7 +226,7 @@ def test_torchrun_runs_the_main_job_on_two_processes_and_only_rank_0_writes(tmp_
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "vlm_policy", "train", "--env", "gym_cards/NumberLine-v0", "--model", "tiny", "--out-dir", str(out),
                "--demos", "24", "--sft-steps", "3", "--vision-warmup-steps", "2", "--sft-batch-size", "4",
                "--ppo-timesteps", "64", "--n-envs", "2", "--n-steps", "8", "--batch-size", "8", "--n-epochs", "2",
-               "--eval-episodes", "3", "--max-new-tokens", "24", "--progress", "false"]
+               "--eval-episodes", "3", "--max-new-tokens", "24", "--ppo-check-episodes", "2", "--progress", "false"]
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     finished = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -238,6 +238,9 @@ def test_torchrun_runs_the_main_job_on_two_processes_and_only_rank_0_writes(tmp_
     assert json.loads((out / "results.json").read_text()).keys() == {"after SFT", "after PPO"}
     assert len(list((out / "tb").rglob("events.out.tfevents.*"))) == 1
     assert json.loads((out / "sft" / "training.json").read_text())["processes"] == 2
+    # Rank 0 alone plays PPO's greedy checks (the SFT model, the last update) and keeps the best agent.
+    checks = [json.loads(line) for line in (out / "ppo" / "validation.jsonl").read_text().splitlines()]
+    assert [c["timesteps"] for c in checks] == [0, 64] and (out / "ppo" / "best" / "agent.zip").is_file()
     # --resume: without its final agent and newest checkpoint the run continues from 32 env steps to 64.
     (out / "ppo" / "final.zip").unlink()
     (out / "ppo" / "checkpoints" / "rl_model_64_steps.zip").unlink()

@@ -75,13 +75,14 @@ def test_a_resumed_run_keeps_its_checks_and_best_agent(tmp_path):
     resumed = GreedyValidationCallback(lambda _: 0.5, record, best, every=1)
     assert [c["timesteps"] for c in resumed.checks] == [0, 8, 16]
     resumed.init_callback(agent)
-    resumed.on_training_start({}, {})  # 8 was checked before the kill: not played again
-    assert len(read_validation(record)) == 3
+    resumed.on_training_start({}, {})  # 8 was checked before the kill: not played again; 16 is made again
+    assert [c["timesteps"] for c in read_validation(record)] == [0, 8]
     resumed.on_rollout_start()
     agent.num_timesteps = 16
-    resumed.on_training_end()  # 16 was checked (0.9) before the kill too
-    assert len(read_validation(record)) == 3
-    assert kept_best(best) == {"timesteps": 16, "success_rate": 0.9}  # a worse agent never replaces it
+    resumed.on_training_end()
+    assert read_validation(record)[-1] == {"timesteps": 16, "success_rate": 0.5}
+    # The interrupted attempt's agent at 16 stays the kept one: a worse agent never replaces it.
+    assert kept_best(best) == {"timesteps": 16, "success_rate": 0.9}
 
 
 def test_the_checks_leave_every_random_generator_as_it_was(tmp_path):

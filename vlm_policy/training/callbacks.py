@@ -181,9 +181,9 @@ class GreedyValidationCallback(BaseCallback):
     there (ties go to the later, more trained one) replaces it: ``best_dir/agent.zip`` with its check
     in ``best_dir/check.json``, the folder written atomically, so the two always belong together.
 
-    A resumed run reads the checks already made from ``record_path`` and keeps ``best_dir``, so an
-    interruption loses none of them. Only the process given the paths (rank 0) plays; the others
-    go on and wait at their next collective step.
+    A resumed run reads the checks already made from ``record_path`` up to the checkpoint it resumes
+    from (those after it are made again, with the updates) and keeps ``best_dir``. Only the process
+    given the paths (rank 0) plays; the others go on and wait at their next collective step.
 
     :param check: greedy success of a policy on the validation episodes (the policy is put in eval
         mode for it and set back after); every global random state is restored after it, so the checks
@@ -209,6 +209,14 @@ class GreedyValidationCallback(BaseCallback):
         return True
 
     def _on_training_start(self) -> None:
+        steps = int(self.model.num_timesteps) * self.steps_scale
+        if self.record_path is not None and any(c["timesteps"] > steps for c in self.checks):
+            # Resumed from an earlier checkpoint: the updates after it are made again, and so are their
+            # checks (an agent of the interrupted attempt kept in best_dir stays a candidate, with its own check).
+            from vlm_policy.checkpoints import atomic_write_text
+
+            self.checks = [c for c in self.checks if c["timesteps"] <= steps]
+            atomic_write_text(self.record_path, "".join(json.dumps(c) + "\n" for c in self.checks))
         self._check_once()  # the agent PPO starts from (a resumed run checked it already)
 
     def _on_rollout_start(self) -> None:

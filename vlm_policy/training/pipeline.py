@@ -357,11 +357,13 @@ class Pipeline:
         steps = model.num_timesteps * self.context.world_size
         best_dir = self.out / "ppo" / "best"
         kept = self.on_main(lambda: kept_best(best_dir))
-        if kept is None or kept["timesteps"] == steps:
+        if kept is None:
             return
         distributed.barrier()
+        # Loaded even when it was checked at this step count: after a resume it may be the interrupted
+        # attempt's agent, and the agent handed over is always the one its check scored.
         model.set_parameters(str(best_dir / BEST_AGENT_FILE), exact_match=True, device=self.device)
-        if self.context.is_main:
+        if self.context.is_main and kept["timesteps"] != steps:
             last = [p for p in read_validation(self.out / "ppo" / VALIDATION_FILE) if p["timesteps"] == steps]
             after = f", the last update's {last[-1]['success_rate']:.1%}" if last else ""
             start = " (the starting SFT model)" if kept["timesteps"] == 0 else ""

@@ -6,7 +6,7 @@
 Each seed is an ordinary ``vlm-cards train`` run in ``<out-dir>/seed_<n>/`` (its own stage records,
 ``--resume`` and outputs), started as a child process so that parallel runs share nothing; with
 ``--parallel k`` the machine's cores are divided between the k runs (PyTorch oversubscribing the
-cores slows every run many times over) and each run's output goes to ``seed_<n>/train.log``.
+cores slows every run many times over) and each run's output is appended to ``seed_<n>/train.log``.
 At the end ``sweep.md`` / ``sweep.json`` hold the per-seed table and ``learning_curves.png`` the
 curves, one line per seed. A seed whose run failed is reported (with its log) and left out of the
 means; the command then exits non-zero.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -105,7 +106,9 @@ def run_sweep(config: TrainConfig, options: SweepOptions, resume: bool = False, 
             code = subprocess.call(command, env=environment)
         else:
             log = Path(seed_config.out_dir) / "train.log"
-            with open(log, "w") as stream:
+            with open(log, "a") as stream:  # appended: a sweep run again keeps the log of the run that trained
+                stream.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
+                stream.flush()
                 code = subprocess.call(command, env=environment, stdout=stream, stderr=subprocess.STDOUT)
             print(f"seed {seed}: {'done' if code == 0 else f'failed (exit {code}), see {log}'} "
                   f"in {time.perf_counter() - start:.0f} s", flush=True)
@@ -193,13 +196,15 @@ def write_report(config: TrainConfig, outcomes: Sequence[SeedOutcome]) -> Path:
 
 
 def plot_sweep(outcomes: Sequence[SeedOutcome], out_path: str | Path, title: str = "") -> Path:
-    """One line per seed: the sampled training episodes' success per rollout; a hollow circle at 0
-    for the seed's held-out SFT result and a star at its last step for the PPO result."""
+    """One line per seed: the sampled training episodes' success per rollout, PPO's greedy validation
+    checks dashed in the same colour (when the run made them); a hollow circle at 0 for the seed's held-out
+    SFT result and a star for the PPO result, at the check whose agent PPO handed over (else the last step)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vlm_policy.training.callbacks import kept_best, read_validation
     from vlm_policy.training.plots import read_curve
 
     figure, axis = plt.subplots(figsize=(6.5, 3.8), dpi=120)
@@ -208,15 +213,21 @@ def plot_sweep(outcomes: Sequence[SeedOutcome], out_path: str | Path, title: str
         points = [p for p in read_curve(Path(outcome.out_dir) / "curve.jsonl") if p.get("success_rate") is not None]
         steps = [p["timesteps"] for p in points]
         axis.plot(steps, [100 * p["success_rate"] for p in points], color=color, alpha=0.8, label=f"seed {outcome.seed}")
+        checks = read_validation(Path(outcome.out_dir) / "ppo" / "validation.jsonl")
+        if checks:
+            axis.plot([c["timesteps"] for c in checks], [100 * c["success_rate"] for c in checks], color=color,
+                      linestyle="--", marker=".", alpha=0.8)
         if outcome.sft_success is not None:
             axis.plot([0], [100 * outcome.sft_success], marker="o", markerfacecolor="none", color=color, linestyle="none")
-        if outcome.ppo_success is not None and steps:
-            axis.plot([steps[-1]], [100 * outcome.ppo_success], marker="*", markersize=12, color=color, linestyle="none")
+        kept = kept_best(Path(outcome.out_dir) / "ppo" / "best") if checks else None
+        if outcome.ppo_success is not None and (steps or kept):
+            where = kept["timesteps"] if kept else steps[-1]
+            axis.plot([where], [100 * outcome.ppo_success], marker="*", markersize=12, color=color, linestyle="none")
     axis.set_xlabel("env steps of PPO")
     axis.set_ylabel("success rate (%)")
     axis.set_ylim(-2, 102)
-    axis.set_title(f"{title}\nlines: sampled training episodes; o: held-out after SFT; *: held-out after PPO",
-                   fontsize=9)
+    axis.set_title(f"{title}\nlines: sampled training episodes; dashed: greedy validation checks;\n"
+                   "o: held-out after SFT; *: held-out after PPO", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
