@@ -92,6 +92,12 @@ def test_settings_added_later_are_recorded_only_when_set():
                 "temperature"} & set(default["sft"])
     assert not {"learning_rate_warmup", "value_input", "ppo_check_every", "ppo_check_episodes",
                 "ppo_keep_best"} & set(default["ppo"])
+    # The main job stops SFT on reach 0.9 by default, recorded as that stop (a folder made with the flag
+    # spelled out matches); SFT alone has no validation episodes, so its default is no stop.
+    from vlm_policy.training.configs import SFTConfig
+
+    assert TrainConfig().stop_targets() == {"reach": 0.9} and SFTConfig().stop_targets() == {}
+    assert stage_settings(TrainConfig())["sft"] == stage_settings(TrainConfig(sft_stop_reach=0.9))["sft"]
     checked = stage_settings(TrainConfig())["ppo"]  # the checks are on by default for the card tasks
     assert (checked["ppo_check_every"], checked["ppo_check_episodes"], checked["ppo_keep_best"]) == (-1, 64, True)
     alfworld = stage_settings(TrainConfig(env_id="alfworld/ALFWorld-v0", sft_stop_reach=0.0))["ppo"]

@@ -10,13 +10,15 @@ the CPU (how they were chosen: ``docs/results.md``); the paper's 7B settings are
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from vlm_policy.loading import TINY, is_tiny
 
 #: The first seed of the validation episodes SFT's stop checks use (the test seeds start at 100,000).
 VALIDATION_SEED = 200_000
+#: The main job's ``--sft-stop-reach`` (its -1 default resolved; docs/results.md has why).
+DEFAULT_STOP_REACH = 0.9
 
 #: The probability from which an answer counts as within reach of PPO's sampling.
 REACH_PROBABILITY = 0.01
@@ -132,10 +134,11 @@ class SFTConfig:
         "stop SFT at the first check where greedy answers win at least this share of the validation episodes, "
         "--sft-steps being the most it makes (0: never); a weak start on purpose leaves PPO room, as the paper's "
         "SFT start (24.8 percent) did; docs/results.md has what it gives"))
-    sft_stop_reach: float = field(default=0.9, metadata=_help(
+    sft_stop_reach: float = field(default=-1.0, metadata=_help(
         "stop SFT at the first check where, sampling at PPO's --temperature, the oracle's whole answer has a "
         "probability of at least 1 percent on this share of the validation frames: from there PPO's rollouts can "
-        "find the right answers, and more SFT only takes PPO's room (0: never, SFT makes every --sft-steps); with "
+        "find the right answers, and more SFT only takes PPO's room (0: never, SFT makes every --sft-steps; -1: "
+        f"{DEFAULT_STOP_REACH} in vlm-cards train, off in vlm-cards sft, which has no validation episodes); with "
         "--sft-stop-success both must hold; docs/results.md has what it gives"))
     sft_check_every: int = field(default=10, metadata=_help("SFT steps between two stop checks"))
     sft_check_episodes: int = field(default=64, metadata=_help(
@@ -148,14 +151,21 @@ class SFTConfig:
     def validate_sft(self) -> None:
         _check(self, positive=("sft_steps", "sft_batch_size", "sft_learning_rate", "sft_check_every",
                                "sft_check_episodes"),
-               non_negative=("sft_lora_r", "sft_lora_alpha"), unit_interval=("sft_stop_success", "sft_stop_reach"))
+               non_negative=("sft_lora_r", "sft_lora_alpha"), unit_interval=("sft_stop_success",))
+        if self.sft_stop_reach != -1 and not 0 <= self.sft_stop_reach <= 1:
+            raise ValueError(f"--sft-stop-reach must be between 0 and 1 (or -1 for the default), got {self.sft_stop_reach}")
         if self.vision_warmup_steps < -1:
             raise ValueError(f"--vision-warmup-steps must be >= 0 (or -1 for the default), got {self.vision_warmup_steps}")
 
     def stop_targets(self) -> dict[str, float]:
-        """The validation measures SFT stops on, with their targets (empty: SFT makes every step)."""
+        """The validation measures SFT stops on, with their targets (empty: SFT makes every step); the
+        default reach stop (-1) is off here: SFT alone has no validation episodes (see :class:`TrainConfig`)."""
         return {name: target for name, target in (("success", self.sft_stop_success), ("reach", self.sft_stop_reach))
                 if target > 0}
+
+    def with_stops_resolved(self, reach: float):
+        """This config with ``--sft-stop-reach -1`` replaced by ``reach``."""
+        return replace(self, sft_stop_reach=reach) if self.sft_stop_reach == -1 else self
 
     def warmup_steps_for(self, model: str) -> int:
         """The warm-up's steps for ``model``: only the tiny model's random vision tower needs one."""
@@ -305,6 +315,15 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
             raise ValueError(f"the test episodes (--eval-seed {self.eval_seed}, --eval-episodes {self.eval_episodes}) "
                              f"overlap the validation seeds of the SFT and PPO checks ({VALIDATION_SEED} onwards): test "
                              "on other seeds: the held-out results would otherwise be chosen on themselves")
+
+    def stop_reach(self) -> float:
+        """``--sft-stop-reach`` with its default (-1) resolved: :data:`DEFAULT_STOP_REACH` in the main job."""
+        return DEFAULT_STOP_REACH if self.sft_stop_reach == -1 else self.sft_stop_reach
+
+    def stop_targets(self) -> dict[str, float]:
+        """The validation measures SFT stops on in the main job, the default reach stop included."""
+        return {name: target for name, target in (("success", self.sft_stop_success), ("reach", self.stop_reach()))
+                if target > 0}
 
     def ppo_checks_every(self) -> int:
         """PPO updates between two greedy validation checks (0: none), ``--ppo-check-every -1`` resolved."""

@@ -144,7 +144,8 @@ class Pipeline:
             return str(directory)
         c = self.config
         validate = self.validation(budget or self.answer_budget(demos)) if c.stop_targets() else None
-        return str(run_sft(read_demonstrations(demos), directory, sft=_group(SFTConfig, c), model=_group(ModelConfig, c),
+        sft = _group(SFTConfig, c).with_stops_resolved(c.stop_reach())
+        return str(run_sft(read_demonstrations(demos), directory, sft=sft, model=_group(ModelConfig, c),
                            common=_group(CommonConfig, c), validation=validate))
 
     def validation(self, budget: int) -> Callable[[Any, list[str]], dict[str, float]]:

@@ -46,6 +46,7 @@ class SettingsChanged(RuntimeError):
 def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     """Each stage's record: the settings its outputs depend on, upstream stages' records nested."""
     values = asdict(config)
+    values["sft_stop_reach"] = config.stop_reach()  # the default (-1) recorded as the stop it makes
 
     # Settings added after run folders were first recorded are left out while they change nothing, so
     # that folders made before them still match; the SFT checks' own settings matter only with the stop on.
