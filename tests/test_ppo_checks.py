@@ -48,16 +48,20 @@ def test_checks_run_at_the_start_every_n_updates_and_at_the_end_keeping_the_best
     modes = []
 
     def check(policy):
+        # Rank 0 plays alone: a forward that waited for the other processes' NaN verdict would hang.
         modes.append(policy.training)
+        assert not policy.agree_across_processes
         return next(scores)
 
     agent = _StandInAgent()
     agent.policy.train(True)
+    agent.policy.agree_across_processes = True  # as data-parallel PPO sets it
     _train(GreedyValidationCallback(check, tmp_path / "validation.jsonl", tmp_path / "best", every=2), agent, updates=7)
     checks = read_validation(tmp_path / "validation.jsonl")
     assert [c["timesteps"] for c in checks] == [0, 16, 32, 48, 56]
     assert [c["success_rate"] for c in checks] == [0.5, 0.75, 0.25, 0.75, 0.5]
     assert modes == [False] * 5 and agent.policy.training  # played in eval mode, then set back
+    assert agent.policy.agree_across_processes  # left as PPO had set it (see the next test)
     # A tie goes to the later, more trained agent; the folder holds it and its own check.
     assert kept_best(tmp_path / "best") == {"timesteps": 48, "success_rate": 0.75}
     assert (tmp_path / "best" / "agent.zip").read_text() == "agent at 48"

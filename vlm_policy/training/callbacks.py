@@ -238,12 +238,16 @@ class GreedyValidationCallback(BaseCallback):
 
         policy = self.model.policy
         was_training = policy.training
+        # One process plays the check: its forwards must not wait for the others' NaN verdicts.
+        agreed = getattr(policy, "agree_across_processes", False)
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
             try:
                 policy.set_training_mode(False)
+                policy.agree_across_processes = False
                 success = float(self.check(policy))
             finally:
+                policy.agree_across_processes = agreed
                 policy.set_training_mode(was_training)
                 random.setstate(python_state)
                 np.random.set_state(numpy_state)
