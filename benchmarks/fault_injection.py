@@ -35,7 +35,8 @@ from pathlib import Path
 # 16 env steps (2 envs x 4 steps: 2 updates of 1 epoch), 2 evaluation episodes per agent.
 RUN = ["--demos", "16", "--vision-warmup-steps", "2", "--sft-steps", "2", "--sft-batch-size", "4",
        "--ppo-timesteps", "16", "--n-envs", "2", "--n-steps", "4", "--batch-size", "8", "--n-epochs", "1",
-       "--eval-episodes", "2", "--max-new-tokens", "24", "--ppo-check-episodes", "2", "--no-progress", "--device", "cpu"]
+       "--eval-episodes", "2", "--max-new-tokens", "24", "--ppo-check-episodes", "2", "--max-episode-steps", "4",
+       "--no-progress", "--device", "cpu"]
 PPO_TIMESTEPS, PPO_UPDATES = 16, 2
 
 # stage -> (object to patch, attribute, how many calls the stage makes at most)

@@ -226,7 +226,8 @@ def test_torchrun_runs_the_main_job_on_two_processes_and_only_rank_0_writes(tmp_
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "vlm_policy", "train", "--env", "gym_cards/NumberLine-v0", "--model", "tiny", "--out-dir", str(out),
                "--demos", "24", "--sft-steps", "3", "--vision-warmup-steps", "2", "--sft-batch-size", "4",
                "--ppo-timesteps", "64", "--n-envs", "2", "--n-steps", "8", "--batch-size", "8", "--n-epochs", "2",
-               "--eval-episodes", "3", "--max-new-tokens", "24", "--ppo-check-episodes", "2", "--progress", "false"]
+               "--eval-episodes", "3", "--max-new-tokens", "24", "--ppo-check-episodes", "2", "--max-episode-steps", "4",
+               "--progress", "false"]
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     finished = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]

@@ -126,7 +126,8 @@ def test_the_sft_stop_checks_leave_the_model_as_it_was(tmp_path):
 
 def _micro_config(out_dir: Path, **overrides) -> TrainConfig:
     values = dict(out_dir=str(out_dir), demos=24, sft_steps=3, vision_warmup_steps=2, sft_batch_size=4, ppo_timesteps=16, n_envs=2, n_steps=4,
-                  batch_size=8, n_epochs=1, eval_episodes=3, max_new_tokens=24, ppo_check_episodes=2, progress=False)
+                  batch_size=8, n_epochs=1, eval_episodes=3, max_new_tokens=24, ppo_check_episodes=2, max_episode_steps=4,
+                  progress=False)
     values.update(overrides)
     return TrainConfig(**values)
 
