@@ -55,7 +55,7 @@ def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_succes
     axis.set_xlabel("env steps of PPO")
     axis.set_ylabel("success rate (%)")
     axis.set_ylim(-2, 102)
-    axis.set_title(title, pad=24)
+    axis.set_title(title, pad=36)  # above the legend's two rows
     axis.grid(alpha=0.3)
     # Above the axes, so that it never hides a point of the curve.
     axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=2, fontsize=7, frameon=False)
