@@ -101,7 +101,9 @@ def test_settings_added_later_are_recorded_only_when_set():
     checked = stage_settings(TrainConfig())["ppo"]  # the checks are on by default for the card tasks
     assert (checked["ppo_check_every"], checked["ppo_check_episodes"], checked["ppo_keep_best"]) == (-1, 64, True)
     alfworld = stage_settings(TrainConfig(env_id="alfworld/ALFWorld-v0", sft_stop_reach=0.0))["ppo"]
-    assert "ppo_check_every" not in alfworld  # off by default on ALFWorld
+    assert "ppo_check_every" not in alfworld  # off by default on ALFWorld, and so is the reach stop
+    alfworld_sft = stage_settings(TrainConfig(env_id="alfworld/ALFWorld-v0"))["sft"]
+    assert "sft_stop_reach" not in alfworld_sft and "sft_check_episodes" not in alfworld_sft
     # The reach is measured at PPO's temperature: with it on, SFT's record holds the temperature.
     reach = stage_settings(TrainConfig(sft_stop_reach=0.9, temperature=0.3, value_input="prompt+image"))
     assert reach["sft"]["sft_stop_reach"] == 0.9 and reach["sft"]["temperature"] == 0.3

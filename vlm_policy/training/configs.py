@@ -138,7 +138,8 @@ class SFTConfig:
         "stop SFT at the first check where, sampling at PPO's --temperature, the oracle's whole answer has a "
         "probability of at least 1 percent on this share of the validation frames: from there PPO's rollouts can "
         "find the right answers, and more SFT only takes PPO's room (0: never, SFT makes every --sft-steps; -1: "
-        f"{DEFAULT_STOP_REACH} in vlm-cards train, off in vlm-cards sft, which has no validation episodes); with "
+        f"{DEFAULT_STOP_REACH} in vlm-cards train on the card tasks, off on ALFWorld and in vlm-cards sft, which has "
+        "no validation episodes); with "
         "--sft-stop-success both must hold; docs/results.md has what it gives"))
     sft_check_every: int = field(default=10, metadata=_help("SFT steps between two stop checks"))
     sft_check_episodes: int = field(default=64, metadata=_help(
@@ -317,8 +318,11 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
                              "on other seeds: the held-out results would otherwise be chosen on themselves")
 
     def stop_reach(self) -> float:
-        """``--sft-stop-reach`` with its default (-1) resolved: :data:`DEFAULT_STOP_REACH` in the main job."""
-        return DEFAULT_STOP_REACH if self.sft_stop_reach == -1 else self.sft_stop_reach
+        """``--sft-stop-reach`` with its default (-1) resolved: :data:`DEFAULT_STOP_REACH` for the card tasks;
+        off for ALFWorld, whose validation episodes would each load a game and play tens of oracle steps."""
+        if self.sft_stop_reach == -1:
+            return 0.0 if is_alfworld(self.env_id) else DEFAULT_STOP_REACH
+        return self.sft_stop_reach
 
     def stop_targets(self) -> dict[str, float]:
         """The validation measures SFT stops on in the main job, the default reach stop included."""
