@@ -351,8 +351,8 @@ class Pipeline:
         return model
 
     def _hand_over_best(self, model) -> None:
-        """Loads the agent of the best PPO check into ``model`` when it is not the last update's (every
-        process loads the same file; the last update's agent stays in ppo/checkpoints/)."""
+        """Loads the agent of the best PPO check (``ppo/best/``) into ``model``, every process the same file;
+        when it is not the last update's, says so (the last update's agent stays in ``ppo/checkpoints/``)."""
         from vlm_policy.training.callbacks import BEST_AGENT_FILE, kept_best, read_validation
 
         steps = model.num_timesteps * self.context.world_size
