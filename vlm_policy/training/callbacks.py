@@ -208,8 +208,11 @@ class GreedyValidationCallback(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
+    def _steps(self) -> int:
+        return int(self.model.num_timesteps) * self.steps_scale
+
     def _on_training_start(self) -> None:
-        steps = int(self.model.num_timesteps) * self.steps_scale
+        steps = self._steps()
         if self.record_path is not None and any(c["timesteps"] > steps for c in self.checks):
             # Resumed from an earlier checkpoint: the updates after it are made again, and so are their
             # checks (an agent of the interrupted attempt kept in best_dir stays a candidate, with its own check).
@@ -229,19 +232,16 @@ class GreedyValidationCallback(BaseCallback):
         self._check_once()
 
     def _check_once(self) -> None:
-        steps = int(self.model.num_timesteps) * self.steps_scale
+        steps = self._steps()
         if self.record_path is None or any(c["timesteps"] == steps for c in self.checks):
             return
-        import random
-
-        import torch
+        from vlm_policy.training.evaluation import global_rngs_restored
 
         policy = self.model.policy
         was_training = policy.training
         # One process plays the check: its forwards must not wait for the others' NaN verdicts.
         agreed = getattr(policy, "agree_across_processes", False)
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        with global_rngs_restored():
             try:
                 policy.set_training_mode(False)
                 policy.agree_across_processes = False
@@ -249,8 +249,6 @@ class GreedyValidationCallback(BaseCallback):
             finally:
                 policy.agree_across_processes = agreed
                 policy.set_training_mode(was_training)
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
         point = {"timesteps": steps, "success_rate": success}
         kept = kept_best(self.best_dir) if self.best_dir is not None else None
         if self.best_dir is not None and (kept is None or success >= kept["success_rate"]):
@@ -269,19 +267,29 @@ class GreedyValidationCallback(BaseCallback):
 #: What :class:`GreedyValidationCallback` keeps in its ``best_dir``.
 BEST_AGENT_FILE = "agent.zip"
 BEST_CHECK_FILE = "check.json"
+#: Where the main job keeps PPO's checks and the best check's agent, relative to its ``--out-dir``.
+VALIDATION_RECORD = Path("ppo") / "validation.jsonl"
+BEST_AGENT_DIR = Path("ppo") / "best"
+
+
+def read_json_lines(path: str | Path, keys: dict[str, type]) -> list[dict]:
+    """The lines of a JSON-lines file appended to as training goes, in order, each with ``keys`` converted
+    by their types; a line torn by a kill (or missing a key) is skipped, and a missing file reads empty."""
+    path = Path(path)
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            point = json.loads(line)
+            rows.append({**point, **{key: kind(point[key]) for key, kind in keys.items()}})
+        except (ValueError, KeyError, TypeError):
+            continue
+    return rows
 
 
 def read_validation(path: str | Path) -> list[dict]:
     """The greedy validation checks recorded in ``path`` (JSON lines), in order; a line torn by a kill is skipped."""
-    path = Path(path)
-    checks = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            point = json.loads(line)
-            checks.append({"timesteps": int(point["timesteps"]), "success_rate": float(point["success_rate"])})
-        except (ValueError, KeyError, TypeError):
-            continue
-    return checks
+    return [{"timesteps": c["timesteps"], "success_rate": c["success_rate"]}
+            for c in read_json_lines(path, {"timesteps": int, "success_rate": float})]
 
 
 def kept_best(best_dir: str | Path) -> dict | None:

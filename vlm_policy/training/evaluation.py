@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,20 @@ class EpisodeRecord:
     answers: list[str] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     success: bool = False
+
+
+@contextlib.contextmanager
+def global_rngs_restored() -> Iterator[None]:
+    """Python's, NumPy's and torch's global random states as they were once the block ends: a validation
+    check run inside training (which loads a policy, seeds and plays) leaves the training's own draws
+    exactly as they would have been without it."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def standalone_policy(model: str, env: TokenActionWrapper, device: str = "auto", **policy_kwargs: Any):

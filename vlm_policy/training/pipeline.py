@@ -50,8 +50,6 @@ from vlm_policy.training.configs import (
 from vlm_policy.training.stages import StageRecords
 
 __all__ = ["Pipeline", "TrainConfig", "cosine_schedule", "latest_checkpoint"]
-#: PPO's greedy validation checks, one JSON line each, in ``out_dir/ppo/``.
-VALIDATION_FILE = "validation.jsonl"
 T = TypeVar("T")
 
 
@@ -279,7 +277,13 @@ class Pipeline:
         from vlm_policy.checkpoints import embed_base, load_agent, saves_whole_model
         from vlm_policy.env_bridge import make_vlm_vec_env
         from vlm_policy.policy import VLMPolicy
-        from vlm_policy.training.callbacks import GreedyValidationCallback, UpdateCheckpointCallback, VLMRolloutLogger
+        from vlm_policy.training.callbacks import (
+            BEST_AGENT_DIR,
+            VALIDATION_RECORD,
+            GreedyValidationCallback,
+            UpdateCheckpointCallback,
+            VLMRolloutLogger,
+        )
 
         c = self.config
         context = self.context
@@ -307,9 +311,9 @@ class Pipeline:
             model = load_agent(checkpoint, env, device=self.device, **training)
         else:
             if not resume and main:  # a fresh start: nothing of an unfinished earlier attempt is kept
-                for leftover in (self.out / "curve.jsonl", self.out / "ppo" / VALIDATION_FILE):
+                for leftover in (self.out / "curve.jsonl", self.out / VALIDATION_RECORD):
                     leftover.unlink(missing_ok=True)
-                for leftover in (self.out / "ppo" / "checkpoints", self.out / "ppo" / "best"):
+                for leftover in (self.out / "ppo" / "checkpoints", self.out / BEST_AGENT_DIR):
                     shutil.rmtree(leftover, ignore_errors=True)
             model = PPO(VLMPolicy, env, learning_rate=training["learning_rate"], n_steps=c.n_steps,
                         batch_size=c.batch_size, n_epochs=c.n_epochs, gamma=c.gamma,
@@ -329,8 +333,8 @@ class Pipeline:
         checks_every = c.ppo_checks_every()
         if checks_every:
             callbacks.append(GreedyValidationCallback(
-                self.ppo_validation(sft_dir, budget), self.out / "ppo" / VALIDATION_FILE if main else None,
-                self.out / "ppo" / "best" if main and c.ppo_keep_best else None, every=checks_every,
+                self.ppo_validation(sft_dir, budget), self.out / VALIDATION_RECORD if main else None,
+                self.out / BEST_AGENT_DIR if main and c.ppo_keep_best else None, every=checks_every,
                 steps_scale=context.world_size))
         if remaining > 0:
             with distributed.data_parallel(model, c.target_kl):
@@ -353,19 +357,19 @@ class Pipeline:
     def _hand_over_best(self, model) -> None:
         """Loads the agent of the best PPO check (``ppo/best/``) into ``model``, every process the same file;
         when it is not the last update's, says so (the last update's agent stays in ``ppo/checkpoints/``)."""
-        from vlm_policy.training.callbacks import BEST_AGENT_FILE, kept_best, read_validation
+        from vlm_policy.training.callbacks import BEST_AGENT_DIR, BEST_AGENT_FILE, VALIDATION_RECORD, kept_best, read_validation
 
         steps = model.num_timesteps * self.context.world_size
-        best_dir = self.out / "ppo" / "best"
+        best_dir = self.out / BEST_AGENT_DIR
+        # Rank 0 wrote the folder before it reads it here, and the others hear of it only through this broadcast.
         kept = self.on_main(lambda: kept_best(best_dir))
         if kept is None:
             return
-        distributed.barrier()
         # Loaded even when it was checked at this step count: after a resume it may be the interrupted
         # attempt's agent, and the agent handed over is always the one its check scored.
         model.set_parameters(str(best_dir / BEST_AGENT_FILE), exact_match=True, device=self.device)
         if self.context.is_main and kept["timesteps"] != steps:
-            last = [p for p in read_validation(self.out / "ppo" / VALIDATION_FILE) if p["timesteps"] == steps]
+            last = [p for p in read_validation(self.out / VALIDATION_RECORD) if p["timesteps"] == steps]
             after = f", the last update's {last[-1]['success_rate']:.1%}" if last else ""
             start = " (the starting SFT model)" if kept["timesteps"] == 0 else ""
             print(f"PPO's agent is the one checked at {kept['timesteps']} env steps{start}: greedy answers win "
@@ -436,14 +440,15 @@ class Pipeline:
                     f"{self.config.eval_episodes} held-out episodes (seeds from {self.config.eval_seed})")
         print(f"\n{self.config.env_id}: {held_out}, greedy answers, {time.perf_counter() - start:.0f} s in all")
         print(format_table(TABLE_HEADER, [r.row() for r in rows]))
-        from vlm_policy.training.callbacks import kept_best, read_validation
+        from vlm_policy.training.callbacks import BEST_AGENT_DIR, VALIDATION_RECORD, kept_best, read_validation
         from vlm_policy.training.plots import plot_episode_strip, plot_learning_curve
 
-        kept = kept_best(self.out / "ppo" / "best") if self.config.ppo_checks_every() and self.config.ppo_keep_best else None
+        # Only a run that kept a best agent has one here: other PPO settings redo the stage, folder and all.
+        kept = kept_best(self.out / BEST_AGENT_DIR)
         plot_learning_curve(self.out / "curve.jsonl", self.out / "learning_curve.png",
                             sft_success=results["after SFT"].success_rate, title=self.config.env_id,
                             ppo_success=results["after PPO"].success_rate,
-                            validation=read_validation(self.out / "ppo" / VALIDATION_FILE),
+                            validation=read_validation(self.out / VALIDATION_RECORD),
                             chosen_steps=kept["timesteps"] if kept else None)
         written = [self.out / "learning_curve.png"]
         if record is not None:  # None: the strip of the evaluation reused above stands

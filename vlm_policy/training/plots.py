@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 
@@ -17,14 +16,9 @@ from vlm_policy.training.evaluation import EpisodeRecord  # noqa: E402
 def read_curve(curve_path: str | Path) -> list[dict]:
     """The rollout points of ``curve.jsonl``, one per env-step count (the last written wins: a resumed
     run redoes the rollouts after its checkpoint), sorted; a line torn by a kill is skipped."""
-    path = Path(curve_path)
-    points: dict[int, dict] = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            point = json.loads(line)
-            points[int(point["timesteps"])] = point
-        except (ValueError, KeyError, TypeError):
-            continue
+    from vlm_policy.training.callbacks import read_json_lines
+
+    points = {point["timesteps"]: point for point in read_json_lines(curve_path, {"timesteps": int})}
     return [points[steps] for steps in sorted(points)]
 
 

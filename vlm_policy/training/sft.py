@@ -163,15 +163,12 @@ def describe_measures(measures: dict[str, float]) -> str:
 
 
 def _without_touching_rngs(work: Callable[[VLMBundle], T], bundle: VLMBundle) -> T:
-    """``work(bundle)`` with Python's, NumPy's and torch's global random states restored afterwards: a
-    check (which loads a policy, and seeds) leaves SFT's own draws exactly as they would have been."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        try:
-            return work(bundle)
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+    """``work(bundle)`` with the global random states restored afterwards: a check (which loads a policy,
+    and seeds) leaves SFT's own draws exactly as they would have been."""
+    from vlm_policy.training.evaluation import global_rngs_restored
+
+    with global_rngs_restored():
+        return work(bundle)
 
 
 def image_token_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:

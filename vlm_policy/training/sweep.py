@@ -204,7 +204,7 @@ def plot_sweep(outcomes: Sequence[SeedOutcome], out_path: str | Path, title: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vlm_policy.training.callbacks import kept_best, read_validation
+    from vlm_policy.training.callbacks import BEST_AGENT_DIR, VALIDATION_RECORD, kept_best, read_validation
     from vlm_policy.training.plots import read_curve
 
     figure, axis = plt.subplots(figsize=(6.5, 3.8), dpi=120)
@@ -213,13 +213,13 @@ def plot_sweep(outcomes: Sequence[SeedOutcome], out_path: str | Path, title: str
         points = [p for p in read_curve(Path(outcome.out_dir) / "curve.jsonl") if p.get("success_rate") is not None]
         steps = [p["timesteps"] for p in points]
         axis.plot(steps, [100 * p["success_rate"] for p in points], color=color, alpha=0.8, label=f"seed {outcome.seed}")
-        checks = read_validation(Path(outcome.out_dir) / "ppo" / "validation.jsonl")
+        checks = read_validation(Path(outcome.out_dir) / VALIDATION_RECORD)
         if checks:
             axis.plot([c["timesteps"] for c in checks], [100 * c["success_rate"] for c in checks], color=color,
                       linestyle="--", marker=".", alpha=0.8)
         if outcome.sft_success is not None:
             axis.plot([0], [100 * outcome.sft_success], marker="o", markerfacecolor="none", color=color, linestyle="none")
-        kept = kept_best(Path(outcome.out_dir) / "ppo" / "best") if checks else None
+        kept = kept_best(Path(outcome.out_dir) / BEST_AGENT_DIR) if checks else None
         if outcome.ppo_success is not None and (steps or kept):
             where = kept["timesteps"] if kept else steps[-1]
             axis.plot([where], [100 * outcome.ppo_success], marker="*", markersize=12, color=color, linestyle="none")
