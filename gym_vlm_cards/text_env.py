@@ -86,6 +86,9 @@ class TextActionEnv(gym.Env):
     prompt: str = ""
     #: The same task asking for the action only (the paper's no-CoT ablation).
     action_only_prompt: str = ""
+    #: Whether a step's outcome depends on the state and the action alone (the task draws nothing after
+    #: ``reset``): see :meth:`loop_key`.
+    deterministic_steps: bool = False
 
     def __init__(
         self,
@@ -148,6 +151,16 @@ class TextActionEnv(gym.Env):
     def describe_state(self) -> str:
         """The state in words, for text-only agents."""
         raise NotImplementedError
+
+    def loop_key(self) -> str | None:
+        """The state as a string, when the next steps depend on it and the actions alone: a task with
+        :attr:`deterministic_steps` whose unreadable answers are penalized, not replaced by a random action.
+        A policy that answers each frame the same way (greedy decoding) and meets the same key twice in an
+        episode is in a loop it cannot leave before the step limit. None where steps draw (Blackjack).
+        """
+        if not self.deterministic_steps or self.invalid_action != "penalize":
+            return None
+        return json.dumps(self.symbolic_state(), sort_keys=True)
 
     def oracle_action(self) -> str:
         """The action an expert takes now (canonical spelling)."""

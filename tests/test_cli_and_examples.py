@@ -78,6 +78,8 @@ def test_every_vlm_cards_command_prints_its_help(command, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["demos", "--out", "x", "--n", "-5"], "--n must be > 0"),
     (["eval", "--episodes", "-3"], "--episodes must be > 0"),
+    (["eval", "--batch", "0"], "--batch must be > 0"),
+    (["train", "--eval-batch", "0"], "--eval-batch must be > 0"),
     (["sft", "--demos", "d", "--out", "o", "--sft-steps", "-5"], "--sft-steps must be > 0"),
     (["sft", "--demos", "d", "--out", "o", "--sft-batch-size", "0"], "--sft-batch-size must be > 0"),
     (["train", "--n-envs", "0"], "--n-envs must be > 0"),

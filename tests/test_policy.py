@@ -248,3 +248,27 @@ def test_gradient_checkpointing_gives_the_same_log_probs_and_trains():
     (-(log_prob.sum()) + values.sum()).backward()
     grads = [p.grad for n, p in checkpointed.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_evaluation_results_do_not_depend_on_how_many_episodes_step_together():
+    """--eval-batch is a speed setting (not part of the stage records): each episode's greedy answers are its own."""
+    import gymnasium as gym
+
+    from vlm_policy.env_bridge import TokenActionWrapper
+    from vlm_policy.loading import load_processor
+    from vlm_policy.training.evaluation import evaluate_vlm
+
+    policy, _ = make_policy(max_new_tokens=12)
+    tokenizer = load_processor("tiny").tokenizer
+
+    def make_env():
+        env = gym.make("gym_cards/NumberLine-v0", image_size=64, max_episode_steps=3)
+        return TokenActionWrapper(env, tokenizer, max_new_tokens=12)
+
+    ends = {}
+    for at_once in (1, 5):
+        ends[at_once] = []
+        result, _ = evaluate_vlm(policy, make_env, 5, seed=7, parallel=at_once, episode_ends=ends[at_once])
+        ends[at_once] = (result, sorted((index, total, length) for index, _, total, length in ends[at_once]))
+    assert ends[1] == ends[5]
+    assert ends[1][0].episodes == 5

@@ -127,3 +127,61 @@ def test_torn_or_foreign_best_folders_are_not_taken_as_a_kept_agent(tmp_path):
 def test_every_must_be_at_least_one_update():
     with pytest.raises(ValueError, match="every must be >= 1"):
         GreedyValidationCallback(lambda _: 0.0, None, every=0)
+
+
+class _AlwaysAnswers:
+    """A greedy stand-in policy that writes the same answer to every frame."""
+
+    def __init__(self, tokenizer, answer: str, length: int = 24) -> None:
+        ids = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        self.ids = ids + [tokenizer.eos_token_id] * (length - len(ids))
+
+    def __call__(self, batch, deterministic: bool = True):
+        return (torch.tensor([self.ids] * len(batch["image"]), dtype=torch.float32),)
+
+
+def _numberline_maker(tokenizer, **env_kwargs):
+    import gymnasium as gym
+
+    from vlm_policy.env_bridge import TokenActionWrapper
+
+    return lambda: TokenActionWrapper(gym.make("gym_cards/NumberLine-v0", image_size=64, **env_kwargs), tokenizer,
+                                      max_new_tokens=24)
+
+
+def test_a_greedy_check_ends_an_episode_whose_state_comes_back_as_lost():
+    from vlm_policy.loading import load_processor
+    from vlm_policy.training.evaluation import evaluate_vlm
+
+    tokenizer = load_processor("tiny").tokenizer
+    start = lambda i: {"current": 0, "target": 3}  # noqa: E731
+    stuck, moving = _AlwaysAnswers(tokenizer, '{"action": "-"}'), _AlwaysAnswers(tokenizer, '{"action": "+"}')
+    make = _numberline_maker(tokenizer)
+    played_out, _ = evaluate_vlm(stuck, make, 3, 0, reset_options=start)
+    cut_short, _ = evaluate_vlm(stuck, make, 3, 0, reset_options=start, end_loops=True)
+    assert played_out.success_rate == cut_short.success_rate == 0.0
+    assert played_out.mean_length == 10 and cut_short.mean_length == 1  # "-" at 0 stays at 0: lost at once
+    won, _ = evaluate_vlm(moving, make, 3, 0, reset_options=start, end_loops=True)
+    assert won.success_rate == 1.0 and won.mean_length == 3
+    # Where an unreadable answer plays a random action, a state met again does not mean a loop.
+    random_fill = _numberline_maker(tokenizer, invalid_action="random")
+    assert evaluate_vlm(stuck, random_fill, 2, 0, reset_options=start, end_loops=True)[0].mean_length == 10
+    with pytest.raises(ValueError, match="greedy"):
+        evaluate_vlm(stuck, make, 1, 0, deterministic=False, end_loops=True)
+
+
+def test_only_tasks_whose_steps_draw_nothing_have_a_loop_key():
+    import gymnasium as gym
+
+    import gym_vlm_cards  # noqa: F401
+
+    keys = {}
+    for env_id in ("gym_cards/NumberLine-v0", "gym_cards/EZPoints-v0", "gym_cards/Points24-v0", "gym_cards/Blackjack-v0"):
+        env = gym.make(env_id, image_size=64)
+        env.reset(seed=0)
+        keys[env_id] = env.unwrapped.loop_key()
+    assert keys["gym_cards/Blackjack-v0"] is None  # its hits draw cards
+    assert all(isinstance(keys[k], str) for k in keys if "Blackjack" not in k)
+    line = gym.make("gym_cards/NumberLine-v0", image_size=64)
+    line.reset(options={"current": 2, "target": 4})
+    assert json.loads(line.unwrapped.loop_key()) == {"Current": 2, "Target": 4}

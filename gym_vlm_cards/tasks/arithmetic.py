@@ -28,6 +28,7 @@ class ArithmeticCardsEnv(TextActionEnv):
     """
 
     background = TABLE_GREEN
+    deterministic_steps = True  # the deal is drawn at reset; every step after it is determined
     n_cards: int = 2
     operators: tuple[str, ...] = ("+", "*")
 

@@ -61,6 +61,7 @@ class NumberLineEnv(TextActionEnv):
 
     prompt = NUMBERLINE_PROMPT
     action_only_prompt = NUMBERLINE_ACTION_ONLY_PROMPT
+    deterministic_steps = True
 
     def __init__(self, max_position: int = 5, **kwargs: Any) -> None:
         if int(max_position) < 1:

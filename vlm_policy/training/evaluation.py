@@ -81,6 +81,7 @@ def evaluate_vlm(
     progress: bool = False,
     reset_options: Callable[[int], dict[str, Any]] | None = None,
     episode_ends: list[tuple[int, dict[str, Any], float, int]] | None = None,
+    end_loops: bool = False,
 ) -> tuple[EvalResult, EpisodeRecord | None]:
     """Plays episodes ``seed .. seed+episodes-1`` (episode i reset with seed + i), ``parallel`` at a time.
 
@@ -89,7 +90,13 @@ def evaluate_vlm(
 
     :param reset_options: episode i's ``reset`` options (ALFWorld: ``{"game": i}``, each game once).
     :param episode_ends: a list to which each episode's (index, final info, return, length) is added.
+    :param end_loops: with greedy answers, end an episode as lost as soon as its env's state comes back
+        (:meth:`gym_vlm_cards.text_env.TextActionEnv.loop_key`; tasks whose steps draw are played out): it
+        would loop to its step limit. The success rate is the one of playing it out; the return and length
+        stop short, so this is for checks that read the success rate alone.
     """
+    if end_loops and not deterministic:
+        raise ValueError("end_loops needs greedy answers: a sampled answer can leave a state met before")
     envs = [make_env() for _ in range(min(parallel, episodes))]
     next_episode = 0
     slots: list[dict[str, Any] | None] = [None] * len(envs)
@@ -101,11 +108,23 @@ def evaluate_vlm(
 
         bar = tqdm(total=episodes, desc=f"eval {name}", unit="ep", leave=False)
 
+    def remember_state(slot: int) -> bool:
+        """Whether the slot's env is back in a state of this episode (then in a loop); always False unless
+        ``end_loops``, and for tasks whose steps draw."""
+        key = getattr(envs[slot].unwrapped, "loop_key", lambda: None)() if end_loops else None
+        if key is None:
+            return False
+        seen = slots[slot]["seen"]
+        looped = key in seen
+        seen.add(key)
+        return looped
+
     def start(slot: int) -> None:
         nonlocal next_episode
         options = reset_options(next_episode) if reset_options else None
         obs, _ = envs[slot].reset(seed=seed + next_episode, options=options)
-        slots[slot] = {"obs": obs, "episode": next_episode, "return": 0.0, "length": 0}
+        slots[slot] = {"obs": obs, "episode": next_episode, "return": 0.0, "length": 0, "seen": set()}
+        remember_state(slot)
         if record is not None and next_episode == 0:
             record.frames.append(obs["image"])
         next_episode += 1
@@ -128,6 +147,8 @@ def evaluate_vlm(
                 record.rewards.append(float(reward))
                 record.frames.append(obs["image"])
             state["obs"] = obs
+            if not (terminated or truncated) and remember_state(slot):
+                truncated = True  # lost: greedy answers would repeat the loop until the step limit
             if terminated or truncated:
                 totals["done"] += 1
                 totals["success"] += bool(info.get("is_success", False))
@@ -156,7 +177,7 @@ def evaluate_vlm(
 
 
 def evaluate_vlm_on_games(policy, make_env: Callable[[], gym.Env], games: int, seed: int, name: str = "policy",
-                          record_first: bool = False, progress: bool = False):
+                          record_first: bool = False, progress: bool = False, parallel: int = 8):
     """ALFWorld: :func:`evaluate_vlm` playing game ``i`` of the env's list as episode ``i``, each once.
 
     :return: the summary, the first episode's record (with ``record_first``) and each game's
@@ -165,7 +186,7 @@ def evaluate_vlm_on_games(policy, make_env: Callable[[], gym.Env], games: int, s
     from alfworld_bridge.evaluation import Outcome
 
     ends: list[tuple[int, dict[str, Any], float, int]] = []
-    result, record = evaluate_vlm(policy, make_env, games, seed, name=name, record_first=record_first,
+    result, record = evaluate_vlm(policy, make_env, games, seed, parallel=parallel, name=name, record_first=record_first,
                                   progress=progress, reset_options=lambda i: {"game": i}, episode_ends=ends)
     outcomes = [Outcome.from_final(info, total, length) for _, info, total, length in sorted(ends, key=lambda e: e[0])]
     return result, record, outcomes
