@@ -41,13 +41,16 @@ def banned_token_mask(tokenizer, vocab_size: int, end_ids: Sequence[int]) -> tor
     return banned
 
 
-def process_logits(logits: torch.Tensor, temperature: float, banned: torch.Tensor) -> torch.Tensor:
+def process_logits(logits: torch.Tensor, temperature: float | torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
     """The sampling distribution's logits: float32, divided by the temperature, banned ids at -inf.
 
-    A temperature of 0 means greedy decoding; the scores are then left at temperature 1.
+    A temperature of 0 means greedy decoding; the scores are then left at temperature 1. A tensor gives
+    each row (the first dimension of ``logits``) its own temperature, every one above 0.
     """
     scores = logits.float()
-    if temperature > 0:
+    if isinstance(temperature, torch.Tensor):
+        scores = scores / temperature.to(scores.device, torch.float32).reshape(-1, *([1] * (scores.dim() - 1)))
+    elif temperature > 0:
         scores = scores / temperature
     return scores.masked_fill(banned.to(scores.device)[: scores.shape[-1]], float("-inf"))
 

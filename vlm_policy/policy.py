@@ -28,6 +28,7 @@ from vlm_policy.adapters import lora_alpha_for, prepare_for_training, set_lora_a
 from vlm_policy.distribution import TokenSequenceDistribution, checked_value_input
 from vlm_policy.env_bridge import decode_prompt, tokenizer_fingerprint
 from vlm_policy.loading import TINY, VLMBundle, is_tiny, load_vlm, resolve_device, resolve_dtype, tiny_source_for_vocab
+from vlm_policy.loop_exploration import SAMPLING_TEMPERATURE
 from vlm_policy.optim import ScaledLRAdamW
 from vlm_policy.reference import KLReference, carrying_loss_term
 
@@ -177,6 +178,10 @@ class VLMPolicy(ActorCriticPolicy):
         #: across processes, and each minibatch's log-probabilities are kept for the agreed early stop.
         self.agree_across_processes = False
         self.last_log_prob: torch.Tensor | None = None
+        #: Per-observation temperatures for the next sampling forward (loop exploration; None: the policy's).
+        self.rollout_temperatures: torch.Tensor | None = None
+        #: The temperatures the latest forward sampled at (None: the policy's own).
+        self.last_temperatures: torch.Tensor | None = None
         kwargs = {"eps": 1e-5, "weight_decay": 0.0}
         kwargs.update(optimizer_kwargs or {})
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=False, normalize_images=False,
@@ -265,13 +270,22 @@ class VLMPolicy(ActorCriticPolicy):
 
     @torch.no_grad()
     def forward(self, obs: dict[str, torch.Tensor], deterministic: bool = False):
-        """Samples answers for a batch of observations: (token ids, values, log-probabilities)."""
+        """Samples answers for a batch of observations: (token ids, values, log-probabilities).
+
+        Sampled answers take :attr:`rollout_temperatures` when it holds one per observation (set by
+        :class:`vlm_policy.loop_exploration.LoopTemperatureCallback`); the temperatures used are left in
+        :attr:`last_temperatures` (None: the policy's own) for the rollout buffer.
+        """
         images, prompts = self._unpack(obs)
+        chosen = self.rollout_temperatures
+        temperatures = chosen if not deterministic and chosen is not None and len(chosen) == len(images) else None
+        self.last_temperatures = temperatures
         if self.recomputes_rollout_logprobs:  # score with the update's own forward, right after generation
-            tokens = self.answer_distribution.generate(images, prompts, self.device, deterministic)
-            scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=False)
+            tokens = self.answer_distribution.generate(images, prompts, self.device, deterministic, temperatures)
+            scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=False,
+                                                    temperatures=temperatures)
         else:
-            scored = self.answer_distribution.sample(images, prompts, self.device, deterministic)
+            scored = self.answer_distribution.sample(images, prompts, self.device, deterministic, temperatures)
         log_prob = scored.log_prob(self.cot_weight)
         values = self.value_head(scored.prompt_hidden)
         _check_finite(self.agree_across_processes, values=values, log_prob=log_prob)
@@ -285,14 +299,17 @@ class VLMPolicy(ActorCriticPolicy):
         """
         images, prompts = self._unpack(obs)
         tokens = actions.round().long().to(self.device)
-        scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=self.compute_entropy)
+        # The temperature each answer was sampled at, where the rollout buffer recorded one (loop exploration).
+        temperatures = obs.get(SAMPLING_TEMPERATURE) if isinstance(obs, dict) else None
+        scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=self.compute_entropy,
+                                                temperatures=temperatures)
         log_prob = scored.log_prob(self.cot_weight)
         values = self._value(scored.prompt_hidden)
         _check_finite(self.agree_across_processes, values=values, log_prob=log_prob)
         self.last_log_prob = log_prob.detach()  # read by a data-parallel run's agreed early stop
         if self.kl_reference is not None:
             kl = self.kl_reference.kl(self.answer_distribution, obs, images, prompts, tokens, scored.per_token,
-                                      scored.masks.valid)
+                                      scored.masks.valid, temperatures)
             log_prob = carrying_loss_term(log_prob, self.kl_coef * kl)
         return values, log_prob, scored.weighted_entropy(self.cot_weight)
 

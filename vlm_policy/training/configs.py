@@ -198,6 +198,10 @@ class PPOConfig:
     ent_coef: float = field(default=0.0, metadata=_help("entropy bonus"))
     vf_coef: float = field(default=0.5, metadata=_help("value loss weight"))
     temperature: float = field(default=0.3, metadata=_help("sampling temperature during PPO (paper: 0.2)"))
+    loop_temperature: float = field(default=0.0, metadata=_help(
+        "sampling temperature of a rollout step whose state the episode has met before, on tasks whose steps draw "
+        "nothing (NumberLine, EZPoints, Points24): where greedy play would loop, rollouts try other answers; the "
+        "update scores each step at the temperature it was sampled at (0: --temperature everywhere)"))
     cot_weight: float = field(default=0.5, metadata=_help("lambda: weight of the thought tokens' log-prob"))
     lora_r: int = field(default=0, metadata=_help("PPO LoRA rank (0: all weights, the tiny model)"))
     lora_alpha: int = field(default=0, metadata=_help("PPO LoRA scaling numerator (0: twice the rank)"))
@@ -234,7 +238,8 @@ class PPOConfig:
     def validate_ppo(self) -> None:
         _check(self, positive=("ppo_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "learning_rate",
                                "clip_range", "max_grad_norm"),
-               non_negative=("learning_rate_end", "target_kl", "ent_coef", "vf_coef", "temperature", "cot_weight",
+               non_negative=("learning_rate_end", "target_kl", "ent_coef", "vf_coef", "temperature", "loop_temperature",
+                             "cot_weight",
                              "lora_r", "lora_alpha", "value_lr_scale", "kl_coef", "keep_checkpoints"),
                unit_interval=("gamma", "gae_lambda"))
         if self.ppo_check_every < -1:

@@ -333,6 +333,11 @@ class Pipeline:
         if main:
             callbacks.insert(0, UpdateCheckpointCallback(self.out / "ppo" / "checkpoints", keep=c.keep_checkpoints,
                                                          steps_scale=context.world_size))
+        if c.loop_temperature > 0:  # each step's sampling temperature travels with it to the update
+            from vlm_policy.loop_exploration import LoopTemperatureCallback, TemperatureRolloutBuffer
+
+            model.rollout_buffer = TemperatureRolloutBuffer.replacing(model)
+            callbacks.append(LoopTemperatureCallback(c.loop_temperature))
         checks_every = c.ppo_checks_every()
         if checks_every:
             callbacks.append(GreedyValidationCallback(
