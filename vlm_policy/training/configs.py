@@ -185,8 +185,8 @@ class PPOConfig:
     batch_size: int = field(default=32, metadata=_help("PPO minibatch size"))
     n_epochs: int = field(default=4, metadata=_help(
         "PPO epochs per update, at most: --target-kl stops an update earlier (paper: 4)"))
-    learning_rate: float = field(default=5e-5, metadata=_help("PPO learning rate at the start (paper: 1e-5 for 7B)"))
-    learning_rate_end: float = field(default=5e-5, metadata=_help(
+    learning_rate: float = field(default=2.5e-5, metadata=_help("PPO learning rate at the start (paper: 1e-5 for 7B)"))
+    learning_rate_end: float = field(default=2.5e-5, metadata=_help(
         "cosine schedule's final learning rate (the default: constant at --learning-rate)"))
     learning_rate_warmup: float = field(default=0.0, metadata=_help(
         "fraction of PPO's env steps over which the learning rate rises linearly from a tenth to --learning-rate"))
