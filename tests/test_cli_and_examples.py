@@ -78,8 +78,8 @@ def test_every_vlm_cards_command_prints_its_help(command, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["demos", "--out", "x", "--n", "-5"], "--n must be > 0"),
     (["eval", "--episodes", "-3"], "--episodes must be > 0"),
-    (["eval", "--batch", "0"], "--batch must be > 0"),
-    (["train", "--eval-batch", "0"], "--eval-batch must be > 0"),
+    (["eval", "--batch", "0"], "--batch must be > 0 (or -1 for the default)"),
+    (["train", "--eval-batch", "0"], "--eval-batch must be > 0 (or -1 for the default)"),
     (["sft", "--demos", "d", "--out", "o", "--sft-steps", "-5"], "--sft-steps must be > 0"),
     (["sft", "--demos", "d", "--out", "o", "--sft-batch-size", "0"], "--sft-batch-size must be > 0"),
     (["train", "--n-envs", "0"], "--n-envs must be > 0"),
@@ -92,3 +92,12 @@ def test_bad_numbers_are_refused_when_parsed(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_evaluations_step_64_card_episodes_or_8_alfworld_games_together_by_default():
+    from vlm_policy.training.configs import TrainConfig, eval_batch_for
+
+    assert TrainConfig().episodes_at_once() == 64
+    assert TrainConfig(env_id="alfworld/ALFWorld-v0").episodes_at_once() == 8  # each env holds a loaded game
+    assert TrainConfig(eval_batch=5).episodes_at_once() == 5
+    assert eval_batch_for("gym_cards/EZPoints-v0", -1) == 64

@@ -30,7 +30,15 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from gym_vlm_cards.evaluate import TABLE_HEADER, evaluate_agents, format_table
-from vlm_policy.training.configs import SFT_GROUPS, TRAIN_GROUPS, TrainConfig, env_kwargs_for, is_alfworld
+from vlm_policy.training.configs import (
+    SFT_GROUPS,
+    TRAIN_GROUPS,
+    TrainConfig,
+    check_eval_batch,
+    env_kwargs_for,
+    eval_batch_for,
+    is_alfworld,
+)
 from vlm_policy.training.sweep import SweepOptions
 
 
@@ -57,8 +65,9 @@ class EvalOptions:
         "help": "longest answer for a checkpoint (0: enough for the task oracle's answers); an agent .zip uses its own"})
     prompt_style: Literal["cot", "action_only"] = field(default="cot", metadata={"help": "prompt with or without thoughts"})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu' or 'cuda'"})
-    batch: int = field(default=64, metadata={
-        "help": "episodes played at once, one batched generate per step (lower it if a large model runs out of memory)"})
+    batch: int = field(default=-1, metadata={
+        "help": "episodes played at once, one batched generate per step (lower it if a large model runs out of memory; "
+                "-1: 64 for the card tasks, 8 for ALFWorld)"})
     data_root: str = field(default="", metadata={"help": "ALFWorld: the data folder (empty: $ALFWORLD_DATA)"})
     split: str = field(default="", metadata={
         "help": "ALFWorld: the split whose first --episodes games are played once each, task types in turn "
@@ -69,8 +78,7 @@ class EvalOptions:
             raise ValueError(f"--episodes must be > 0, got {self.episodes}")
         if self.max_new_tokens < 0:
             raise ValueError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
-        if self.batch < 1:
-            raise ValueError(f"--batch must be > 0, got {self.batch}")
+        check_eval_batch(self.batch, "--batch")
         env_kwargs_for(self.env, self.data_root, self.split)  # --data-root / --split only for ALFWorld
 
 
@@ -214,8 +222,8 @@ def _eval(groups: list) -> int:
     rows = []
     if options.model:
         policy, make = _policy_for(options)
-        result, _ = evaluate_vlm(policy, make, options.episodes, options.seed, parallel=options.batch, name=options.model,
-                                 progress=True)
+        result, _ = evaluate_vlm(policy, make, options.episodes, options.seed,
+                                 parallel=eval_batch_for(options.env, options.batch), name=options.model, progress=True)
         rows.append(result)
     rows += evaluate_agents(options.env, ["random", "oracle"], options.episodes, options.seed, progress=True)
     print(f"{options.env}, {options.episodes} episodes, seeds {options.seed}..{options.seed + options.episodes - 1}, "
@@ -236,7 +244,7 @@ def _eval_alfworld(options: EvalOptions) -> int:
     if options.model:
         policy, make = _policy_for(options, {"game_files": games})
         rows[options.model] = evaluate_vlm_on_games(policy, make, len(games), options.seed, name=options.model,
-                                                    progress=True, parallel=options.batch)[2]
+                                                    progress=True, parallel=eval_batch_for(options.env, options.batch))[2]
     print(f"{options.env} {split}: {len(games)} games, each once, greedy answers; success % / goal-condition %")
     print(per_type_table(rows))
     return 0

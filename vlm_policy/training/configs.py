@@ -69,6 +69,19 @@ def _check(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str,
             raise ValueError(f"{_flag(name)} must be between 0 and 1, got {value}")
 
 
+def eval_batch_for(env_id: str, eval_batch: int) -> int:
+    """Episodes an evaluation steps together: ``eval_batch``, or for -1 64 on the card tasks and 8 on ALFWorld
+    (each of its envs holds a loaded game)."""
+    if eval_batch == -1:
+        return 8 if is_alfworld(env_id) else 64
+    return eval_batch
+
+
+def check_eval_batch(eval_batch: int, flag: str) -> None:
+    if eval_batch < 1 and eval_batch != -1:
+        raise ValueError(f"{flag} must be > 0 (or -1 for the default), got {eval_batch}")
+
+
 @dataclass
 class CommonConfig:
     """Settings every training command shares."""
@@ -266,9 +279,10 @@ class RunConfig:
         "longest answer in tokens; 0: enough for the longest demonstration, at least 40 (paper: 256)"))
     eval_episodes: int = field(default=200, metadata=_help("held-out episodes for the before/after table"))
     eval_seed: int = field(default=100_000, metadata=_help("first held-out seed (far from training seeds)"))
-    eval_batch: int = field(default=64, metadata=_help(
+    eval_batch: int = field(default=-1, metadata=_help(
         "episodes the evaluations and the validation checks play at once, one batched generate per step "
-        "(200 NumberLine episodes: 12 s at 64, 30 s at 8); lower it if a large model runs out of memory there"))
+        "(200 NumberLine episodes: 12 s at 64, 30 s at 8); lower it if a large model runs out of memory there "
+        "(-1: 64 for the card tasks, 8 for ALFWorld, whose envs each hold a game)"))
     data_root: str = field(default="", metadata=_help(
         "ALFWorld: the data folder (json_2.1.1/<split>/...; empty: $ALFWORLD_DATA, else ~/.cache/alfworld)"))
     split: str = field(default="", metadata=_help(
@@ -283,8 +297,8 @@ class RunConfig:
         self.validate_run()
 
     def validate_run(self) -> None:
-        _check(self, positive=("demos", "eval_episodes", "eval_batch"),
-               non_negative=("max_new_tokens", "eval_seed", "max_episode_steps"))
+        _check(self, positive=("demos", "eval_episodes"), non_negative=("max_new_tokens", "eval_seed", "max_episode_steps"))
+        check_eval_batch(self.eval_batch, "--eval-batch")
         self.eval_splits = list(self.eval_splits)
         env_kwargs_for(self.env_id, self.data_root, self.split)  # --data-root / --split only for ALFWorld
         if not is_alfworld(self.env_id):
@@ -302,6 +316,10 @@ class RunConfig:
         the data folder and a split (``split``, else the training one)."""
         kwargs = env_kwargs_for(self.env_id, self.data_root, split or self.split)
         return {**kwargs, **self.step_limit()}
+
+    def episodes_at_once(self) -> int:
+        """``--eval-batch`` resolved (see :func:`eval_batch_for`)."""
+        return eval_batch_for(self.env_id, self.eval_batch)
 
     def step_limit(self) -> dict[str, Any]:
         """``{"max_episode_steps": n}`` when ``--max-episode-steps`` is set, else nothing."""

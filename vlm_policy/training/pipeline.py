@@ -199,7 +199,7 @@ class Pipeline:
                 make_env = eval_env_factory(c.env_id, str(snapshot), budget, c.prompt_style, c.env_kwargs())
                 policy = standalone_policy(str(snapshot), make_env(), device=self.device,
                                            **self.evaluation_kwargs(str(snapshot)))
-                return play_validation(policy, make_env, c.sft_check_episodes, c.eval_batch)
+                return play_validation(policy, make_env, c.sft_check_episodes, c.episodes_at_once())
 
         return check
 
@@ -210,7 +210,7 @@ class Pipeline:
 
         c = self.config
         make_env = eval_env_factory(c.env_id, sft_dir, budget, c.prompt_style, c.env_kwargs())
-        return lambda policy: play_validation(policy, make_env, c.ppo_check_episodes, c.eval_batch)
+        return lambda policy: play_validation(policy, make_env, c.ppo_check_episodes, c.episodes_at_once())
 
     def evaluate(self, policy, model: str, budget: int, name: str, record: bool = False):
         from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm
@@ -220,7 +220,7 @@ class Pipeline:
         make_env = eval_env_factory(self.config.env_id, model, budget, self.config.prompt_style,
                                     self.config.step_limit())
         return evaluate_vlm(policy, make_env, self.config.eval_episodes, self.config.eval_seed,
-                            parallel=self.config.eval_batch, name=name, record_first=record,
+                            parallel=self.config.episodes_at_once(), name=name, record_first=record,
                             progress=self.config.progress)
 
     @cached_property
@@ -241,7 +241,8 @@ class Pipeline:
             make_env = eval_env_factory(self.config.env_id, model, budget, self.config.prompt_style,
                                         env_kwargs={"game_files": games, **self.config.step_limit()})
             result, episode_record, outcomes[split] = evaluate_vlm_on_games(
-                policy, make_env, len(games), self.config.eval_seed, name=f"{name} {split}", parallel=self.config.eval_batch,
+                policy, make_env, len(games), self.config.eval_seed, name=f"{name} {split}",
+                parallel=self.config.episodes_at_once(),
                 record_first=record and first_record is None, progress=self.config.progress)
             results.append(result)
             first_record = first_record or episode_record
