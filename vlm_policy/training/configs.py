@@ -171,10 +171,14 @@ class SFTConfig:
         if self.vision_warmup_steps < -1:
             raise ValueError(f"--vision-warmup-steps must be >= 0 (or -1 for the default), got {self.vision_warmup_steps}")
 
+    def stop_reach(self) -> float:
+        """``--sft-stop-reach`` with its default (-1) resolved: off here, as SFT alone has no validation episodes
+        (:class:`TrainConfig` resolves it for the main job)."""
+        return max(self.sft_stop_reach, 0.0)
+
     def stop_targets(self) -> dict[str, float]:
-        """The validation measures SFT stops on, with their targets (empty: SFT makes every step); the
-        default reach stop (-1) is off here: SFT alone has no validation episodes (see :class:`TrainConfig`)."""
-        return {name: target for name, target in (("success", self.sft_stop_success), ("reach", self.sft_stop_reach))
+        """The validation measures SFT stops on, with their targets (empty: SFT makes every step)."""
+        return {name: target for name, target in (("success", self.sft_stop_success), ("reach", self.stop_reach()))
                 if target > 0}
 
     def with_stops_resolved(self, reach: float):
@@ -350,11 +354,6 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
         if self.sft_stop_reach == -1:
             return 0.0 if is_alfworld(self.env_id) else DEFAULT_STOP_REACH
         return self.sft_stop_reach
-
-    def stop_targets(self) -> dict[str, float]:
-        """The validation measures SFT stops on in the main job, the default reach stop included."""
-        return {name: target for name, target in (("success", self.sft_stop_success), ("reach", self.stop_reach()))
-                if target > 0}
 
     def ppo_checks_every(self) -> int:
         """PPO updates between two greedy validation checks (0: none), ``--ppo-check-every -1`` resolved."""

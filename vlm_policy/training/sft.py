@@ -12,7 +12,6 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,8 +24,6 @@ from vlm_policy.optim import cosine_value
 from vlm_policy.prompting import answer_token_batch, build_inputs, with_answer
 from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig
 from vlm_policy.training.demos import Example
-
-T = TypeVar("T")
 
 
 def answer_loss(bundle: VLMBundle, examples: Sequence[Example], device: torch.device | str = "cpu",
@@ -67,6 +64,7 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     alone writes the checkpoint; the others wait for it and return its path.
     """
     from vlm_policy import distributed
+    from vlm_policy.training.evaluation import global_rngs_restored
 
     sft, model, common = sft or SFTConfig(), model or ModelConfig(), common or CommonConfig()
     context = distributed.current()
@@ -129,8 +127,12 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         done = step + 1
         if targets and done % sft.sft_check_every == 0 and done < sft.sft_steps:
             trained.eval()
-            measures = distributed.broadcast_object(
-                _without_touching_rngs(lambda b: validation(b, list(targets)), bundle) if context.is_main else None)
+            measures = None
+            if context.is_main:
+                # A check (which loads a policy, and seeds) leaves SFT's own draws exactly as they would have been.
+                with global_rngs_restored():
+                    measures = validation(bundle, list(targets))
+            measures = distributed.broadcast_object(measures)
             trained.train()
             checks.append({"step": done, **measures})
             if context.is_main:
@@ -160,15 +162,6 @@ def describe_measures(measures: dict[str, float]) -> str:
     words = {"success": "greedy answers win {:.1%} of the validation episodes",
              "reach": "the oracle's answer is within sampling's reach on {:.1%} of the validation frames"}
     return "; ".join(words[name].format(value) for name, value in measures.items())
-
-
-def _without_touching_rngs(work: Callable[[VLMBundle], T], bundle: VLMBundle) -> T:
-    """``work(bundle)`` with the global random states restored afterwards: a check (which loads a policy,
-    and seeds) leaves SFT's own draws exactly as they would have been."""
-    from vlm_policy.training.evaluation import global_rngs_restored
-
-    with global_rngs_restored():
-        return work(bundle)
 
 
 def image_token_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
