@@ -14,6 +14,10 @@ writes, so on deals where that probability is near 0 its rollouts almost never t
 (``vlm-cards train --sft-stop-reach`` stops SFT on the same measure, taken on validation episodes).
 The README's "PPO teaches the model to give up" (Points24), thought-faithfulness (NumberLine) and
 "room for PPO" figures were measured with it.
+
+``--show-wrong N`` also prints each agent's N most frequent wrong first answers beside the oracle's, with how
+many deals gave each and the oracle's probability there: a mistake whose probability stays under 1% after PPO
+is one PPO's sampling never corrects (NumberLine's "4 is smaller than 3" in docs/results.md).
 """
 
 from __future__ import annotations
@@ -56,6 +60,19 @@ def oracle_answer_probabilities(policy, observations, answers: list[str], temper
     return np.exp(distribution.answer_log_probs(images, prompts, answers, policy.device)).tolist()
 
 
+def wrong_first_answers(answers: list[tuple[str | None, str]], oracle_actions: list, oracle_texts: list[str],
+                        chances: np.ndarray) -> list[tuple[str, str, int, float]]:
+    """The distinct (agent's answer, oracle's answer) pairs of the deals whose first move is not the oracle's,
+    most frequent first: each with its number of deals and the highest probability the oracle's answer had
+    on them."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for (action, text), oracle_action, oracle_text, chance in zip(answers, oracle_actions, oracle_texts, chances):
+        if action != oracle_action:
+            groups.setdefault((text, oracle_text), []).append(float(chance))
+    rows = [(text, oracle_text, len(found), max(found)) for (text, oracle_text), found in groups.items()]
+    return sorted(rows, key=lambda row: -row[2])
+
+
 def reading_is_right(text: str, state: dict) -> bool | None:
     """Whether a NumberLine answer writes the frame's two numbers (None for other tasks)."""
     if not {"Current", "Target"} <= set(state):
@@ -69,6 +86,8 @@ def main() -> None:
     parser.add_argument("run", help="a `vlm-cards train` output directory")
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--seed", type=int, default=100_000)
+    parser.add_argument("--show-wrong", type=int, default=0, metavar="N",
+                        help="print each agent's N most frequent wrong first answers beside the oracle's")
     args = parser.parse_args()
 
     from vlm_policy.checkpoints import agent_answer_length, agent_base, load_agent, read_agent_data
@@ -109,6 +128,9 @@ def main() -> None:
         print(f"{name}: sampling at PPO's temperature {config['temperature']}, the oracle's whole answer has a "
               f"probability of at least 1% on {int((chances >= 0.01).sum())} of {args.episodes} deals "
               f"(median {np.median(chances):.3g}; under 1e-4 on {int((chances < 1e-4).sum())}: confidently wrong)")
+        for text, oracle_text, deals, chance in wrong_first_answers(answers, oracle, oracle_texts, chances)[:args.show_wrong]:
+            print(f"  wrong on {deals} deal(s), the oracle's answer at most {chance:.2g} likely:\n"
+                  f"    agent:  {text}\n    oracle: {oracle_text}")
         readings = [reading_is_right(text, state) for (_, text), state in zip(answers, states)]
         if readings[0] is not None:
             print(f"{name}: both numbers read right on {sum(readings)} of {args.episodes}")

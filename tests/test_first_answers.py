@@ -67,3 +67,14 @@ def test_the_sft_trajectory_script_measures_every_check_without_stopping(tmp_pat
     assert [row["step"] for row in rows] == [2, 4]  # no check at the last step; SFT never stopped
     assert all(set(row) == {"step", "success", "reach"} and 0 <= row["reach"] <= 1 for row in rows)
     assert json.loads((tmp_path / "run" / "sft" / "training.json").read_text())["steps_done"] == 5
+
+
+def test_wrong_first_answers_are_grouped_most_frequent_first():
+    module = _first_answers()
+    answers = [("+", "a"), ("-", "b"), ("+", "a"), ("-", "c"), ("+", "a")]
+    oracle_actions = ["-", "-", "-", "+", "+"]  # deals 0, 2 and 3 are wrong; deal 4 wrote "a" but moved right
+    oracle_texts = ["A", "B", "A", "C", "A"]
+    chances = np.array([0.002, 0.9, 0.004, 0.3, 0.5])
+    rows = module.wrong_first_answers(answers, oracle_actions, oracle_texts, chances)
+    assert rows == [("a", "A", 2, pytest.approx(0.004)), ("c", "C", 1, pytest.approx(0.3))]
+    assert module.wrong_first_answers(answers[:2], ["+", "-"], oracle_texts[:2], chances[:2]) == []
