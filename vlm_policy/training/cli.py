@@ -81,6 +81,10 @@ class EvalOptions:
         check_eval_batch(self.batch, "--batch")
         env_kwargs_for(self.env, self.data_root, self.split)  # --data-root / --split only for ALFWorld
 
+    def episodes_at_once(self) -> int:
+        """``--batch`` resolved (see :func:`eval_batch_for`), as ``vlm-cards train`` resolves ``--eval-batch``."""
+        return eval_batch_for(self.env, self.batch)
+
 
 @dataclass
 class DemosOptions:
@@ -223,7 +227,7 @@ def _eval(groups: list) -> int:
     if options.model:
         policy, make = _policy_for(options)
         result, _ = evaluate_vlm(policy, make, options.episodes, options.seed,
-                                 parallel=eval_batch_for(options.env, options.batch), name=options.model, progress=True)
+                                 parallel=options.episodes_at_once(), name=options.model, progress=True)
         rows.append(result)
     rows += evaluate_agents(options.env, ["random", "oracle"], options.episodes, options.seed, progress=True)
     print(f"{options.env}, {options.episodes} episodes, seeds {options.seed}..{options.seed + options.episodes - 1}, "
@@ -244,7 +248,7 @@ def _eval_alfworld(options: EvalOptions) -> int:
     if options.model:
         policy, make = _policy_for(options, {"game_files": games})
         rows[options.model] = evaluate_vlm_on_games(policy, make, len(games), options.seed, name=options.model,
-                                                    progress=True, parallel=eval_batch_for(options.env, options.batch))[2]
+                                                    progress=True, parallel=options.episodes_at_once())[2]
     print(f"{options.env} {split}: {len(games)} games, each once, greedy answers; success % / goal-condition %")
     print(per_type_table(rows))
     return 0
