@@ -192,6 +192,28 @@ def test_an_earlier_better_check_is_the_agent_handed_over(finished_run, tmp_path
 
 
 @pytest.mark.slow
+def test_ppo_stops_at_a_check_that_wins_the_stop_success(finished_run, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    scores = iter([0.5, 1.0, 0.5])  # the SFT model, after update 1 (the stop), never after update 2
+    monkeypatch.setattr(Pipeline, "ppo_validation", lambda self, sft_dir, budget: lambda policy: next(scores))
+    Pipeline(_micro_config(run, ppo_check_every=1, ppo_stop_success=1.0)).run(overwrite=True)
+    out = capsys.readouterr().out
+    assert "PPO stops at 8 env steps: greedy answers win 100.0%" in out
+    assert "PPO's agent is the one checked at" not in out  # the agent handed over is the last update's
+    from vlm_policy.checkpoints import read_agent_data
+    from vlm_policy.training.callbacks import read_validation
+
+    assert [c["timesteps"] for c in read_validation(run / "ppo" / "validation.jsonl")] == [0, 8]
+    assert read_agent_data(run / "ppo" / "final.zip")["num_timesteps"] == 10  # the next rollout's first step
+    final = _policy_weights(run / "ppo" / "final.zip")
+    assert _same_weights(final, _policy_weights(run / "ppo" / "best" / "agent.zip"))
+    # A stop asks for checks: without them the setting is refused, naming the flag to set.
+    with pytest.raises(ValueError, match="--ppo-check-every N"):
+        _micro_config(run, ppo_check_every=0, ppo_stop_success=1.0)
+
+
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_without_redoing_work(finished_run, tmp_path, capsys):
     from vlm_policy.checkpoints import load_agent, read_agent_data
 

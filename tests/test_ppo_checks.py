@@ -68,6 +68,37 @@ def test_checks_run_at_the_start_every_n_updates_and_at_the_end_keeping_the_best
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]
 
 
+def test_a_check_at_the_stop_success_ends_training_with_its_agent(tmp_path, capsys):
+    scores = iter([0.5, 0.75, 1.0, 0.25])  # the start, updates 1, 2 (all won: stop), and one never reached
+    callback = GreedyValidationCallback(lambda _: next(scores), tmp_path / "validation.jsonl", tmp_path / "best",
+                                        every=1, stop_success=1.0)
+    agent = _StandInAgent()
+    callback.init_callback(agent)
+    callback.on_training_start({}, {})
+    updates = 0
+    for _ in range(5):  # as SB3's collect_rollouts: the first env step is counted, then the callbacks asked
+        callback.on_rollout_start()
+        agent.num_timesteps += 1
+        if not callback.on_step():
+            break
+        agent.num_timesteps += 7
+        callback.on_rollout_end()
+        updates += 1
+    callback.on_training_end()
+    assert updates == 2 and agent.num_timesteps == 17
+    # The stop's check is the last: the agent is the one it played, not checked again at 17.
+    assert [c["timesteps"] for c in read_validation(tmp_path / "validation.jsonl")] == [0, 8, 16]
+    assert callback.stopped_at == {"timesteps": 16, "success_rate": 1.0}
+    assert kept_best(tmp_path / "best") == callback.stopped_at
+    assert "PPO stops at 16 env steps: greedy answers win 100.0%" in capsys.readouterr().out
+    # Without a stop target (the default) PPO makes every env step whatever the checks say.
+    never = GreedyValidationCallback(lambda _: 1.0, tmp_path / "other.jsonl", every=1)
+    _train(never, _StandInAgent(), updates=3)
+    assert never.stopped_at is None and len(read_validation(tmp_path / "other.jsonl")) == 4
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        GreedyValidationCallback(lambda _: 1.0, None, stop_success=1.5)
+
+
 def test_a_resumed_run_keeps_its_checks_and_best_agent(tmp_path):
     record, best = tmp_path / "validation.jsonl", tmp_path / "best"
     agent = _StandInAgent()

@@ -6,7 +6,7 @@ import torch
 
 from vlm_policy.loading import load_vlm
 from vlm_policy.training.demos import Example
-from vlm_policy.training.sft import WarmupLabels, state_slots, vision_warmup
+from vlm_policy.training.sft import BatchDrawer, WarmupLabels, state_slots, vision_warmup
 
 
 def test_state_slots_name_each_field_and_list_position():
@@ -35,6 +35,34 @@ def test_warmup_labels_reject_a_single_state_and_unknown_modes():
         WarmupLabels([json.dumps({"current": 1})] * 3)
     with pytest.raises(ValueError, match="'auto', 'state' or 'slots'"):
         WarmupLabels([json.dumps({"current": 1}), json.dumps({"current": 2})], mode="cards")
+
+
+def _examples(states: list[str]) -> list[Example]:
+    return [Example(image=np.zeros((4, 4, 3), dtype=np.uint8), prompt="p", answer=s, state=s) for s in states]
+
+
+def test_balanced_batches_draw_each_state_equally_often():
+    # A goal-side state demonstrated 30 times, two edge states once and three times (NumberLine's skew).
+    examples = _examples(["near"] * 30 + ["edge"] + ["middle"] * 3)
+    for mode in ("on", "auto"):  # auto: 34 demonstrations of 3 states repeat
+        balanced = [e.state for e in BatchDrawer(examples, seed=0, balance_states=mode).draw(30_000)]
+        for state in ("near", "edge", "middle"):
+            assert balanced.count(state) / len(balanced) == pytest.approx(1 / 3, abs=0.02)
+    plain = [e.state for e in BatchDrawer(examples, seed=0, balance_states="off").draw(30_000)]
+    assert plain.count("edge") / len(plain) == pytest.approx(1 / 34, abs=0.005)
+
+
+def test_auto_balancing_leaves_the_draw_alone_where_states_do_not_repeat():
+    # Card hands: nearly every state new (one of them twice), so auto makes the plain draw, draw for draw.
+    examples = _examples([f"hand {i}" for i in range(50)] + ["hand 0"])
+    auto = BatchDrawer(examples, seed=3, balance_states="auto").draw(200)
+    plain = BatchDrawer(examples, seed=3, balance_states="off").draw(200)
+    assert [e.state for e in auto] == [e.state for e in plain]
+    # The plain draw is the one SFT made before the option existed (earlier results reproduce).
+    expected = np.random.default_rng(3).integers(51, size=200)
+    assert [e.state for e in plain] == [examples[i].state for i in expected]
+    with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
+        BatchDrawer(examples, seed=3, balance_states="yes")
 
 
 def test_slot_warmup_teaches_the_tiny_vision_tower_to_read_a_card_position():

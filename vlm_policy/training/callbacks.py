@@ -190,12 +190,19 @@ class GreedyValidationCallback(BaseCallback):
         never change PPO's own draws.
     :param every: PPO updates between two checks (the last update is always checked).
     :param steps_scale: the number of processes (checks are named by every process's env steps).
+    :param stop_success: stop PPO at the first check whose success rate is at least this (0: never), as SB3's
+        ``StopTrainingOnRewardThreshold`` does for ``EvalCallback``: a check that wins every validation episode
+        cannot be beaten, and the env steps after it only risk the greedy gain. Training stops at the next
+        rollout's first env step (SB3 stops on a callback's step), so the last update stays the checked one;
+        in a data-parallel run rank 0's verdict is broadcast, so every process stops at the same step.
     """
 
     def __init__(self, check, record_path: str | Path | None, best_dir: str | Path | None = None, every: int = 1,
-                 verbose: int = 0, steps_scale: int = 1) -> None:
+                 verbose: int = 0, steps_scale: int = 1, stop_success: float = 0.0) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 update, got {every}")
+        if not 0 <= stop_success <= 1:
+            raise ValueError(f"stop_success must be between 0 and 1 (0: never stop), got {stop_success}")
         super().__init__(verbose)
         self.check = check
         self.record_path = Path(record_path) if record_path else None
@@ -203,10 +210,13 @@ class GreedyValidationCallback(BaseCallback):
         self.every = every
         self.steps_scale = steps_scale
         self.checks: list[dict] = read_validation(self.record_path) if self.record_path else []
+        self.stop_success = stop_success
+        #: The check PPO stopped on (None while it goes on).
+        self.stopped_at: dict | None = None
         self._rollouts = 0
 
     def _on_step(self) -> bool:
-        return True
+        return self.stopped_at is None
 
     def _steps(self) -> int:
         return int(self.model.num_timesteps) * self.steps_scale
@@ -220,16 +230,31 @@ class GreedyValidationCallback(BaseCallback):
 
             self.checks = [c for c in self.checks if c["timesteps"] <= steps]
             atomic_write_text(self.record_path, "".join(json.dumps(c) + "\n" for c in self.checks))
-        self._check_once()  # the agent PPO starts from (a resumed run checked it already)
+        self._check_and_maybe_stop()  # the agent PPO starts from (a resumed run checked it already)
 
     def _on_rollout_start(self) -> None:
         # The first rollout of a learn() call follows no update of this call.
         if self._rollouts and self._rollouts % self.every == 0:
-            self._check_once()
+            self._check_and_maybe_stop()
         self._rollouts += 1
 
     def _on_training_end(self) -> None:
+        if self.stopped_at is None:  # a stop leaves the agent of its check: nothing new to play
+            self._check_once()
+
+    def _check_and_maybe_stop(self) -> None:
         self._check_once()
+        if not self.stop_success:
+            return
+        from vlm_policy import distributed
+
+        steps = self._steps()
+        latest = [c for c in self.checks if c["timesteps"] == steps]
+        verdict = latest[-1] if latest and latest[-1]["success_rate"] >= self.stop_success else None
+        self.stopped_at = distributed.broadcast_object(verdict)  # rank 0 alone plays the checks
+        if self.stopped_at is not None and self.record_path is not None:
+            print(f"PPO stops at {steps} env steps: greedy answers win {self.stopped_at['success_rate']:.1%} of the "
+                  f"validation episodes (>= --ppo-stop-success {self.stop_success})", flush=True)
 
     def _check_once(self) -> None:
         steps = self._steps()

@@ -143,6 +143,12 @@ class SFTConfig:
         "(-1: 150 for the tiny model, 0 for real checkpoints, which can already see)"))
     warmup_labels: Literal["auto", "state", "slots"] = field(default="auto", metadata=_help(
         "warm-up targets: whole states, each slot (card, number), or auto (slots when states rarely repeat)"))
+    balance_states: Literal["auto", "on", "off"] = field(default="auto", metadata=_help(
+        "draw the warm-up's and SFT's batches so that each distinct state of the demonstrations is equally likely: "
+        "oracle play visits the states near a goal far more often than the edge states, which SFT then gets "
+        "confidently wrong where PPO's sampling cannot fix them (docs/results.md); auto: on when states repeat (at "
+        "least four demonstrations per distinct state, NumberLine), off on the card-hand tasks, where nearly every "
+        "state is new"))
     sft_stop_success: float = field(default=0.0, metadata=_help(
         "stop SFT at the first check where greedy answers win at least this share of the validation episodes, "
         "--sft-steps being the most it makes (0: never); a weak start on purpose leaves PPO room, as the paper's "
@@ -243,6 +249,10 @@ class PPOConfig:
         "and the learning curve (0: no checks; -1: 2 for the card tasks, 0 for ALFWorld, whose games are its "
         "evaluation splits)"))
     ppo_check_episodes: int = field(default=64, metadata=_help("validation episodes per PPO check"))
+    ppo_stop_success: float = field(default=0.0, metadata=_help(
+        "stop PPO at the first check where greedy answers win at least this share of the validation episodes, "
+        "--ppo-timesteps being the most it makes (0: never; 1.0: once a check wins them all, which no later "
+        "check can beat)"))
     ppo_keep_best: bool = field(default=True, metadata=_help(
         "hand over the agent of the best PPO check (the starting SFT model is a candidate; ties go to the later) "
         "instead of the last update's; it is kept in ppo/best/, the last update's in ppo/checkpoints/"))
@@ -258,7 +268,7 @@ class PPOConfig:
                non_negative=("learning_rate_end", "target_kl", "ent_coef", "vf_coef", "temperature", "loop_temperature",
                              "cot_weight",
                              "lora_r", "lora_alpha", "value_lr_scale", "kl_coef", "keep_checkpoints"),
-               unit_interval=("gamma", "gae_lambda"))
+               unit_interval=("gamma", "gae_lambda", "ppo_stop_success"))
         if self.ppo_check_every < -1:
             raise ValueError(f"--ppo-check-every must be >= 0 (or -1 for the default), got {self.ppo_check_every}")
         if self.ppo_check_episodes < 1:
@@ -340,6 +350,9 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
         self.validate_model()
         self.validate_sft()
         self.validate_ppo()
+        if self.ppo_stop_success and not self.ppo_checks_every():
+            raise ValueError(f"--ppo-stop-success {self.ppo_stop_success} stops on PPO's validation checks, which "
+                             "are off here (--ppo-check-every 0, or ALFWorld's default): set --ppo-check-every N")
         validated = max(self.sft_check_episodes if self.stop_targets() else 0,
                         self.ppo_check_episodes if self.ppo_checks_every() else 0)
         if validated and (self.eval_seed < VALIDATION_SEED + validated

@@ -344,7 +344,7 @@ class Pipeline:
             callbacks.append(GreedyValidationCallback(
                 self.ppo_validation(sft_dir, budget), self.out / VALIDATION_RECORD if main else None,
                 self.out / BEST_AGENT_DIR if main and c.ppo_keep_best else None, every=checks_every,
-                steps_scale=context.world_size))
+                steps_scale=context.world_size, stop_success=c.ppo_stop_success))
         if remaining > 0:
             with distributed.data_parallel(model, c.target_kl):
                 model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=checkpoint is None,
@@ -377,8 +377,11 @@ class Pipeline:
         # Loaded even when it was checked at this step count: after a resume it may be the interrupted
         # attempt's agent, and the agent handed over is always the one its check scored.
         model.set_parameters(str(best_dir / BEST_AGENT_FILE), exact_match=True, device=self.device)
-        if self.context.is_main and kept["timesteps"] != steps:
-            last = [p for p in read_validation(self.out / VALIDATION_RECORD) if p["timesteps"] == steps]
+        checks = read_validation(self.out / VALIDATION_RECORD) if self.context.is_main else []
+        # A run stopped by --ppo-stop-success ends one env step past its last check, the same agent's.
+        last_check = checks[-1]["timesteps"] if checks else steps
+        if self.context.is_main and kept["timesteps"] != last_check:
+            last = [p for p in checks if p["timesteps"] == last_check]
             after = f", the last update's {last[-1]['success_rate']:.1%}" if last else ""
             start = " (the starting SFT model)" if kept["timesteps"] == 0 else ""
             print(f"PPO's agent is the one checked at {kept['timesteps']} env steps{start}: greedy answers win "

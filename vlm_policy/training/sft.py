@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +25,44 @@ from vlm_policy.optim import cosine_value
 from vlm_policy.prompting import answer_token_batch, build_inputs, with_answer
 from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig
 from vlm_policy.training.demos import Example
+
+
+def states_repeat(states: Sequence[str]) -> bool:
+    """Whether the demonstrations' states repeat: at least four demonstrations per distinct state on average
+    (NumberLine's 400 show its 30 states; card hands are nearly all new)."""
+    return 4 * len(set(states)) <= len(states)
+
+
+class BatchDrawer:
+    """Draws training batches of demonstrations, with replacement, from a seeded generator.
+
+    Oracle play visits the states near a goal far more often than the others: in NumberLine's 400
+    demonstrations (current 4, target 5) appears 31 times and (current 0, target 1) 3 times, and the
+    states SFT then gets confidently wrong are those rare ones, where PPO's sampling never writes the
+    fix (docs/results.md). ``balance_states`` ("on", or "auto" where :func:`states_repeat`) draws each
+    distinct state (``Example.state``) equally often, its demonstrations sharing its share. Otherwise
+    the draw is the plain uniform one SFT made before the option existed, so earlier results reproduce.
+    """
+
+    def __init__(self, examples: Sequence[Example], seed: int, balance_states: str = "off") -> None:
+        if balance_states not in ("auto", "on", "off"):
+            raise ValueError(f"--balance-states must be 'auto', 'on' or 'off', got {balance_states!r}")
+        self.examples = examples
+        self.generator = np.random.default_rng(seed)
+        states = [e.state for e in examples]
+        self.balanced = balance_states == "on" or (balance_states == "auto" and states_repeat(states))
+        self.weights = None
+        if self.balanced:
+            counts = Counter(states)
+            weights = np.array([1.0 / counts[state] for state in states])
+            self.weights = weights / weights.sum()
+
+    def draw(self, size: int) -> list[Example]:
+        if self.weights is None:
+            indices = self.generator.integers(len(self.examples), size=size)
+        else:
+            indices = self.generator.choice(len(self.examples), size=size, p=self.weights)
+        return [self.examples[int(i)] for i in indices]
 
 
 def answer_loss(bundle: VLMBundle, examples: Sequence[Example], device: torch.device | str = "cpu",
@@ -84,7 +123,7 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     warmup_steps = sft.warmup_steps_for(model.model)
     if warmup_steps > 0:
         vision_warmup(bundle, examples, warmup_steps, sft.sft_learning_rate, sft.sft_batch_size, common.seed, device,
-                      common.progress and context.is_main, sft.warmup_labels, compute_dtype)
+                      common.progress and context.is_main, sft.warmup_labels, compute_dtype, sft.balance_states)
         distributed.broadcast_module(bundle.model)  # identical already; made certain before SFT
     trained = prepare_for_training(bundle.model, lora_r=sft.sft_lora_r, lora_alpha=sft.sft_lora_alpha or None,
                                    train_vision=sft.sft_train_vision,
@@ -94,15 +133,15 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=sft.sft_learning_rate,
                                   weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_value(step / sft.sft_steps, 1.0, 0.1))
-    order = np.random.default_rng(common.seed)
+    drawer = BatchDrawer(examples, common.seed, sft.balance_states)
     steps = tqdm(range(sft.sft_steps), desc="SFT", unit="step", disable=not (common.progress and context.is_main))
     chunk = model.micro_batch or sft.sft_batch_size
     trainable = [p for p in trained.parameters() if p.requires_grad]
     losses = []
     checks: list[dict[str, float]] = []
     for step in steps:
-        batch = [examples[int(i)] for i in order.integers(len(examples), size=sft.sft_batch_size)]
-        batch = batch[context.rank::context.world_size]  # this process's rows (all of them alone)
+        # Every process draws the same batch and keeps its own rows (all of them alone).
+        batch = drawer.draw(sft.sft_batch_size)[context.rank::context.world_size]
         optimizer.zero_grad()
         loss_sum, total_tokens = 0.0, 0
         for start in range(0, len(batch), chunk):
@@ -212,7 +251,7 @@ class WarmupLabels:
         if len(distinct) < 2:
             raise ValueError("the vision warm-up needs demonstrations of at least two different states")
         if mode == "auto":
-            mode = "state" if 4 * len(distinct) <= len(states) else "slots"
+            mode = "state" if states_repeat(states) else "slots"
         self.mode = mode
         # A whole state is the one slot of itself, so both modes share the code below.
         slotted = {state: {"state": state} if mode == "state" else state_slots(state) for state in distinct}
@@ -234,7 +273,7 @@ class WarmupLabels:
 
 def vision_warmup(bundle: VLMBundle, examples: Sequence[Example], steps: int, learning_rate: float, batch_size: int,
                   seed: int, device: str | torch.device = "cpu", progress: bool = True, labels: str = "auto",
-                  compute_dtype: torch.dtype = torch.float32) -> float:
+                  compute_dtype: torch.dtype = torch.float32, balance_states: str = "off") -> float:
     """Teaches the vision tower and projector to tell the demonstrations' states apart.
 
     Why: a randomly initialised vision tower hardly changes its output between two frames that differ
@@ -263,11 +302,11 @@ def vision_warmup(bundle: VLMBundle, examples: Sequence[Example], steps: int, le
     for parameter in vision_params:  # trained weights stay float32 whatever the compute dtype
         parameter.data = parameter.data.float()
     optimizer = torch.optim.AdamW(vision_params + list(heads.parameters()), lr=learning_rate, weight_decay=0.0)
-    order = np.random.default_rng(seed + 1)
+    drawer = BatchDrawer(examples, seed + 1, balance_states)
     iterator = tqdm(range(steps), desc="vision warm-up", unit="step", disable=not progress)
     accuracy = 0.0
     for _ in iterator:
-        batch = [examples[int(i)] for i in order.integers(len(examples), size=batch_size)]
+        batch = drawer.draw(batch_size)
         with compute_autocast(device, compute_dtype):
             features = image_token_features(model, pixels(batch)).flatten(1).float()
         targets = labeller.targets([e.state for e in batch], device)

@@ -37,7 +37,8 @@ NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device", "eval_batch"}
 
 #: Settings added to a stage after run folders had recorded it, with the value that leaves it as it was.
 SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_stop_reach": 0.0,
-                        "learning_rate_warmup": 0.0, "value_input": "prompt", "loop_temperature": 0.0}
+                        "learning_rate_warmup": 0.0, "value_input": "prompt", "loop_temperature": 0.0,
+                        "balance_states": "off", "ppo_stop_success": 0.0}
 
 
 class SettingsChanged(RuntimeError):
@@ -55,7 +56,7 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     if not config.stop_targets():  # SFT makes every step, as before the stops existed
         unset |= {"sft_check_every", "sft_check_episodes"}
     if not config.ppo_checks_every():  # PPO hands over its last update's agent, as before the checks existed
-        unset |= {"ppo_check_every", "ppo_check_episodes", "ppo_keep_best"}
+        unset |= {"ppo_check_every", "ppo_check_episodes", "ppo_keep_best", "ppo_stop_success"}
 
     def pick(names) -> dict[str, Any]:
         return {name: values[name] for name in names if name not in NOT_RESULT_SETTINGS and name not in unset}
