@@ -96,7 +96,7 @@ def _split_gradient_worker(rank):
 def _every_check_worker(rank, out_dir):
     """All the 2-process checks in one pair of processes (starting them costs more than the checks)."""
     return {"split_gradient": _split_gradient_worker(rank), "learn": _learn_worker(rank, 1e-9),
-            "sft": _sft_worker(rank, out_dir), "diverged": _diverged_worker(rank)}
+            "sft": _sft_worker(rank, out_dir), "diverged": _diverged_worker(rank), "stop": _stop_worker(rank, out_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,31 @@ def test_after_a_short_learn_both_processes_hold_the_same_weights_from_different
     assert first["digest"] == second["digest"]
     assert first["rollout"] != second["rollout"]  # each process played its own episodes
     assert first["num_timesteps"] == second["num_timesteps"] == 32
+
+
+def _stop_worker(rank, out_dir):
+    """PPO with a validation check that wins everything after the first update: rank 0 plays, both stop."""
+    from vlm_policy.training.callbacks import GreedyValidationCallback
+
+    scores = iter([0.5, 1.0, 0.0])
+    main = distributed.current().is_main
+    check = GreedyValidationCallback(lambda policy: next(scores), Path(out_dir) / "stop.jsonl" if main else None,
+                                     every=1, stop_success=1.0)
+    model = _ppo(target_kl=None)
+    with distributed.data_parallel(model, None):
+        model.learn(48, callback=check)
+    return {"num_timesteps": model.num_timesteps, "stopped_at": check.stopped_at,
+            "digest": distributed.check_same_weights(model.policy)}
+
+
+@pytest.mark.slow
+def test_a_ppo_stop_on_rank_0_s_check_is_taken_by_every_process(two_processes):
+    first, second = (r["stop"] for r in two_processes[1])
+    # 2 envs x 8 steps per update: the check after the first update (16 env steps) stops both processes at the
+    # next rollout's first env step; the second update, whose all-reduce rank 0 would wait on, never starts.
+    assert first["stopped_at"] == second["stopped_at"] == {"timesteps": 16, "success_rate": 1.0}
+    assert first["num_timesteps"] == second["num_timesteps"] == 18
+    assert first["digest"] == second["digest"]
 
 
 @pytest.mark.slow
@@ -227,7 +252,7 @@ def test_torchrun_runs_the_main_job_on_two_processes_and_only_rank_0_writes(tmp_
                "--demos", "24", "--sft-steps", "3", "--vision-warmup-steps", "2", "--sft-batch-size", "4",
                "--ppo-timesteps", "64", "--n-envs", "2", "--n-steps", "8", "--batch-size", "8", "--n-epochs", "2",
                "--eval-episodes", "3", "--max-new-tokens", "24", "--ppo-check-episodes", "2", "--max-episode-steps", "4",
-               "--progress", "false"]
+               "--progress", "false", "--ppo-stop-success", "0"]  # 2 validation episodes can be won by chance
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     finished = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]

@@ -249,10 +249,11 @@ class PPOConfig:
         "and the learning curve (0: no checks; -1: 2 for the card tasks, 0 for ALFWorld, whose games are its "
         "evaluation splits)"))
     ppo_check_episodes: int = field(default=64, metadata=_help("validation episodes per PPO check"))
-    ppo_stop_success: float = field(default=0.0, metadata=_help(
+    ppo_stop_success: float = field(default=1.0, metadata=_help(
         "stop PPO at the first check where greedy answers win at least this share of the validation episodes, "
-        "--ppo-timesteps being the most it makes (0: never; 1.0: once a check wins them all, which no later "
-        "check can beat)"))
+        "--ppo-timesteps being the most it makes (the default 1.0: once a check wins them all, which no later "
+        "check can beat; 0: never, every env step is made); it stops on the checks, so --ppo-check-every 0 turns it "
+        "off too"))
     ppo_keep_best: bool = field(default=True, metadata=_help(
         "hand over the agent of the best PPO check (the starting SFT model is a candidate; ties go to the later) "
         "instead of the last update's; it is kept in ppo/best/, the last update's in ppo/checkpoints/"))
@@ -350,9 +351,6 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
         self.validate_model()
         self.validate_sft()
         self.validate_ppo()
-        if self.ppo_stop_success and not self.ppo_checks_every():
-            raise ValueError(f"--ppo-stop-success {self.ppo_stop_success} stops on PPO's validation checks, which "
-                             "are off here (--ppo-check-every 0, or ALFWorld's default): set --ppo-check-every N")
         validated = max(self.sft_check_episodes if self.stop_targets() else 0,
                         self.ppo_check_episodes if self.ppo_checks_every() else 0)
         if validated and (self.eval_seed < VALIDATION_SEED + validated
