@@ -38,8 +38,8 @@ class BatchDrawer:
 
     Oracle play visits the states near a goal far more often than the others: in NumberLine's 400
     demonstrations (current 4, target 5) appears 31 times and (current 0, target 1) 3 times, and the
-    states SFT then gets confidently wrong are those rare ones, where PPO's sampling never writes the
-    fix (docs/results.md). ``balance_states`` ("on", or "auto" where :func:`states_repeat`) draws each
+    states SFT then got confidently wrong, where PPO's sampling never writes the fix, were mostly such
+    rare ones (docs/results.md). ``balance_states`` ("on", or "auto" where :func:`states_repeat`) draws each
     distinct state (``Example.state``) equally often, its demonstrations sharing its share. Otherwise
     the draw is the plain uniform one SFT made before the option existed, so earlier results reproduce.
     """
