@@ -32,15 +32,23 @@ class _StandInAgent:
         Path(path).write_text(f"agent at {self.num_timesteps}")
 
 
-def _train(callback: GreedyValidationCallback, agent: _StandInAgent, updates: int, rollout_steps: int = 8) -> None:
-    """Drives the callback as PPO.learn does: training start, each rollout's start (after the previous update)."""
+def _train(callback: GreedyValidationCallback, agent: _StandInAgent, updates: int, rollout_steps: int = 8) -> int:
+    """Drives the callback as PPO.learn does: training start, each rollout's start (after the previous update),
+    its env steps (SB3 counts a step, then asks the callbacks, and stops the rollout and training on False).
+    Returns the updates made."""
     callback.init_callback(agent)
     callback.on_training_start({}, {})
+    made = 0
     for _ in range(updates):
         callback.on_rollout_start()
-        agent.num_timesteps += rollout_steps
+        agent.num_timesteps += 1
+        if not callback.on_step():
+            break
+        agent.num_timesteps += rollout_steps - 1
         callback.on_rollout_end()
+        made += 1
     callback.on_training_end()
+    return made
 
 
 def test_checks_run_at_the_start_every_n_updates_and_at_the_end_keeping_the_best(tmp_path):
@@ -73,19 +81,7 @@ def test_a_check_at_the_stop_success_ends_training_with_its_agent(tmp_path, caps
     callback = GreedyValidationCallback(lambda _: next(scores), tmp_path / "validation.jsonl", tmp_path / "best",
                                         every=1, stop_success=1.0)
     agent = _StandInAgent()
-    callback.init_callback(agent)
-    callback.on_training_start({}, {})
-    updates = 0
-    for _ in range(5):  # as SB3's collect_rollouts: the first env step is counted, then the callbacks asked
-        callback.on_rollout_start()
-        agent.num_timesteps += 1
-        if not callback.on_step():
-            break
-        agent.num_timesteps += 7
-        callback.on_rollout_end()
-        updates += 1
-    callback.on_training_end()
-    assert updates == 2 and agent.num_timesteps == 17
+    assert _train(callback, agent, updates=5) == 2 and agent.num_timesteps == 17
     # The stop's check is the last: the agent is the one it played, not checked again at 17.
     assert [c["timesteps"] for c in read_validation(tmp_path / "validation.jsonl")] == [0, 8, 16]
     assert callback.stopped_at == {"timesteps": 16, "success_rate": 1.0}

@@ -381,8 +381,7 @@ class Pipeline:
         # A run stopped by --ppo-stop-success ends one env step past its last check, the same agent's.
         last_check = checks[-1]["timesteps"] if checks else steps
         if self.context.is_main and kept["timesteps"] != last_check:
-            last = [p for p in checks if p["timesteps"] == last_check]
-            after = f", the last update's {last[-1]['success_rate']:.1%}" if last else ""
+            after = f", the last update's {checks[-1]['success_rate']:.1%}" if checks else ""
             start = " (the starting SFT model)" if kept["timesteps"] == 0 else ""
             print(f"PPO's agent is the one checked at {kept['timesteps']} env steps{start}: greedy answers win "
                   f"{kept['success_rate']:.1%} of the validation episodes{after}")

@@ -50,9 +50,8 @@ class BatchDrawer:
         self.examples = examples
         self.generator = np.random.default_rng(seed)
         states = [e.state for e in examples]
-        self.balanced = balance_states == "on" or (balance_states == "auto" and states_repeat(states))
         self.weights = None
-        if self.balanced:
+        if balance_states == "on" or (balance_states == "auto" and states_repeat(states)):
             counts = Counter(states)
             weights = np.array([1.0 / counts[state] for state in states])
             self.weights = weights / weights.sum()
