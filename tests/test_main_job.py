@@ -93,12 +93,14 @@ def test_settings_added_later_are_recorded_only_when_set():
     assert not {"learning_rate_warmup", "value_input", "ppo_check_every", "ppo_check_episodes",
                 "ppo_keep_best", "ppo_stop_success", "balance_states"} & set(default["ppo"])
     assert not {"balance_states"} & set(stage_settings(TrainConfig(balance_states="off"))["sft"])
-    # The main job stops SFT on reach 0.9 by default, recorded as that stop (a folder made with the flag
+    # The main job stops SFT on reach 0.7 by default, recorded as that stop (a folder made with the flag
     # spelled out matches); SFT alone has no validation episodes, so its default is no stop.
-    from vlm_policy.training.configs import SFTConfig
+    from vlm_policy.training.configs import DEFAULT_STOP_REACH, SFTConfig
 
-    assert TrainConfig().stop_targets() == {"reach": 0.9} and SFTConfig().stop_targets() == {}
-    assert stage_settings(TrainConfig())["sft"] == stage_settings(TrainConfig(sft_stop_reach=0.9))["sft"]
+    assert DEFAULT_STOP_REACH == 0.7
+    assert TrainConfig().stop_targets() == {"reach": 0.7} and SFTConfig().stop_targets() == {}
+    assert stage_settings(TrainConfig())["sft"] == stage_settings(TrainConfig(sft_stop_reach=0.7))["sft"]
+    assert stage_settings(TrainConfig())["sft"] != stage_settings(TrainConfig(sft_stop_reach=0.9))["sft"]
     checked = stage_settings(TrainConfig())["ppo"]  # the checks are on by default for the card tasks
     assert (checked["ppo_check_every"], checked["ppo_check_episodes"], checked["ppo_keep_best"],
             checked["ppo_stop_success"]) == (-1, 64, True, 1.0)

@@ -18,7 +18,7 @@ from vlm_policy.loading import TINY, is_tiny
 #: The first seed of the validation episodes SFT's stop checks use (the test seeds start at 100,000).
 VALIDATION_SEED = 200_000
 #: The main job's ``--sft-stop-reach`` (its -1 default resolved; docs/results.md has why).
-DEFAULT_STOP_REACH = 0.9
+DEFAULT_STOP_REACH = 0.7
 
 #: The probability from which an answer counts as within reach of PPO's sampling.
 REACH_PROBABILITY = 0.01
