@@ -8,7 +8,8 @@ answer its first frame greedily; the script prints how often each action was cho
 was the oracle's move and, for tasks whose ``info`` says whether a deal can be won (Points24,
 EZPoints), how often the agent ended the game at once on a winnable deal. On NumberLine it also
 counts the answers whose written reading ("current number", "target number") matches the frame:
-whether the thoughts stay faithful after PPO. For every task it prints how likely each agent is to write
+whether the thoughts stay faithful after PPO; with chain-of-thought prompts, on every task, how many thoughts
+are the oracle's word for word (PPO can fix an action and leave its thoughts wrong). For every task it prints how likely each agent is to write
 the oracle's whole answer when it samples at PPO's temperature: PPO reinforces only what its sampling
 writes, so on deals where that probability is near 0 its rollouts almost never try the right answer
 (``vlm-cards train --sft-stop-reach`` stops SFT on the same measure, taken on validation episodes).
@@ -81,6 +82,24 @@ def reading_is_right(text: str, state: dict) -> bool | None:
     return all(written) and [int(m.group(1)) for m in written] == [state["Current"], state["Target"]]
 
 
+def thoughts_of(text: str) -> str | None:
+    """The "thoughts" of a JSON answer, white space trimmed (None where the answer is no JSON object with them)."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return None
+    thoughts = answer.get("thoughts") if isinstance(answer, dict) else None
+    return thoughts.strip() if isinstance(thoughts, str) else None
+
+
+def oracle_thoughts_count(answers: list[tuple[str | None, str]], oracle_texts: list[str]) -> int:
+    """On how many deals the agent's thoughts are the oracle's word for word (NumberLine: the true comparison
+    of the two numbers and the move it implies), whatever the action: PPO can fix an action without its
+    thoughts."""
+    return sum(1 for (_, text), oracle_text in zip(answers, oracle_texts)
+               if thoughts_of(oracle_text) is not None and thoughts_of(text) == thoughts_of(oracle_text))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a `vlm-cards train` output directory")
@@ -131,6 +150,9 @@ def main() -> None:
         for text, oracle_text, deals, chance in wrong_first_answers(answers, oracle, oracle_texts, chances)[:args.show_wrong]:
             print(f"  wrong on {deals} deal(s), the oracle's answer at most {chance:.2g} likely:\n"
                   f"    agent:  {text}\n    oracle: {oracle_text}")
+        if config["prompt_style"] == "cot":
+            print(f"{name}: thoughts word for word the oracle's on {oracle_thoughts_count(answers, oracle_texts)} "
+                  f"of {args.episodes}")
         readings = [reading_is_right(text, state) for (_, text), state in zip(answers, states)]
         if readings[0] is not None:
             print(f"{name}: both numbers read right on {sum(readings)} of {args.episodes}")

@@ -78,3 +78,18 @@ def test_wrong_first_answers_are_grouped_most_frequent_first():
     rows = module.wrong_first_answers(answers, oracle_actions, oracle_texts, chances)
     assert rows == [("a", "A", 2, pytest.approx(0.004)), ("c", "C", 1, pytest.approx(0.3))]
     assert module.wrong_first_answers(answers[:2], ["+", "-"], oracle_texts[:2], chances[:2]) == []
+
+
+def test_oracle_thoughts_count_compares_the_thoughts_alone():
+    module = _first_answers()
+    oracle = '{"current number": 4, "target number": 3, "thoughts": "4 is larger than 3, so I subtract one.", "action": "-"}'
+    answers = [
+        ("-", oracle),  # the oracle's answer
+        ("-", '{"thoughts": " 4 is larger than 3, so I subtract one. ", "action": "-"}'),  # same thoughts, trimmed
+        ("-", '{"thoughts": "4 is smaller than 0, so I add one.", "action": "-"}'),  # right move, wrong thoughts
+        (None, "not json"),
+        (None, '["a list"]'),
+    ]
+    assert module.thoughts_of(answers[3][1]) is None and module.thoughts_of(answers[4][1]) is None
+    assert module.oracle_thoughts_count(answers, [oracle] * len(answers)) == 2
+    assert module.oracle_thoughts_count(answers[:1], ['{"action": "-"}']) == 0  # the oracle wrote no thoughts
