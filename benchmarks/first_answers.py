@@ -3,18 +3,18 @@ PPO agent yet).
 
     python benchmarks/first_answers.py runs/points24 [--episodes 200] [--seed 100000]
 
-Each held-out episode is reset with ``seed + i`` (as in the main job's evaluation) and both agents
-answer its first frame greedily; the script prints how often each action was chosen, how often it
-was the oracle's move and, for tasks whose ``info`` says whether a deal can be won (Points24,
-EZPoints), how often the agent ended the game at once on a winnable deal. On NumberLine it also
-counts the answers whose written reading ("current number", "target number") matches the frame:
-whether the thoughts stay faithful after PPO; with chain-of-thought prompts, on every task, how many thoughts
-are the oracle's word for word (PPO can fix an action and leave its thoughts wrong). For every task it prints how likely each agent is to write
-the oracle's whole answer when it samples at PPO's temperature: PPO reinforces only what its sampling
-writes, so on deals where that probability is near 0 its rollouts almost never try the right answer
-(``vlm-cards train --sft-stop-reach`` stops SFT on the same measure, taken on validation episodes).
-The README's "PPO teaches the model to give up" (Points24), thought-faithfulness (NumberLine) and
-"room for PPO" figures were measured with it.
+Each held-out episode is reset with ``seed + i`` (as in the main job's evaluation) and both agents answer its
+first frame greedily; the script prints how often each action was chosen, how often it was the oracle's move
+and, for tasks whose ``info`` says whether a deal can be won (Points24, EZPoints), how often the agent ended
+the game at once on a winnable deal. On NumberLine it also counts the answers whose written reading ("current
+number", "target number") matches the frame: whether the thoughts stay faithful after PPO; with
+chain-of-thought prompts, on every task, how many thoughts are the oracle's word for word (PPO can fix an
+action and leave its thoughts wrong). For every task it prints how likely each agent is to write the oracle's
+whole answer when it samples at PPO's temperature: PPO reinforces only what its sampling writes, so on deals
+where that probability is near 0 its rollouts almost never try the right answer (``vlm-cards train
+--sft-stop-reach`` stops SFT on the same measure, taken on validation episodes). The README's "PPO teaches the
+model to give up" (Points24), thought-faithfulness (NumberLine) and "room for PPO" figures were measured with
+it.
 
 ``--show-wrong N`` also prints each agent's N most frequent wrong first answers beside the oracle's, with how
 many deals gave each and the oracle's probability there: a mistake whose probability stays under 1% after PPO
