@@ -98,6 +98,10 @@ def test_settings_added_later_are_recorded_only_when_set():
     from vlm_policy.training.configs import DEFAULT_STOP_REACH, SFTConfig
 
     assert DEFAULT_STOP_REACH == 0.7
+    # PPO's default budget is whole rollouts, also split over 2 or 4 data-parallel processes.
+    default_ppo = TrainConfig()
+    assert default_ppo.ppo_timesteps == 8192
+    assert all(default_ppo.ppo_timesteps % (default_ppo.n_envs * default_ppo.n_steps * n) == 0 for n in (1, 2, 4))
     assert TrainConfig().stop_targets() == {"reach": 0.7} and SFTConfig().stop_targets() == {}
     assert stage_settings(TrainConfig())["sft"] == stage_settings(TrainConfig(sft_stop_reach=0.7))["sft"]
     assert stage_settings(TrainConfig())["sft"] != stage_settings(TrainConfig(sft_stop_reach=0.9))["sft"]

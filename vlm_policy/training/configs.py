@@ -202,7 +202,8 @@ class SFTConfig:
 class PPOConfig:
     """PPO through SB3 (the paper's values where they carry over; the learning rate is the tiny model's)."""
 
-    ppo_timesteps: int = field(default=4096, metadata=_help("env steps of PPO (paper: 15,000)"))
+    ppo_timesteps: int = field(default=8192, metadata=_help(
+        "env steps of PPO at the most: --ppo-stop-success usually ends it earlier (paper: 15,000)"))
     n_envs: int = field(default=8, metadata=_help("parallel envs (one batched generate per step)"))
     n_steps: int = field(default=32, metadata=_help("rollout steps per env per update"))
     batch_size: int = field(default=32, metadata=_help("PPO minibatch size"))
