@@ -97,7 +97,7 @@ def oracle_thoughts_count(answers: list[tuple[str | None, str]], oracle_texts: l
     of the two numbers and the move it implies), whatever the action: PPO can fix an action without its
     thoughts."""
     return sum(1 for (_, text), oracle_text in zip(answers, oracle_texts)
-               if thoughts_of(oracle_text) is not None and thoughts_of(text) == thoughts_of(oracle_text))
+               if (wanted := thoughts_of(oracle_text)) is not None and thoughts_of(text) == wanted)
 
 
 def main() -> None:

@@ -243,23 +243,26 @@ class GreedyValidationCallback(BaseCallback):
             self._check_once()
 
     def _check_and_maybe_stop(self) -> None:
-        self._check_once()
+        check = self._check_once()
         if not self.stop_success:
             return
         from vlm_policy import distributed
 
-        steps = self._steps()
-        latest = [c for c in self.checks if c["timesteps"] == steps]
-        verdict = latest[-1] if latest and latest[-1]["success_rate"] >= self.stop_success else None
+        verdict = check if check is not None and check["success_rate"] >= self.stop_success else None
         self.stopped_at = distributed.broadcast_object(verdict)  # rank 0 alone plays the checks
         if self.stopped_at is not None and self.record_path is not None:
-            print(f"PPO stops at {steps} env steps: greedy answers win {self.stopped_at['success_rate']:.1%} of the "
+            print(f"PPO stops at {self._steps()} env steps: greedy answers win {self.stopped_at['success_rate']:.1%} of the "
                   f"validation episodes (>= --ppo-stop-success {self.stop_success})", flush=True)
 
-    def _check_once(self) -> None:
+    def _check_once(self) -> dict | None:
+        """Plays the check of this step count unless it is recorded already (a resumed run); returns that check
+        (None where this process plays no checks)."""
         steps = self._steps()
-        if self.record_path is None or any(c["timesteps"] == steps for c in self.checks):
-            return
+        if self.record_path is None:
+            return None
+        recorded = next((c for c in self.checks if c["timesteps"] == steps), None)
+        if recorded is not None:
+            return recorded
         from vlm_policy.training.evaluation import global_rngs_restored
 
         policy = self.model.policy
@@ -287,6 +290,7 @@ class GreedyValidationCallback(BaseCallback):
         with self.record_path.open("a") as handle:
             handle.write(json.dumps(point) + "\n")
         self.logger.record("validation/success_rate", success)
+        return point
 
 
 #: What :class:`GreedyValidationCallback` keeps in its ``best_dir``.

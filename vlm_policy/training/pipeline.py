@@ -377,10 +377,12 @@ class Pipeline:
         # Loaded even when it was checked at this step count: after a resume it may be the interrupted
         # attempt's agent, and the agent handed over is always the one its check scored.
         model.set_parameters(str(best_dir / BEST_AGENT_FILE), exact_match=True, device=self.device)
-        checks = read_validation(self.out / VALIDATION_RECORD) if self.context.is_main else []
+        if not self.context.is_main:
+            return
+        checks = read_validation(self.out / VALIDATION_RECORD)
         # A run stopped by --ppo-stop-success ends one env step past its last check, the same agent's.
         last_check = checks[-1]["timesteps"] if checks else steps
-        if self.context.is_main and kept["timesteps"] != last_check:
+        if kept["timesteps"] != last_check:
             after = f", the last update's {checks[-1]['success_rate']:.1%}" if checks else ""
             start = " (the starting SFT model)" if kept["timesteps"] == 0 else ""
             print(f"PPO's agent is the one checked at {kept['timesteps']} env steps{start}: greedy answers win "
