@@ -73,13 +73,17 @@ class Card:
 FULL_DECK: tuple[Card, ...] = tuple(Card(s, r) for s in SUITS for r in RANKS)
 
 
-def parse_cards(codes: object, count: int | None = None, what: str = "cards") -> list[Card]:
-    """Reads a list of card codes, checking the count when one is given."""
+def parse_cards(codes: object, count: int | None = None, what: str = "cards", distinct: bool = False) -> list[Card]:
+    """Reads a list of card codes, checking the count when one is given.
+
+    The same card may appear twice, as the reference tasks deal each card independently (EZPoints can
+    deal ``["H6", "H6"]``); ``distinct=True`` refuses that, for a deal from one deck.
+    """
     if isinstance(codes, str) or not isinstance(codes, (list, tuple)):
         raise ValueError(f"{what} must be a list of card codes such as ['H5', 'S7'], got {codes!r}")
     cards = [Card.parse(c) for c in codes]
-    if len(set(cards)) != len(cards):
-        raise ValueError(f"{what} hold the same card twice (a deck has one of each): {list(codes)!r}")
+    if distinct and len(set(cards)) != len(cards):
+        raise ValueError(f"{what} hold the same card twice, which a single deck cannot deal: {list(codes)!r}")
     if count is not None and len(cards) != count:
         raise ValueError(f"{what} must hold exactly {count} cards, got {len(cards)}: {list(codes)!r}")
     return cards
@@ -92,6 +96,13 @@ def random_suit(np_random: np.random.Generator) -> str:
 def card_with_rank(rank_number: int, np_random: np.random.Generator) -> Card:
     """A card of the given rank (1-13) and a random suit."""
     return Card(random_suit(np_random), RANKS[rank_number - 1])
+
+
+def independent_cards(np_random: np.random.Generator, count: int, max_rank: int = 13) -> list[Card]:
+    """``count`` cards drawn independently, as the reference deals: every rank in 1..``max_rank`` equally
+    likely, then every suit, so a hand can hold the same card twice."""
+    ranks = [int(np_random.integers(1, max_rank + 1)) for _ in range(count)]
+    return [card_with_rank(rank, np_random) for rank in ranks]
 
 
 def deal(np_random: np.random.Generator, count: int) -> list[Card]:

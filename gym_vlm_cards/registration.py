@@ -16,8 +16,9 @@ TASK_IDS: dict[str, str] = {
 }
 
 #: Step limits. NumberLine: twice the line's length (5), enough for any start. EZPoints and Points24:
-#: four times the formula limit plus "=", a safety net beyond the reference, whose formula limit alone
-#: never ends an episode of cards that are not in hand (they are never written). Blackjack: more steps
+#: four times the formula limit plus "=", a safety net beyond the reference: our formula limit alone
+#: never ends an episode of cards that are not in hand, as they are not written (the reference writes a
+#: blank for each, which counts toward its limit). Blackjack: more steps
 #: than any hand can take.
 STEP_LIMITS: dict[str, int] = {
     "gym_cards/NumberLine-v0": 10,

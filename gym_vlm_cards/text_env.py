@@ -20,6 +20,7 @@ See ``examples/custom_task.py`` for a complete task written this way.
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -314,13 +315,29 @@ class TextActionEnv(gym.Env):
         self._clock.tick(self.metadata["render_fps"])
 
 
+def require_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` as an int, refusing what is not an integer (a bool, a float, a string) or is below ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {value!r}: pass a whole number such as {minimum or 1}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def require_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool, refusing anything else ("no" is a true string, so it is not read as False)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _image_shape(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        height, width = (require_int("image_size", v) for v in image_size)
+    elif isinstance(image_size, numbers.Integral) and not isinstance(image_size, (bool, np.bool_)):
         height = width = int(image_size)
-    elif isinstance(image_size, (tuple, list)) and len(image_size) == 2:
-        height, width = (int(v) for v in image_size)
     else:
-        raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
+        raise ValueError(f"image_size must be an int or a (height, width) pair of ints, got {image_size!r}")
     if height < 32 or width < 32:
         raise ValueError(f"image_size must be at least 32x32 pixels, got {height}x{width}")
     return height, width

@@ -64,7 +64,7 @@ def test_ezpoints_deals_are_always_solvable_with_plus_or_times():
         _, info = env.reset(seed=seed)
         a, b = info["Numbers"]
         assert a + b == 12 or a * b == 12
-        assert info["solvable"] and len(set(info["Cards"])) == 2
+        assert info["solvable"]
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,6 @@ def test_points24_solvable_flag_matches_the_solver():
     for seed in range(100):
         _, info = env.reset(seed=seed)
         assert info["solvable"] == is_solvable(info["Numbers"], 24)
-        assert len(set(info["Cards"])) == 4  # one deck, no card twice
 
 
 @pytest.mark.slow

@@ -295,13 +295,23 @@ def test_step_limits_are_registered_and_gym_make_can_change_them(env_id):
 
 
 @pytest.mark.parametrize("env_id, options", [
-    ("gym_cards/EZPoints-v0", {"cards": ["H5", "H5"]}),
+    ("gym_cards/EZPoints-v0", {"cards": ["H6", "H6"]}),
     ("gym_cards/Points24-v0", {"cards": ["H5", "S7", "D2", "S7"]}),
     ("gym_cards/Blackjack-v0", {"player": ["H5", "S7"], "dealer": ["S7", "C9"]}),
 ])
-def test_the_same_card_twice_is_refused(env_id, options):
-    with pytest.raises(ValueError, match="card"):
-        gym.make(env_id).reset(options=options)
+def test_the_same_card_twice_is_a_reference_deal(env_id, options):
+    # The reference draws every card independently, so these hands are ones it deals.
+    env = gym.make(env_id)
+    _, info = env.reset(options=options)
+    assert (info.get("Cards") or info["Player Card"]) == next(iter(options.values()))
+
+
+def test_a_single_deck_refuses_the_same_card_twice():
+    env = gym.make("gym_cards/Points24-v0", deck="single")
+    with pytest.raises(ValueError, match="single deck"):
+        env.reset(options={"cards": ["H5", "S7", "D2", "S7"]})
+    for seed in range(50):
+        assert len(set(env.reset(seed=seed)[1]["Cards"])) == 4
 
 
 def test_numpy_integers_are_accepted_as_options():
@@ -321,3 +331,40 @@ def test_stepping_after_the_end_is_an_error_not_another_reward():
         env.step('{"action": "="}')
     env.reset(seed=0)  # and a reset starts over
     env.step('{"action": "+"}')
+
+
+@pytest.mark.parametrize("env_id, kwargs", [
+    ("gym_cards/NumberLine-v0", {"image_size": (32.9, 64)}),
+    ("gym_cards/NumberLine-v0", {"image_size": ("64", "64")}),
+    ("gym_cards/NumberLine-v0", {"image_size": (True, 64)}),
+    ("gym_cards/NumberLine-v0", {"image_size": 64.0}),
+    ("gym_cards/NumberLine-v0", {"max_position": 1.7}),
+    ("gym_cards/NumberLine-v0", {"max_position": "5"}),
+    ("gym_cards/Points24-v0", {"face_cards_as_ten": "no"}),
+    ("gym_cards/Points24-v0", {"face_cards_as_ten": 0}),
+    ("gym_cards/Points24-v0", {"deck": "double"}),
+    ("gym_cards/Points24-v0", {"formula_limit": 2.5}),
+    ("gym_cards/Blackjack-v0", {"natural": "no"}),
+    ("gym_cards/Blackjack-v0", {"sab": "false"}),
+])
+def test_arguments_of_another_type_are_refused_not_coerced(env_id, kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        gym.make(env_id, **kwargs)
+
+
+@pytest.mark.parametrize("env_id", ["gym_cards/NumberLine-v0", "gym_cards/EZPoints-v0", "gym_cards/Points24-v0",
+                                    "gym_cards/Blackjack-v0"])
+@pytest.mark.parametrize("size", [(32, 600), (600, 32), (32, 32), (40, 300)])
+def test_every_accepted_frame_shape_is_drawn(env_id, size):
+    env = gym.make(env_id, image_size=size)
+    frame, _ = env.reset(seed=0)
+    assert frame.shape == (*size, 3)
+    frame, *_ = env.step(json.dumps({"action": env.unwrapped.oracle_action()}))
+    assert frame.shape == (*size, 3)
+
+
+def test_blackjack_refuses_a_bust_dealer_hand():
+    env = gym.make("gym_cards/Blackjack-v0")
+    with pytest.raises(ValueError, match="dealer's hand .* bust"):
+        env.reset(options={"player": ["H5", "S7"], "dealer": ["SK", "CQ", "D5"]})

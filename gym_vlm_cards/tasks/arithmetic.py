@@ -11,7 +11,7 @@ from gym_vlm_cards.cards import Card, parse_cards
 from gym_vlm_cards.formula import try_evaluate
 from gym_vlm_cards.rendering import TABLE_GREEN, WHITE, Canvas, line_height, wrap_text
 from gym_vlm_cards.solver import solve
-from gym_vlm_cards.text_env import Outcome, TextActionEnv
+from gym_vlm_cards.text_env import Outcome, TextActionEnv, require_bool, require_int
 
 #: Reward for "=" on a correct formula that uses every card.
 WIN_REWARD = 10.0
@@ -31,6 +31,8 @@ class ArithmeticCardsEnv(TextActionEnv):
     deterministic_steps = True  # the deal is drawn at reset; every step after it is determined
     n_cards: int = 2
     operators: tuple[str, ...] = ("+", "*")
+    #: Whether a hand is dealt from one deck (so no card twice); the reference deals cards independently.
+    distinct_cards: bool = False
 
     def __init__(
         self,
@@ -39,9 +41,9 @@ class ArithmeticCardsEnv(TextActionEnv):
         face_cards_as_ten: bool = True,
         **kwargs: Any,
     ) -> None:
-        self.target = int(target)
-        self.formula_limit = int(formula_limit)
-        self.face_cards_as_ten = bool(face_cards_as_ten)
+        self.target = require_int("target", target, minimum=1)
+        self.formula_limit = require_int("formula_limit", formula_limit, minimum=1)
+        self.face_cards_as_ten = require_bool("face_cards_as_ten", face_cards_as_ten)
         self.max_number = 10 if self.face_cards_as_ten else 13
         numbers = tuple(str(n) for n in range(1, self.max_number + 1))
         super().__init__(numbers + self.operators + ("=",), **kwargs)
@@ -58,7 +60,7 @@ class ArithmeticCardsEnv(TextActionEnv):
             unknown = set(options) - {"cards"}
             if unknown or "cards" not in options:
                 raise ValueError(f"{type(self).__name__} options take exactly 'cards', got {sorted(options)}")
-            self.cards = parse_cards(options["cards"], self.n_cards)
+            self.cards = parse_cards(options["cards"], self.n_cards, distinct=self.distinct_cards)
         else:
             self.cards = self._deal()
         self.formula = []
@@ -105,7 +107,11 @@ class ArithmeticCardsEnv(TextActionEnv):
             canvas.text(line, margin, formula_y + i * step, size, WHITE)
         slot = w / self.n_cards
         card_w = int(slot * 0.9)
-        card_h = min(int(card_w * 7 / 5), formula_y - 2 * margin)
+        # A wide, short frame leaves little height above the formula: the cards shrink to fit it.
+        card_h = int(card_w * 7 / 5)
+        if card_h > formula_y - 2 * margin:
+            card_h = max(1, formula_y - 2 * margin)
+            card_w = max(1, min(card_w, int(card_h * 5 / 7)))
         top = max(margin, (formula_y - card_h) // 2)
         for i, card in enumerate(self.cards):
             canvas.card(card.code, int(i * slot + (slot - card_w) / 2), top, card_w, card_h)

@@ -6,7 +6,7 @@ from typing import Any
 
 from gym_vlm_cards.cards import RANKS, Card, parse_cards, random_suit
 from gym_vlm_cards.rendering import TABLE_GREEN, WHITE, Canvas
-from gym_vlm_cards.text_env import Outcome, TextActionEnv
+from gym_vlm_cards.text_env import Outcome, TextActionEnv, require_bool
 
 BLACKJACK_PROMPT = (
     "You are playing blackjack against the dealer. The image shows the dealer's face-up card above and "
@@ -103,8 +103,8 @@ class BlackjackEnv(TextActionEnv):
 
     def __init__(self, natural: bool = False, sab: bool = False, **kwargs: Any) -> None:
         super().__init__(("stand", "hit"), **kwargs)
-        self.natural = bool(natural)
-        self.sab = bool(sab)
+        self.natural = require_bool("natural", natural)
+        self.sab = require_bool("sab", sab)
         self.player: list[Card] = []
         self.dealer: list[Card] = []
         self.finished = False
@@ -121,12 +121,12 @@ class BlackjackEnv(TextActionEnv):
                 raise ValueError(f"Blackjack options take exactly 'player' and 'dealer', got {sorted(options)}")
             self.player = parse_cards(options["player"], what="player")
             self.dealer = parse_cards(options["dealer"], what="dealer")
-            if set(self.player) & set(self.dealer):
-                raise ValueError(f"player and dealer share cards (a deck has one of each): {options!r}")
             if len(self.player) < 2 or len(self.dealer) < 2:
                 raise ValueError("player and dealer must each hold at least 2 cards")
             if hand_total(self.player) > 21:
                 raise ValueError(f"the player's hand {options['player']!r} is already bust")
+            if hand_total(self.dealer) > 21:
+                raise ValueError(f"the dealer's hand {options['dealer']!r} is already bust")
             return
         self.dealer = [self._draw_card(), self._draw_card()]
         self.player = [self._draw_card(), self._draw_card()]

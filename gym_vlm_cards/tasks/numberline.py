@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from gym_vlm_cards.rendering import BLACK, Canvas, fitting_size
-from gym_vlm_cards.text_env import Outcome, TextActionEnv
+from gym_vlm_cards.text_env import Outcome, TextActionEnv, require_int
 
 NUMBERLINE_PROMPT = (
     "You are playing the number line game. The image shows a target number and a current number. "
@@ -64,9 +64,7 @@ class NumberLineEnv(TextActionEnv):
     deterministic_steps = True
 
     def __init__(self, max_position: int = 5, **kwargs: Any) -> None:
-        if int(max_position) < 1:
-            raise ValueError(f"max_position must be at least 1, got {max_position!r}")
-        self.max_position = int(max_position)
+        self.max_position = require_int("max_position", max_position, minimum=1)
         super().__init__(("-", "+"), **kwargs)
         self.current = 0
         self.target = 1
