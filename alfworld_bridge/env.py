@@ -144,8 +144,10 @@ class ALFWorldEnv(TextActionEnv):
                 self._engine.load(str(game))
             self._loaded = game
             return self._engine.reset()
-        except (ValueError, KeyError, UnicodeDecodeError) as error:  # json errors are ValueErrors
-            self._engine, self._loaded = None, None
+        except (ValueError, KeyError, UnicodeDecodeError, AttributeError, TypeError) as error:
+            # json errors are ValueErrors; a file of valid JSON that is not a game object (a list, a
+            # string) fails inside TextWorld with AttributeError / TypeError.
+            self._close_engine()
             raise GameDataError(f"game file {game} could not be read ({type(error).__name__}: {error}); "
                                 "it is corrupted: rebuild it or remove it from the data") from None
 
@@ -158,6 +160,8 @@ class ALFWorldEnv(TextActionEnv):
                 if not 0 <= choice < len(self.games):
                     raise ValueError(f"game index {choice} is out of range [0, {len(self.games)})")
                 return self.games[int(choice)]
+            if not isinstance(choice, (str, os.PathLike)):
+                raise ValueError(f"option 'game' must be an index or a game file's path, got {choice!r}")
             path = Path(choice)
             if not path.is_file():
                 raise ValueError(f"option 'game' must be an index or an existing game file, got {choice!r}")
@@ -166,11 +170,16 @@ class ALFWorldEnv(TextActionEnv):
 
     # ------------------------------------------------------------------ TextActionEnv hooks
     def _start_episode(self, options: dict[str, Any] | None) -> None:
+        self.state = None  # no half-made episode survives a failed reset
         self.game_file = self._pick_game(options)
-        traj = read_traj_data(self.game_file)
-        self.targets = Targets.from_traj_data(traj)
-        self.floor_plan = floor_plan_of(traj)
-        self.state = self._load(self.game_file)
+        try:
+            traj = read_traj_data(self.game_file)
+            self.targets = Targets.from_traj_data(traj)
+            self.floor_plan = floor_plan_of(traj)
+            self.state = self._load(self.game_file)
+        except Exception:
+            self._close_engine()  # the engine may hold the previous game: nothing of it is played on
+            raise
         feedback = self.state["feedback"]
         self.task = feedback.split("Your task is to:", 1)[1].strip().rstrip(".") if "Your task is to:" in feedback else ""
         self.observation_text = feedback.split("-=", 1)[-1].split("=-", 1)[-1].strip()
@@ -207,11 +216,13 @@ class ALFWorldEnv(TextActionEnv):
     def describe_state(self) -> str:
         return f"Task: {self.task}. {self.observation_text}"
 
-    def close(self) -> None:
+    def _close_engine(self) -> None:
         if self._engine is not None:
             self._engine.close()
-            self._engine = None
-            self._loaded = None
+        self._engine, self._loaded, self.state = None, None, None
+
+    def close(self) -> None:
+        self._close_engine()
         super().close()
 
     # ------------------------------------------------------------------ the expert

@@ -131,6 +131,9 @@ def read_traj_data(game_file: Path) -> dict:
     if not path.is_file():
         raise GameDataError(f"{game_file} has no {TRAJ_FILE} beside it (needed for the task type and targets)")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as error:
         raise GameDataError(f"{path} is not valid JSON ({error}); the game's data is corrupted") from None
+    if not isinstance(data, dict):
+        raise GameDataError(f"{path} holds a JSON {type(data).__name__}, not an object; the game's data is corrupted")
+    return data

@@ -10,7 +10,7 @@ Importing the package registers the tasks with Gymnasium::
     obs, reward, terminated, truncated, info = env.step('{"thoughts": "...", "action": "+"}')
 """
 
-from gym_vlm_cards.registration import TASK_IDS, register_tasks
+from gym_vlm_cards.registration import TASK_IDS, register_tasks, resolve_env_id
 from gym_vlm_cards.tasks import BlackjackEnv, EZPointsEnv, NumberLineEnv, Points24Env
 from gym_vlm_cards.text_env import Outcome, TextActionEnv
 
@@ -24,6 +24,7 @@ __all__ = [
     "Points24Env",
     "TextActionEnv",
     "register_tasks",
+    "resolve_env_id",
 ]
 
 register_tasks()

@@ -14,6 +14,7 @@ import gymnasium as gym
 
 import gym_vlm_cards  # noqa: F401  (registers the tasks)
 from gym_vlm_cards.agents import AGENTS, Agent
+from gym_vlm_cards.registration import resolve_env_id
 
 
 @dataclass(frozen=True)
@@ -98,13 +99,15 @@ def evaluate_agents(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agent", choices=sorted(AGENTS), nargs="+", default=["random", "oracle"])
-    parser.add_argument("--env", default="gym_cards/NumberLine-v0", help="a registered task id")
+    parser.add_argument("--env", default="gym_cards/NumberLine-v0", help="a registered task id, or module:id for your own")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i")
     parser.add_argument("--action-mode", choices=["text", "discrete"], default="text")
     args = parser.parse_args(argv)
-    if args.env not in gym.registry:
-        parser.error(f"unknown env id {args.env!r}; registered gym_cards tasks: {sorted(gym_vlm_cards.TASK_IDS)}")
+    try:
+        args.env = resolve_env_id(args.env)
+    except ValueError as error:
+        parser.error(str(error))
     results = evaluate_agents(args.env, args.agent, args.episodes, args.seed, {"action_mode": args.action_mode})
     print(f"{args.env}, {args.episodes} episodes, seeds {args.seed}..{args.seed + args.episodes - 1}")
     print(format_table(TABLE_HEADER, [r.row() for r in results]))

@@ -190,6 +190,7 @@ class TextActionEnv(gym.Env):
         super().reset(seed=seed)
         if options is not None and not isinstance(options, dict):
             raise ValueError(f"options must be a dict, got {type(options).__name__}")
+        self._episode_over = True  # stays so if the new episode cannot start: step then asks for reset()
         self._start_episode(options or None)
         self.elapsed_steps = 0
         self._episode_over = False
@@ -199,7 +200,8 @@ class TextActionEnv(gym.Env):
 
     def step(self, action: Any):
         if self._episode_over:
-            raise RuntimeError(f"{type(self).__name__}: the episode has ended; call reset() before stepping again")
+            raise RuntimeError(f"{type(self).__name__}: no episode is in progress (it ended, or the last reset "
+                               "failed); call reset() before stepping again")
         parsed = self._parse(action)
         self.elapsed_steps += 1
         executed = parsed

@@ -247,6 +247,45 @@ def test_a_corrupted_game_file_is_an_error_naming_it(tmp_path):
         env.reset(seed=0)
 
 
+@pytest.mark.parametrize("game", [1.0, None, True, [0], {}])
+def test_a_game_option_of_another_type_is_a_value_error(real_env, game):
+    with pytest.raises(ValueError, match="index or a game file"):
+        real_env.reset(options={"game": game})
+
+
+@pytest.mark.parametrize("broken, text", [("game.tw-pddl", "[1, 2]"), ("traj_data.json", "[1, 2]")])
+def test_a_game_of_json_that_is_not_an_object_is_a_game_data_error(tmp_path, broken, text):
+    trial = tmp_path / "json_2.1.1" / "train" / "task" / "trial"
+    shutil.copytree(REAL_GAME, trial)
+    (trial / broken).write_text(text)
+    env = gym.make("alfworld/ALFWorld-v0", data_root=tmp_path, split="train")
+    with pytest.raises(GameDataError, match=broken):
+        env.reset(seed=0)
+    env.close()
+
+
+def test_a_failed_reset_closes_the_engine_and_step_asks_for_reset(tmp_path):
+    good = tmp_path / "json_2.1.1" / "train" / "good" / "trial"
+    bad = tmp_path / "json_2.1.1" / "train" / "bad" / "trial"
+    shutil.copytree(REAL_GAME, good)
+    shutil.copytree(REAL_GAME, bad)
+    (bad / "game.tw-pddl").write_text("[1, 2]")
+    env = gym.make("alfworld/ALFWorld-v0", data_root=tmp_path, split="train")
+    env.reset(options={"game": good / "game.tw-pddl"})
+    engine = env.unwrapped._engine
+    closed = []
+    original_close = engine.close
+    engine.close = lambda: (closed.append(True), original_close())[1]  # observe the old engine's close
+    with pytest.raises(GameDataError):
+        env.reset(options={"game": bad / "game.tw-pddl"})
+    assert closed and env.unwrapped._engine is None
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(answer("look"))
+    obs, info = env.reset(options={"game": good / "game.tw-pddl"})  # and the env plays on after a good reset
+    assert info["task"] and obs.shape[-1] == 3
+    env.close()
+
+
 def test_a_floor_plan_outside_the_layouts_folder_is_not_read():
     from alfworld_bridge.render import floor_plan_of
 

@@ -246,8 +246,9 @@ def test_changed_settings_stop_the_run_before_anything_is_touched(finished_run, 
     run = tmp_path / "run"
     shutil.copytree(finished_run[0], run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    with pytest.raises(SettingsChanged, match="env_id: 'gym_cards/NumberLine-v0' -> 'gym_cards/Blackjack-v0'"):
+    with pytest.raises(SettingsChanged, match="env_id: 'gym_cards/NumberLine-v0' -> 'gym_cards/Blackjack-v0'") as refused:
         Pipeline(_micro_config(run, env_id="gym_cards/Blackjack-v0")).run()
+    assert str(refused.value).count("env_id") == 1  # named once, not once per stage made from it
     with pytest.raises(SettingsChanged, match="n_epochs: 1 -> 2"):
         Pipeline(_micro_config(run, n_epochs=2)).run(resume=True)  # --resume refuses changed PPO settings
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
@@ -366,3 +367,54 @@ def test_a_torn_final_agent_is_not_taken_as_done(finished_run, tmp_path, capsys,
     # Run again as it is: the whole agent and its evaluation stand, nothing is evaluated again.
     assert Pipeline(_micro_config(run)).run() == rows
     assert evaluated == ["after PPO"] and "nothing changed since" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_rerun_without_resume_refuses_to_drop_an_unfinished_ppo_stage(finished_run, tmp_path):
+    from vlm_policy.training.run_folder import RunRefused
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    (run / "ppo" / "final.zip").unlink()  # as Ctrl-C during PPO leaves it
+    before = _files(run)
+    with pytest.raises(RunRefused, match="saved at 16 env steps: rerun with --resume .* or --overwrite"):
+        Pipeline(_micro_config(run)).run()
+    assert _files(run) == before  # the checkpoints are all there
+
+
+def _files(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resume_with_a_larger_budget_continues_ppo(finished_run, tmp_path, capsys):
+    from vlm_policy.checkpoints import read_agent_data
+    from vlm_policy.training.stages import SettingsChanged
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    with pytest.raises(SettingsChanged, match="ppo_timesteps: 16 -> 24"):  # without --resume: refused
+        Pipeline(_micro_config(run, ppo_timesteps=24)).run()
+    rows = Pipeline(_micro_config(run, ppo_timesteps=24)).run(resume=True)
+    assert "--resume: PPO continues to 24 env steps" in capsys.readouterr().out
+    data = read_agent_data(run / "ppo" / "final.zip")
+    assert (data["num_timesteps"], data["_n_updates"]) == (24, 3)  # the two updates made before, one more
+    assert [r.name for r in rows] == ["after SFT", "after PPO"]
+    assert json.loads((run / "stages" / "ppo.json").read_text())["ppo_timesteps"] == 24
+
+
+@pytest.mark.slow
+def test_an_agent_is_refused_on_another_task_unless_allowed(finished_run, capsys):
+    from vlm_policy.checkpoints import agent_answer_length, agent_base, load_agent, read_agent_data
+    from vlm_policy.training.evaluation import eval_env_factory
+
+    final = finished_run[0] / "ppo" / "final.zip"
+    data = read_agent_data(final)
+    assert data["policy_kwargs"]["env_id"] == "gym_cards/NumberLine-v0"
+    make = eval_env_factory("gym_cards/Blackjack-v0", agent_base(final, data), agent_answer_length(data))
+    with pytest.raises(ValueError, match="trained on gym_cards/NumberLine-v0, not gym_cards/Blackjack-v0"):
+        load_agent(final, make())
+    assert load_agent(final, make(), allow_other_env=True).policy.env_id == "gym_cards/NumberLine-v0"
+    argv = ["eval", "--model", str(final), "--env", "gym_cards/Blackjack-v0", "--episodes", "2"]
+    assert cli.main(argv) == 2
+    assert "--allow-other-env" in capsys.readouterr().err

@@ -133,3 +133,37 @@ def test_no_string_makes_the_parser_raise(noise, structure):
     for text in (noise, structure, structure + noise, '{"action": ' + structure):
         result = parse_action(text, LEGAL)
         assert result is None or result in LEGAL
+
+
+@pytest.mark.parametrize(
+    "text, value, key",
+    [
+        # a quoted 'action' inside another key's string is prose, not the key the parser reads
+        ('{"action": "+", "note": "\'action\': \'-\'"}', "+", '"action": "+"'),
+        # a key the strict reader accepts (case and padding) has its split
+        ('{"ACTION ": "+"}', "+", '"ACTION "'),
+        # a raw newline inside the value stays inside the string, quote not included
+        ('{"action": "+\n"}', "+\n", '"action"'),
+        ('```json\n{"thoughts": "x", "action": "-"}\n```', "-", '"action": "-"'),
+        ('{"a": {"action": "-"}, "action": "+"}', "+", '"action": "+"'),
+    ],
+)
+def test_the_split_comes_from_the_match_the_parser_reads(text, value, key):
+    from gym_vlm_cards.parsing import read_action
+
+    read = read_action(text)
+    assert read.value == value
+    assert text[read.key_start :].startswith(key)
+    assert parse_action(text, LEGAL) == value.strip()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=STRUCTURE, max_size=200))
+def test_every_answer_the_parser_reads_has_its_split(structure):
+    from gym_vlm_cards.parsing import read_action
+
+    for text in (structure, '{"action": ' + structure, structure + '"action": "+"'):
+        read = read_action(text)
+        assert (read.value is None) == (read.key_start is None)
+        if read.key_start is not None:
+            assert text[read.key_start :].lower().lstrip("\"'").startswith("action")

@@ -22,6 +22,7 @@ class _StandInAgent:
 
     def __init__(self) -> None:
         self.num_timesteps = 0
+        self.n_steps, self.n_envs = 8, 1
         self.policy = _StandInPolicy()
         self.logger = configure(None, [])
 
@@ -36,6 +37,7 @@ def _train(callback: GreedyValidationCallback, agent: _StandInAgent, updates: in
     """Drives the callback as PPO.learn does: training start, each rollout's start (after the previous update),
     its env steps (SB3 counts a step, then asks the callbacks, and stops the rollout and training on False).
     Returns the updates made."""
+    agent.n_steps = rollout_steps
     callback.init_callback(agent)
     callback.on_training_start({}, {})
     made = 0
@@ -74,6 +76,35 @@ def test_checks_run_at_the_start_every_n_updates_and_at_the_end_keeping_the_best
     assert kept_best(tmp_path / "best") == {"timesteps": 48, "success_rate": 0.75}
     assert (tmp_path / "best" / "agent.zip").read_text() == "agent at 48"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]
+
+
+def test_a_resumed_run_checks_at_the_step_counts_of_the_uninterrupted_one(tmp_path):
+    whole = GreedyValidationCallback(lambda _: 0.5, tmp_path / "whole.jsonl", every=2)
+    _train(whole, _StandInAgent(), updates=8)
+    uninterrupted = [c["timesteps"] for c in read_validation(tmp_path / "whole.jsonl")]
+    assert uninterrupted == [0, 16, 32, 48, 64]
+    # Interrupted after 3 updates (checks at 0 and 16 made), resumed from the checkpoint after update 1.
+    first = GreedyValidationCallback(lambda _: 0.5, tmp_path / "resumed.jsonl", every=2)
+    _train(first, _StandInAgent(), updates=3)
+    resumed_agent = _StandInAgent()
+    resumed_agent.num_timesteps = 8
+    resumed = GreedyValidationCallback(lambda _: 0.5, tmp_path / "resumed.jsonl", every=2)
+    _train(resumed, resumed_agent, updates=7)
+    assert [c["timesteps"] for c in read_validation(tmp_path / "resumed.jsonl")] == uninterrupted
+
+
+def test_tensorboard_shows_each_check_at_its_own_step_the_last_included(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scores = iter([0.5, 0.75, 1.0])
+    agent = _StandInAgent()
+    agent.logger = configure(str(tmp_path / "tb"), ["tensorboard"])
+    callback = GreedyValidationCallback(lambda _: next(scores), tmp_path / "validation.jsonl", every=2)
+    _train(callback, agent, updates=4)  # checks at 0, 16 and the last, 32; SB3 dumps nothing here
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("validation/success_rate")]
+    assert logged == [(0, 0.5), (16, 0.75), (32, 1.0)]
 
 
 def test_a_check_at_the_stop_success_ends_training_with_its_agent(tmp_path, capsys):

@@ -22,6 +22,7 @@ from gym_vlm_cards.solver import solve
 
 SUITS = "HSDC"
 RANK_CODES = {1: "A", 10: "T", 11: "J", 12: "Q", 13: "K"}
+RANK_OF_CODE = {letter: rank for rank, letter in RANK_CODES.items()}
 
 
 def code(rank: int, suit: str) -> str:
@@ -29,7 +30,7 @@ def code(rank: int, suit: str) -> str:
 
 
 def rank_of(card: str) -> int:
-    return {v: k for k, v in RANK_CODES.items()}.get(card[1:]) or int(card[1:])
+    return RANK_OF_CODE.get(card[1:]) or int(card[1:])
 
 
 # ---------------------------------------------------------------- the reference's deals

@@ -41,14 +41,14 @@ def atomic_path(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{TEMPORARY_MARK}{os.getpid()}-{path.name}")
-    _remove(temporary)
+    remove_path(temporary)
     try:
         yield temporary
         if path.is_dir() and temporary.is_dir():
-            _remove(path)
+            remove_path(path)
         os.replace(temporary, path)
     finally:
-        _remove(temporary)
+        remove_path(temporary)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -56,7 +56,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         temporary.write_text(text)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -256,13 +256,23 @@ def _extract_base(path: Path) -> str | None:
     return str(folder)
 
 
-def load_agent(path: str | Path, env, device: str = "auto", **overrides: Any):
+def env_id_of(env) -> str | None:
+    """The registered id of an env or of a VecEnv's first env (None for an env made without gym.make)."""
+    from stable_baselines3.common.vec_env import VecEnv
+
+    spec = env.get_attr("spec", indices=[0])[0] if isinstance(env, VecEnv) else getattr(env, "spec", None)
+    return getattr(spec, "id", None)
+
+
+def load_agent(path: str | Path, env, device: str = "auto", allow_other_env: bool = False, **overrides: Any):
     """``PPO.load`` without unpickling anything from the zip (see above).
 
     :param path: the agent zip.
     :param env: an env (or VecEnv) built for the agent's model and answer length
         (:func:`vlm_policy.make_vlm_vec_env`); its spaces replace the pickled ones.
     :param device: where to load it.
+    :param allow_other_env: load an agent that records another task (its ``env_id`` policy setting)
+        than the env's; by default that is refused (agents that record none load with any env).
     :param overrides: values for pickled fields needed to keep training, e.g. ``learning_rate`` (a
         schedule) and ``clip_range``; without them the agent acts but trains at learning rate 0.
     :return: the PPO algorithm with its VLMPolicy.
@@ -281,6 +291,10 @@ def load_agent(path: str | Path, env, device: str = "auto", **overrides: Any):
     module = data.get("policy_class", {}).get("__module__", "") if _is_pickled(data.get("policy_class")) else ""
     if module != "vlm_policy.policy":
         raise ValueError(f"{path} holds no VLMPolicy agent (policy class from {module or 'nowhere'!r})")
+    trained_on, playing = kwargs.get("env_id"), env_id_of(env)
+    if trained_on and playing and trained_on != playing and not allow_other_env:
+        raise ValueError(f"{path} was trained on {trained_on}, not {playing}: play it on its own task, or allow "
+                         "another one (allow_other_env=True; `vlm-cards eval --allow-other-env`)")
     answer_length = agent_answer_length(data)
     action_space = getattr(env, "action_space", None)
     if action_space is None or len(getattr(action_space, "nvec", ())) != answer_length:

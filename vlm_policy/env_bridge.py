@@ -18,23 +18,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from gym_vlm_cards.registration import importable_id
 from vlm_policy.logprobs import answer_ids
 
 PROMPT_STYLES = ("cot", "action_only")
 DEFAULT_MAX_PROMPT_BYTES = 4096
 # Env id namespaces whose envs take ``image_size`` (rendered frames of any size).
 IMAGE_SIZE_NAMESPACES = ("gym_cards/", "alfworld/")
-# The module whose import registers each namespace's envs.
-REGISTERING_MODULES = {"gym_cards/": "gym_vlm_cards", "alfworld/": "alfworld_bridge"}
-
-
-def importable_id(env_id: str) -> str:
-    """``module:env_id`` for this project's envs, so that ``gym.make`` registers them itself in a fresh
-    process (SB3's SubprocVecEnv workers import nothing of ours before making the env)."""
-    for prefix, module in REGISTERING_MODULES.items():
-        if env_id.startswith(prefix):
-            return f"{module}:{env_id}"
-    return env_id
 
 
 def tokenizer_fingerprint(tokenizer) -> int:

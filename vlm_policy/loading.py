@@ -103,7 +103,7 @@ def load_processor(source: str):
         from vlm_policy.models.tiny import build_tiny_processor
 
         return build_tiny_processor(version=tiny_version(source))
-    path = _check_source(source)
+    path = check_model_source(source)
     from transformers import AutoConfig
 
     family = family_of(AutoConfig.from_pretrained(path, local_files_only=True).model_type)
@@ -118,7 +118,7 @@ def context_length(source: str) -> int | None:
         return TinyConfig().max_positions
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(_check_source(source), local_files_only=True)
+    config = AutoConfig.from_pretrained(check_model_source(source), local_files_only=True)
     for part in (getattr(config, "text_config", None), config):
         value = getattr(part, "max_position_embeddings", None)
         if value:
@@ -133,7 +133,7 @@ def generation_end_ids(source: str) -> int | list[int] | None:
     from transformers import GenerationConfig
 
     try:
-        return GenerationConfig.from_pretrained(_check_source(source), local_files_only=True).eos_token_id
+        return GenerationConfig.from_pretrained(check_model_source(source), local_files_only=True).eos_token_id
     except OSError:  # no generation_config.json: the tokenizer's EOS alone
         return None
 
@@ -159,7 +159,7 @@ def load_vlm(
         version = tiny_version(source)
         model = build_tiny_model(seed=seed, version=version).to(resolve_dtype(dtype, device))
         return VLMBundle(model=model, processor=build_tiny_processor(version=version), source=source, family="llava")
-    path = _check_source(source)
+    path = check_model_source(source)
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -177,7 +177,7 @@ def load_vlm(
     return VLMBundle(model=model.eval(), processor=_processor_for(path, family), source=source, family=family)
 
 
-def _check_source(source: str) -> str:
+def check_model_source(source: str) -> str:
     """A local directory, or a cache id that resolves offline; otherwise an error naming it."""
     if Path(source).is_dir():
         if not (Path(source) / "config.json").is_file():

@@ -102,6 +102,8 @@ class VLMPolicy(ActorCriticPolicy):
     :param device: where the model is loaded (``"auto"``: CUDA when available, as SB3's own ``"auto"``);
         SB3 then moves the policy to the algorithm's ``device=``.
     :param seed: seed of the tiny model's random initialisation.
+    :param env_id: the task the policy is trained on; passed in ``policy_kwargs`` it is saved with the
+        agent, and :func:`vlm_policy.checkpoints.load_agent` then refuses to load it with another task's env.
     :param optimizer_class: as in SB3 (default :class:`ScaledLRAdamW`, eps 1e-5).
     :param optimizer_kwargs: as in SB3.
     """
@@ -131,6 +133,7 @@ class VLMPolicy(ActorCriticPolicy):
         load_in_4bit: bool = False,
         device: str = "auto",
         seed: int = 0,
+        env_id: str | None = None,
         optimizer_class: type[torch.optim.Optimizer] = ScaledLRAdamW,
         optimizer_kwargs: dict[str, Any] | None = None,
         **unused: Any,
@@ -173,6 +176,7 @@ class VLMPolicy(ActorCriticPolicy):
         self.load_in_4bit = bool(load_in_4bit)
         self.load_device = resolve_device(device)
         self.seed = int(seed)
+        self.env_id = env_id
         self.max_new_tokens = int(len(action_space.nvec))
         #: Set by a data-parallel run (vlm_policy.distributed) while it trains: the NaN guard then agrees
         #: across processes, and each minibatch's log-probabilities are kept for the agreed early stop.

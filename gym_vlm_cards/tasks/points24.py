@@ -72,10 +72,13 @@ class Points24Env(ArithmeticCardsEnv):
         if deck not in DECKS:
             raise ValueError(f"deck must be one of {DECKS}, got {deck!r}")
         self.deck = deck
-        self.distinct_cards = deck == "single"
         super().__init__(target=target, formula_limit=formula_limit, face_cards_as_ten=face_cards_as_ten, **kwargs)
         self.prompt = arithmetic_prompt(self.target, 4, self.legal_actions, True, self.face_cards_as_ten)
         self.action_only_prompt = arithmetic_prompt(self.target, 4, self.legal_actions, False, self.face_cards_as_ten)
+
+    @property
+    def distinct_cards(self) -> bool:  # one deck holds each card once
+        return self.deck == "single"
 
     def _deal(self) -> list[Card]:
         if self.deck == "single":

@@ -102,12 +102,40 @@ class VLMRolloutLogger(BaseCallback):
             history.clear()
 
 
+_CHECKPOINT_NAME = re.compile(r"(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip")
+
+
+def checkpoint_steps(path: str | Path) -> int:
+    """The env steps in a checkpoint's name (``<prefix>_<steps>_steps.zip``)."""
+    return int(_CHECKPOINT_NAME.fullmatch(Path(path).name).group("steps"))
+
+
 def saved_checkpoints(directory: str | Path, name_prefix: str = "rl_model") -> list[Path]:
     """SB3 checkpoints (``<prefix>_<steps>_steps.zip``) in ``directory``, oldest first by timesteps."""
-    pattern = re.compile(rf"{re.escape(name_prefix)}_(\d+)_steps\.zip")
-    found = [(int(m.group(1)), path) for path in Path(directory).glob(f"{name_prefix}_*_steps.zip")
-             if (m := pattern.fullmatch(path.name))]
+    found = [(int(m.group("steps")), path) for path in Path(directory).glob(f"{name_prefix}_*_steps.zip")
+             if (m := _CHECKPOINT_NAME.fullmatch(path.name)) and m.group("prefix") == name_prefix]
     return [path for _, path in sorted(found)]
+
+
+def keep_points_up_to(path: str | Path, timesteps: int) -> None:
+    """Drops the lines of a JSON-lines record (``curve.jsonl``, ``validation.jsonl``) past ``timesteps``:
+    a run resumed from a checkpoint makes them again."""
+    from vlm_policy.checkpoints import atomic_write_text
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _point_steps(line) <= timesteps]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _point_steps(line: str) -> float:
+    try:
+        return int(json.loads(line)["timesteps"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a line torn by a kill goes with the rest
 
 
 class UpdateCheckpointCallback(BaseCallback):
@@ -221,20 +249,25 @@ class GreedyValidationCallback(BaseCallback):
     def _steps(self) -> int:
         return int(self.model.num_timesteps) * self.steps_scale
 
+    def _updates_made(self) -> int:
+        """PPO updates so far, counted from the env steps (so a resumed run counts the interrupted one's)."""
+        return int(self.model.num_timesteps) // (self.model.n_steps * self.model.n_envs)
+
     def _on_training_start(self) -> None:
         steps = self._steps()
         if self.record_path is not None and any(c["timesteps"] > steps for c in self.checks):
             # Resumed from an earlier checkpoint: the updates after it are made again, and so are their
             # checks (an agent of the interrupted attempt kept in best_dir stays a candidate, with its own check).
-            from vlm_policy.checkpoints import atomic_write_text
-
+            keep_points_up_to(self.record_path, steps)
             self.checks = [c for c in self.checks if c["timesteps"] <= steps]
-            atomic_write_text(self.record_path, "".join(json.dumps(c) + "\n" for c in self.checks))
-        self._check_and_maybe_stop()  # the agent PPO starts from (a resumed run checked it already)
+        # The agent PPO starts from; a resumed run only where the uninterrupted run checks (a resumed run
+        # checked it already then), so that both make the same checks.
+        if self._updates_made() % self.every == 0:
+            self._check_and_maybe_stop()
 
     def _on_rollout_start(self) -> None:
         # The first rollout of a learn() call follows no update of this call.
-        if self._rollouts and self._rollouts % self.every == 0:
+        if self._rollouts and self._updates_made() % self.every == 0:
             self._check_and_maybe_stop()
         self._rollouts += 1
 
@@ -289,8 +322,20 @@ class GreedyValidationCallback(BaseCallback):
         self.checks.append(point)
         with self.record_path.open("a") as handle:
             handle.write(json.dumps(point) + "\n")
-        self.logger.record("validation/success_rate", success)
+        self._log_check(point)
         return point
+
+    def _log_check(self, point: dict) -> None:
+        """The check in the next logger dump (stdout, CSV) and in TensorBoard at its own step count: a
+        dump comes one rollout later, and none at all after the last check."""
+        from stable_baselines3.common.logger import TensorBoardOutputFormat
+
+        key = "validation/success_rate"
+        self.logger.record(key, point["success_rate"], exclude="tensorboard")
+        for output in self.logger.output_formats:
+            if isinstance(output, TensorBoardOutputFormat):
+                output.write({key: point["success_rate"]}, {key: None}, step=point["timesteps"])
+                output.writer.flush()
 
 
 #: What :class:`GreedyValidationCallback` keeps in its ``best_dir``.

@@ -16,6 +16,10 @@ ALFWorld takes the data folder and a split (``$ALFWORLD_DATA`` and ``train`` whe
 The options of ``train`` and ``sft`` are generated from the dataclasses of
 :mod:`vlm_policy.training.configs` (``vlm-cards train --help`` lists them all).
 
+Bad input (a value out of range, a missing path, an unknown env id, a run folder in use or made with
+other settings) ends a command with one line naming the cause and the fix, and exit status 2; set
+``VLM_CARDS_TRACEBACK=1`` to see the traceback instead.
+
 ``train`` and ``sft`` run data-parallel when started by torchrun (see :mod:`vlm_policy.distributed`):
 
     torchrun --nproc-per-node=2 -m vlm_policy train --env gym_cards/NumberLine-v0 --model tiny
@@ -24,16 +28,19 @@ The options of ``train`` and ``sft`` are generated from the dataclasses of
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from gym_vlm_cards.evaluate import TABLE_HEADER, evaluate_agents, format_table
+from gym_vlm_cards.registration import resolve_env_id
 from vlm_policy.training.configs import (
     SFT_GROUPS,
     TRAIN_GROUPS,
     TrainConfig,
+    check_device,
     check_eval_batch,
     env_kwargs_for,
     eval_batch_for,
@@ -72,10 +79,14 @@ class EvalOptions:
     split: str = field(default="", metadata={
         "help": "ALFWorld: the split whose first --episodes games are played once each, task types in turn "
                 "(empty: valid_seen)"})
+    allow_other_env: bool = field(default=False, metadata={
+        "help": "play an agent .zip on another task than the one it was trained on (refused otherwise)"})
 
     def __post_init__(self) -> None:
-        if self.episodes < 1:
-            raise ValueError(f"--episodes must be > 0, got {self.episodes}")
+        self.env = resolve_env_id(self.env)
+        check_device(self.device)
+        if self.episodes < 1 or self.seed < 0:
+            raise ValueError(f"--episodes must be > 0 and --seed >= 0, got {self.episodes} and {self.seed}")
         if self.max_new_tokens < 0:
             raise ValueError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
         check_eval_batch(self.batch, "--batch")
@@ -98,10 +109,11 @@ class DemosOptions:
     split: str = field(default="", metadata={"help": "ALFWorld: the split whose games the oracle plays (empty: train)"})
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"--n must be > 0, got {self.n}")
-        if self.image_size < 0:
-            raise ValueError(f"--image-size must be >= 0, got {self.image_size}")
+        self.env = resolve_env_id(self.env)
+        if self.n < 1 or self.seed < 0:
+            raise ValueError(f"--n must be > 0 and --seed >= 0, got {self.n} and {self.seed}")
+        if self.image_size and self.image_size < 32:
+            raise ValueError(f"--image-size must be at least 32 pixels (0: the task's default), got {self.image_size}")
         self.env_kwargs = env_kwargs_for(self.env, self.data_root, self.split)
         if self.image_size:
             self.env_kwargs["image_size"] = self.image_size
@@ -115,8 +127,10 @@ class BaselineOptions:
     seed: int = field(default=100_000, metadata={"help": "first held-out seed"})
 
     def __post_init__(self) -> None:
-        if self.timesteps < 1 or self.episodes < 1:
-            raise ValueError(f"--timesteps and --episodes must be > 0, got {self.timesteps} and {self.episodes}")
+        self.env = resolve_env_id(self.env)
+        if self.timesteps < 1 or self.episodes < 1 or self.seed < 0:
+            raise ValueError(f"--timesteps and --episodes must be > 0 and --seed >= 0, got {self.timesteps}, "
+                             f"{self.episodes} and {self.seed}")
 
 
 COMMANDS = {
@@ -164,14 +178,9 @@ def _into_groups(groups, args: argparse.Namespace) -> list:
 
 def _train(groups: list) -> int:
     from vlm_policy.training.pipeline import Pipeline
-    from vlm_policy.training.stages import SettingsChanged
 
     *config_groups, options = groups
-    try:
-        Pipeline(TrainConfig.from_groups(*config_groups)).run(resume=options.resume, overwrite=options.overwrite)
-    except SettingsChanged as error:
-        print(f"vlm-cards train: {error}", file=sys.stderr)
-        return 2
+    Pipeline(TrainConfig.from_groups(*config_groups)).run(resume=options.resume, overwrite=options.overwrite)
     return 0
 
 
@@ -208,7 +217,8 @@ def _policy_for(options: EvalOptions, env_kwargs: dict | None = None):
         data = read_agent_data(options.model)
         source, budget = agent_base(options.model, data), agent_answer_length(data)
         make = eval_env_factory(options.env, source, budget, options.prompt_style, env_kwargs)
-        policy = load_agent(options.model, make(), device=options.device).policy
+        policy = load_agent(options.model, make(), device=options.device,
+                            allow_other_env=options.allow_other_env).policy
         policy.set_training_mode(False)
         return policy, make
     source = options.model
@@ -293,12 +303,36 @@ RUNNERS = {"train": _train, "sweep": _sweep, "sft": _sft, "eval": _eval, "demos"
 DATA_PARALLEL_COMMANDS = ("train", "sft")
 
 
+#: Set to any value to see the traceback of a user error instead of its one-line message.
+TRACEBACK_VARIABLE = "VLM_CARDS_TRACEBACK"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises (a refused run folder, a bad value or path, an unknown env): one line each."""
+    import gymnasium
+
+    from vlm_policy.training.run_folder import RunRefused
+
+    return RunRefused, ValueError, OSError, gymnasium.error.Error
+
+
+def _run_command(command: str, groups: list) -> int:
+    """Runs ``command``; a user error prints ``vlm-cards <command>: <cause and fix>`` and returns 2."""
+    try:
+        return RUNNERS[command](groups)
+    except _user_errors() as error:
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        print(f"vlm-cards {command}: {error} (set {TRACEBACK_VARIABLE}=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from vlm_policy import distributed
 
     command, groups = parse(argv)
     if not distributed.launched_by_torchrun():
-        return RUNNERS[command](groups)
+        return _run_command(command, groups)
     if command not in DATA_PARALLEL_COMMANDS:
         print(f"vlm-cards {command} runs in one process; start it without torchrun (data-parallel commands: "
               f"{', '.join(DATA_PARALLEL_COMMANDS)})", file=sys.stderr)
@@ -306,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = next(group.device for group in groups if hasattr(group, "device"))
     distributed.init_distributed(device)
     try:
-        return RUNNERS[command](groups)
+        return _run_command(command, groups)
     finally:
         distributed.shutdown()
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from gym_vlm_cards.registration import resolve_env_id
 from vlm_policy.loading import TINY, is_tiny
 
 #: The first seed of the validation episodes SFT's stop checks use (the test seeds start at 100,000).
@@ -69,6 +70,13 @@ def _check(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str,
             raise ValueError(f"{_flag(name)} must be between 0 and 1, got {value}")
 
 
+def check_device(device: str, flag: str = "--device") -> None:
+    """'auto', 'cpu', 'cuda' or 'cuda:N', else a ValueError naming ``flag``."""
+    kind, _, index = device.partition(":")
+    if device != "auto" and not (kind == "cpu" and not index or kind == "cuda" and (not index or index.isdigit())):
+        raise ValueError(f"{flag} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
 def eval_batch_for(env_id: str, eval_batch: int) -> int:
     """Episodes an evaluation steps together: ``eval_batch``, or for -1 64 on the card tasks and 8 on ALFWorld
     (each of its envs holds a loaded game)."""
@@ -94,8 +102,8 @@ class CommonConfig:
         self.validate_common()
 
     def validate_common(self) -> None:
-        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise ValueError(f"--device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        _check(self, non_negative=("seed",))
+        check_device(self.device)
 
 
 @dataclass
@@ -313,6 +321,7 @@ class RunConfig:
         self.validate_run()
 
     def validate_run(self) -> None:
+        self.env_id = resolve_env_id(self.env_id)
         _check(self, positive=("demos", "eval_episodes"), non_negative=("max_new_tokens", "eval_seed", "max_episode_steps"))
         check_eval_batch(self.eval_batch, "--eval-batch")
         self.eval_splits = list(self.eval_splits)

@@ -23,8 +23,13 @@ import numpy as np
 from PIL import Image
 
 import gym_vlm_cards  # noqa: F401  (registers the tasks)
+from vlm_policy.checkpoints import atomic_path
+from vlm_policy.training.run_folder import remove_stale_partials
 
 DEMOS_FILE = "demos.jsonl"
+#: Written last into a set's folder: how many examples it holds, so a reader can tell a whole set.
+MANIFEST_FILE = "manifest.json"
+_SET_CONTENTS = {DEMOS_FILE, MANIFEST_FILE, "images"}
 
 
 @dataclass(frozen=True)
@@ -45,17 +50,28 @@ def write_demonstrations(
     chain_of_thought: bool = True,
     env_kwargs: dict[str, Any] | None = None,
 ) -> Path:
-    """Plays the oracle until ``n_examples`` steps are recorded; returns the JSONL path."""
+    """Plays the oracle until ``n_examples`` steps are recorded; returns the JSONL path.
+
+    The set is written under a temporary name and renamed into ``out_dir`` when whole (a killed write
+    leaves no set behind, only a ``.partial-`` folder the next run removes); an earlier set there is
+    replaced, and a folder holding anything else is refused rather than deleted.
+    """
     out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    path = out_dir / DEMOS_FILE
-    with path.open("w") as handle:
-        for index, (record, image) in enumerate(_oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_examples)):
-            name = f"images/{index:06d}.png"
-            Image.fromarray(image).save(out_dir / name)
-            record["messages"][0]["content"][0]["image"] = name
-            handle.write(json.dumps(record) + "\n")
-    return path
+    if out_dir.exists() and not (out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= _SET_CONTENTS):
+        raise FileExistsError(f"{out_dir} exists and is not a demonstration set; give --out a new or empty folder")
+    remove_stale_partials(out_dir.parent, name=out_dir.name)  # what killed writes of this set left behind
+    with atomic_path(out_dir) as temporary:
+        (temporary / "images").mkdir(parents=True)
+        with (temporary / DEMOS_FILE).open("w") as handle:
+            steps = _oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_examples)
+            for index, (record, image) in enumerate(steps):
+                name = f"images/{index:06d}.png"
+                Image.fromarray(image).save(temporary / name)
+                record["messages"][0]["content"][0]["image"] = name
+                handle.write(json.dumps(record) + "\n")
+        manifest = {"examples": index + 1, "env_id": env_id, "seed": seed, "chain_of_thought": chain_of_thought}
+        (temporary / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return out_dir / DEMOS_FILE
 
 
 def _oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_examples: int | None = None,
@@ -95,12 +111,36 @@ def _oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_examples: int | 
 
 
 def _demonstrations_file(path: str | Path) -> Path:
+    """The JSONL of a set (its folder or the file itself), refused when the set is not whole.
+
+    A set written by :func:`write_demonstrations` holds a manifest with its example count, which
+    must match the lines; a JSONL of another tool must at least end with a whole line.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / DEMOS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no demonstrations at {path}; write them with `vlm-cards demos`")
+    expected = set_size(path.parent)
+    with path.open("rb") as handle:
+        lines = sum(1 for _ in handle)
+        handle.seek(max(handle.tell() - 1, 0))
+        whole_last_line = handle.read(1) in (b"\n", b"")
+    if (expected is not None and lines != expected) or not whole_last_line:
+        wanted = f"its manifest says {expected}" if expected is not None else "its last line is cut off"
+        raise ValueError(f"{path} is incomplete ({lines} lines; {wanted}), likely from a write that was killed: "
+                         "write the set again with `vlm-cards demos`")
     return path
+
+
+def set_size(folder: str | Path) -> int | None:
+    """The example count in a set's manifest, or None when the folder has no readable manifest."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    count = manifest.get("examples") if isinstance(manifest, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def _records(path: Path) -> Iterator[tuple[dict, str, str, str]]:
@@ -121,17 +161,14 @@ def read_demonstrations(path: str | Path) -> list[Example]:
     """Reads a JSONL written by :func:`write_demonstrations` (images resolved next to it)."""
     path = _demonstrations_file(path)
     examples = []
-    for record, image_name, prompt, answer in _records(path):
+    for number, (record, image_name, prompt, answer) in enumerate(_records(path), start=1):
+        if not (path.parent / image_name).is_file():
+            raise FileNotFoundError(f"{path}:{number} names the image {image_name}, which is missing: the set is "
+                                    "incomplete; write it again with `vlm-cards demos`")
         image = np.asarray(Image.open(path.parent / image_name).convert("RGB"))
         state = json.dumps(record.get("state", {}), sort_keys=True)
         examples.append(Example(image=image, prompt=prompt, answer=answer, state=state))
     return examples
-
-
-def count_demonstrations(path: str | Path) -> int:
-    """The number of examples in a demonstrations JSONL (its lines)."""
-    with open(path, encoding="utf-8") as handle:
-        return sum(1 for _ in handle)
 
 
 def read_answers(path: str | Path) -> list[str]:

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gym_vlm_cards.evaluate import TABLE_HEADER, EvalResult, format_table
+from gym_vlm_cards.registration import registered_id
 from vlm_policy import distributed
 from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_path, atomic_write_text, checkpoint_problem
 from vlm_policy.env_bridge import frame_kwargs
-from vlm_policy.loading import load_processor, resolve_device
+from vlm_policy.loading import check_model_source, is_tiny, load_processor, resolve_device
 from vlm_policy.optim import cosine_schedule
 from vlm_policy.training.configs import (
     REACH_PROBABILITY,
@@ -47,6 +48,7 @@ from vlm_policy.training.configs import (
     TrainConfig,
     is_alfworld,
 )
+from vlm_policy.training.run_folder import FolderLock, RunRefused, remove_stale_partials
 from vlm_policy.training.stages import StageRecords
 
 __all__ = ["Pipeline", "TrainConfig", "cosine_schedule", "latest_checkpoint"]
@@ -123,16 +125,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def demonstrations(self) -> Path:
-        from vlm_policy.training.demos import DEMOS_FILE, count_demonstrations, write_demonstrations
+        from vlm_policy.training.demos import DEMOS_FILE, set_size, write_demonstrations
 
-        path = self.out / "demos" / DEMOS_FILE
-        if path.is_file() and count_demonstrations(path) == self.config.demos:
-            return path
+        if set_size(self.out / "demos") == self.config.demos:
+            return self.out / "demos" / DEMOS_FILE
         env_kwargs = frame_kwargs(self.config.env_id, load_processor(self.config.model), self.config.env_kwargs())
-        with atomic_path(self.out / "demos") as temporary:  # whole or absent, never a torn JSONL
-            write_demonstrations(self.config.env_id, self.config.demos, temporary, seed=self.config.seed,
-                                 chain_of_thought=self.config.prompt_style == "cot", env_kwargs=env_kwargs)
-        return path
+        return write_demonstrations(self.config.env_id, self.config.demos, self.out / "demos", seed=self.config.seed,
+                                    chain_of_thought=self.config.prompt_style == "cot", env_kwargs=env_kwargs)
 
     def sft(self, demos: Path, budget: int = 0) -> str:
         from vlm_policy.training.demos import read_demonstrations
@@ -267,7 +266,7 @@ class Pipeline:
                 "value_gradients_to_model": c.value_gradients_to_model, "value_input": c.value_input, "kl_coef": c.kl_coef,
                 "gradient_checkpointing": c.checkpointing_for(c.model), "micro_batch_size": c.micro_batch,
                 "rollout_logprobs": c.rollout_logprobs, "compute_entropy": c.ent_coef > 0, "dtype": c.dtype,
-                "device": self.device, "seed": c.seed}
+                "device": self.device, "seed": c.seed, "env_id": registered_id(c.env_id)}
 
     def evaluation_kwargs(self, model: str) -> dict[str, Any]:
         """The settings of :meth:`policy_kwargs` that a policy outside PPO (an evaluation) takes."""
@@ -287,6 +286,8 @@ class Pipeline:
             GreedyValidationCallback,
             UpdateCheckpointCallback,
             VLMRolloutLogger,
+            checkpoint_steps,
+            keep_points_up_to,
         )
 
         c = self.config
@@ -312,9 +313,10 @@ class Pipeline:
         if checkpoint is not None:
             if main:
                 print(f"resuming PPO from {checkpoint}")
+                keep_points_up_to(self.out / "curve.jsonl", checkpoint_steps(checkpoint))  # the rest are made again
             model = load_agent(checkpoint, env, device=self.device, **training)
         else:
-            if not resume and main:  # a fresh start: nothing of an unfinished earlier attempt is kept
+            if main:  # a fresh start (nothing saved, or --overwrite): nothing of an earlier attempt is kept
                 for leftover in (self.out / "curve.jsonl", self.out / VALIDATION_RECORD):
                     leftover.unlink(missing_ok=True)
                 for leftover in (self.out / "ppo" / "checkpoints", self.out / BEST_AGENT_DIR):
@@ -397,9 +399,18 @@ class Pipeline:
         :param overwrite: redo the stages made with other settings (and every later one) instead
             of stopping with the differences named.
         """
+        lock = FolderLock(self.out)
+        self.on_main(lock.acquire)  # one run at a time in out_dir: a second one is refused
+        try:
+            return self._run_stages(resume, overwrite)
+        finally:
+            if self.context.is_main:
+                lock.release()
+
+    def _run_stages(self, resume: bool, overwrite: bool) -> list[EvalResult]:
         start = time.perf_counter()
         records = StageRecords(self.out, self.config)
-        results = self.on_main(lambda: self._prepare(records, overwrite))
+        results = self.on_main(lambda: self._prepare(records, resume, overwrite))
         demos = self.on_main(lambda: (records.begin("demos"), self.demonstrations())[1])
         budget = self.answer_budget(demos)
         self.on_main(lambda: records.begin("sft"))
@@ -410,12 +421,21 @@ class Pipeline:
         model = self.ppo(sft_dir, budget, resume)
         return self.on_main(lambda: self._finish(records, results, model, sft_dir, budget, start))
 
-    def _prepare(self, records: StageRecords, overwrite: bool) -> dict[str, EvalResult]:
+    def _prepare(self, records: StageRecords, resume: bool, overwrite: bool) -> dict[str, EvalResult]:
         """Checks the recorded stages against this config (before anything is written) and writes config.json."""
+        if not is_tiny(self.config.model):
+            check_model_source(self.config.model)  # a missing checkpoint is named before anything is written
+        for leftover in remove_stale_partials(self.out):
+            print(f"removed {leftover}, the leftover of a write that was killed")
         results = self._cached_results()
-        redone = records.check(results, overwrite)
+        saved = unfinished_ppo_steps(self.out)
+        redone = records.check(results, overwrite, resume)
+        if saved is not None and not resume and not overwrite and "ppo" not in redone:
+            raise RunRefused(f"{self.out} holds an unfinished PPO stage, saved at {saved} env steps: rerun with "
+                             "--resume to continue it, or --overwrite to discard it and start PPO again")
         if redone:
-            print(f"--overwrite: redoing {', '.join(redone)}")
+            print(f"--overwrite: redoing {', '.join(redone)}" if overwrite else
+                  f"--resume: PPO continues to {self.config.ppo_timesteps} env steps; redoing {', '.join(redone[1:])}")
             self._save_results(results)
         self.out.mkdir(parents=True, exist_ok=True)
         # Every output in out_dir now matches this config (or is about to be made with it).
@@ -544,6 +564,17 @@ def check_divides_across_processes(config: TrainConfig, world_size: int) -> None
         raise ValueError(f"--ppo-timesteps {config.ppo_timesteps} is not a whole number of rollouts of all {world_size} "
                          f"processes ({world_size} x --n-envs {config.n_envs} x --n-steps {config.n_steps} = {per_rollout} "
                          f"env steps each); use {low} or {low + per_rollout}")
+
+
+def unfinished_ppo_steps(out: Path) -> int | None:
+    """The env steps of the newest checkpoint of an unfinished PPO stage in ``out``; None when it saved none
+    or is finished."""
+    from vlm_policy.training.callbacks import checkpoint_steps, saved_checkpoints
+
+    saved = saved_checkpoints(out / "ppo" / "checkpoints")
+    if not saved or (out / "ppo" / "final.zip").is_file():
+        return None
+    return checkpoint_steps(saved[-1])
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

@@ -16,8 +16,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from vlm_policy.checkpoints import atomic_write_text
+from vlm_policy.checkpoints import atomic_write_text, remove_path
 from vlm_policy.training.configs import PPOConfig, SFTConfig, TrainConfig, is_alfworld
+from vlm_policy.training.run_folder import RunRefused
 
 STAGES = ("demos", "sft", "after SFT", "ppo", "after PPO")
 #: The stages each stage is made from.
@@ -41,7 +42,7 @@ SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_st
                         "balance_states": "off", "ppo_stop_success": 0.0}
 
 
-class SettingsChanged(RuntimeError):
+class SettingsChanged(RunRefused):
     """An output directory holds stages made with other settings than this run's."""
 
 
@@ -112,15 +113,47 @@ class StageRecords:
             return stage in results
         return any(path.exists() for path in self.outputs(stage))
 
-    def check(self, results: dict, overwrite: bool) -> list[str]:
+    def recorded(self, stage: str) -> dict[str, Any]:
+        """A stage's record; a one-line error naming the file when it is not one this package wrote."""
+        path = self.path(stage)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise SettingsChanged(f"{path} is not a stage record ({type(error).__name__}: {error}); remove it and "
+                                  "rerun with --overwrite to redo that stage, or choose a fresh --out-dir") from None
+        if not isinstance(record, dict):
+            raise SettingsChanged(f"{path} is not a stage record (not a JSON object); remove it and rerun with "
+                                  "--overwrite to redo that stage, or choose a fresh --out-dir")
+        return record
+
+    def _extends_ppo(self, changed: dict[str, list[str]]) -> bool:
+        """Whether the only change is a larger ``--ppo-timesteps`` (a PPO stage that ``--resume`` continues)."""
+        if not changed or set(changed) - {"ppo", "after PPO"}:
+            return False
+        old = {stage: self.recorded(stage) for stage in changed if self.path(stage).is_file()}
+        if len(old) != len(changed) or "ppo" not in old:
+            return False
+        wanted = self.wanted["ppo"]
+
+        def grown(record: Any) -> bool:
+            return (isinstance(record, dict) and isinstance(record.get("ppo_timesteps"), int)
+                    and record["ppo_timesteps"] < wanted["ppo_timesteps"]
+                    and {**record, "ppo_timesteps": wanted["ppo_timesteps"]} == wanted)
+
+        after = old.get("after PPO")
+        return grown(old["ppo"]) and (after is None or grown(after.get("ppo")) and
+                                      {**after, "ppo": wanted} == self.wanted["after PPO"])
+
+    def check(self, results: dict, overwrite: bool, resume: bool = False) -> list[str]:
         """Stops (``SettingsChanged``, every difference named) if stages were made with other
         settings; with ``overwrite`` deletes them and the stages made from them instead, and returns
-        the stages deleted."""
+        the stages deleted. With ``resume`` a larger ``--ppo-timesteps`` alone continues PPO: its final
+        agent and the stages after it are removed (its checkpoints and records stay)."""
         changed: dict[str, list[str]] = {}
         for stage in STAGES:
             path = self.path(stage)
             if path.is_file():
-                found = differences(json.loads(path.read_text()), self.wanted[stage])
+                found = differences(self.recorded(stage), self.wanted[stage])
             elif self._has_output(stage, results):
                 found = ["no settings record: made by an older version of this package"]
             else:
@@ -129,7 +162,19 @@ class StageRecords:
                 changed[stage] = found
         if not changed:
             return []
+        if resume and not overwrite and self._extends_ppo(changed):
+            self.remove(["after PPO"], results)
+            for output in (self.out / "ppo" / "final.zip", self.out / "ppo" / "adapter"):
+                remove_path(output)
+            return ["ppo", "after PPO"]
         if not overwrite:
+            # An upstream change shows in every stage made from it: each difference is named once.
+            seen: set[str] = set()
+            for stage in list(changed):
+                changed[stage] = [d for d in changed[stage] if d not in seen]
+                seen.update(changed[stage])
+                if not changed[stage]:
+                    del changed[stage]
             listing = "; ".join(f"{stage}: {', '.join(found)}" for stage, found in changed.items())
             raise SettingsChanged(
                 f"{self.out} holds stages made with other settings ({listing}); rerun with the same settings, "
