@@ -90,6 +90,7 @@ def test_user_errors_at_run_time_are_one_line(tmp_path, capsys):
     corrupt = tmp_path / "corrupt"
     (corrupt / "stages").mkdir(parents=True)
     (corrupt / "stages" / "demos.json").write_text('{"demos": 8')
+    (corrupt / "demos").mkdir()  # the stage made output, so its record is read
     cases = [(["--out-dir", str(a_file)], "is a file, not a folder"),
              (["--out-dir", str(tmp_path / "m"), "--model", str(missing)], "neither 'tiny', a local directory"),
              (["--out-dir", str(corrupt)], "demos.json")]
@@ -179,3 +180,17 @@ def test_a_demonstration_set_is_whole_or_absent(tmp_path, monkeypatch):
         demos.write_demonstrations("gym_cards/NumberLine-v0", 2, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
+
+
+def test_a_stage_that_failed_before_its_output_binds_no_setting(tmp_path):
+    from vlm_policy.training.configs import TrainConfig
+    from vlm_policy.training.stages import StageRecords
+
+    out = tmp_path / "run"
+    failed = StageRecords(out, TrainConfig(out_dir=str(out), seed=5))
+    failed.begin("demos")  # then the demonstrations failed: no demos/ was made
+    corrected = StageRecords(out, TrainConfig(out_dir=str(out), seed=0))
+    assert corrected.check({}, overwrite=False) == []
+    (out / "demos").mkdir()  # once the stage has an output, its record stands
+    with pytest.raises(RuntimeError, match="seed: 5 -> 0"):
+        corrected.check({}, overwrite=False)

@@ -152,12 +152,12 @@ class StageRecords:
         changed: dict[str, list[str]] = {}
         for stage in STAGES:
             path = self.path(stage)
+            if not self._has_output(stage, results):
+                continue  # nothing made: the record of a stage that failed before its output binds nothing
             if path.is_file():
                 found = differences(self.recorded(stage), self.wanted[stage])
-            elif self._has_output(stage, results):
-                found = ["no settings record: made by an older version of this package"]
             else:
-                continue
+                found = ["no settings record: made by an older version of this package"]
             if found:
                 changed[stage] = found
         if not changed:
