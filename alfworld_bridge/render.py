@@ -10,7 +10,6 @@ images are honest stand-ins, and scores with them are not comparable with the pa
 
 from __future__ import annotations
 
-import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -133,7 +132,3 @@ def floor_plan_of(traj: dict) -> str | None:
     if not plan and scene.get("scene_num") is not None:
         plan = f"FloorPlan{scene.get('scene_num')}"
     return str(plan) if plan and re.fullmatch(r"FloorPlan\d+(_physics)?", str(plan)) else None
-
-
-def load_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -55,7 +55,8 @@ class ColourNameEnv(TextActionEnv):
         return self.colour
 
 
-gym.register(id="my_tasks/ColourName-v0", entry_point=ColourNameEnv)
+# A step limit, as every task needs one: an untrained policy's invalid answers never end an episode.
+gym.register(id="my_tasks/ColourName-v0", entry_point=ColourNameEnv, max_episode_steps=1)
 
 if __name__ == "__main__":
     env = gym.make("my_tasks/ColourName-v0")

@@ -75,6 +75,16 @@ def importable_id(env_id: str) -> str:
     return env_id
 
 
+#: The step limit the training commands give a task registered without one: a policy whose answers never
+#: end an episode (an untrained model's invalid ones) would otherwise play a validation episode forever.
+FALLBACK_STEP_LIMIT = 50
+
+
+def registered_step_limit(env_id: str) -> int | None:
+    """The ``max_episode_steps`` the task is registered with (None: no step limit)."""
+    return gym.spec(registered_id(env_id)).max_episode_steps
+
+
 def registered_id(env_id: str) -> str:
     """The id under which ``env_id`` is registered: ``module:name`` without its module."""
     return env_id.rpartition(":")[2]

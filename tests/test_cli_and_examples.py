@@ -94,6 +94,30 @@ def test_bad_numbers_are_refused_when_parsed(argv, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_task_registered_without_a_step_limit_gets_the_fallback_limit_with_a_warning():
+    from gym_vlm_cards import Outcome
+    from gym_vlm_cards.registration import FALLBACK_STEP_LIMIT
+    from vlm_policy.training.cli import EvalOptions
+    from vlm_policy.training.configs import RunConfig
+
+    module = _load_example()
+    assert gym.spec("my_tasks/ColourName-v0").max_episode_steps == 1  # the example registers one
+
+    class EndlessColour(module.ColourNameEnv):  # no answer ever ends an episode
+        def _apply(self, action):
+            return Outcome(0.0, terminated=False, success=False)
+
+    gym.register(id="my_tasks/EndlessColour-v0", entry_point=EndlessColour)
+    with pytest.warns(UserWarning, match="registered without max_episode_steps"):
+        run = RunConfig(env_id="my_tasks/EndlessColour-v0")
+    assert run.max_episode_steps == FALLBACK_STEP_LIMIT == run.env_kwargs()["max_episode_steps"]
+    assert RunConfig(env_id="my_tasks/EndlessColour-v0", max_episode_steps=7).env_kwargs() == {"max_episode_steps": 7}
+    with pytest.warns(UserWarning, match="registered without max_episode_steps"):
+        options = EvalOptions(env="my_tasks/EndlessColour-v0", episodes=2)
+    [result] = evaluate.evaluate_agents(options.env, ["oracle"], 2, 0, env_kwargs=options.env_kwargs, progress=False)
+    assert result.mean_length == FALLBACK_STEP_LIMIT  # each episode ended, at the fallback limit
+
+
 def test_evaluations_step_64_card_episodes_or_8_alfworld_games_together_by_default():
     from vlm_policy.training.configs import TrainConfig, eval_batch_for
 

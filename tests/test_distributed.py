@@ -114,7 +114,7 @@ def test_the_averaged_gradient_of_a_split_batch_is_the_whole_batch_gradient(two_
 
 
 def _learn_worker(rank, target_kl):
-    model = _ppo(target_kl=None)
+    model = _ppo(target_kl=None, rollout_buffer_class=distributed.AgreedStopRolloutBuffer)
     with distributed.data_parallel(model, target_kl) as early_stop:
         model.learn(32)
     digest = distributed.check_same_weights(model.policy)
@@ -276,3 +276,21 @@ def test_torchrun_runs_the_main_job_on_two_processes_and_only_rank_0_writes(tmp_
     assert resumed.stdout.count("resuming PPO from") == 1 and "rl_model_32_steps.zip" in resumed.stdout
     curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
     assert curve[-1]["timesteps"] == 64 and (out / "ppo" / "final.zip").is_file()
+
+
+def test_the_agreed_early_stop_takes_sb3_s_own_decisions_in_one_process():
+    """The buffer and optimizer-hook stop, on one process, trains exactly what SB3's ``target_kl`` trains."""
+    torch.manual_seed(0)
+    own = _ppo(target_kl=1e-4)
+    own.learn(32)
+    torch.manual_seed(0)
+    agreed = _ppo(target_kl=None, rollout_buffer_class=distributed.AgreedStopRolloutBuffer)
+    early_stop = distributed.AgreedEarlyStop(agreed, 1e-4)
+    agreed.learn(32)
+    early_stop.remove()
+    assert early_stop.stops >= 1  # the rule fired, so the comparison below covers a stopped update
+    weights = [p for p in own.policy.parameters() if p.requires_grad]
+    assert distributed.weights_digest(weights) == distributed.weights_digest(
+        p for p in agreed.policy.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="rollout_buffer_class=AgreedStopRolloutBuffer"):
+        distributed.AgreedEarlyStop(_ppo(target_kl=None), 1e-4)

@@ -74,13 +74,14 @@ def test_cosine_schedule_runs_from_start_to_end():
     assert 1e-5 < schedule(0.5) < 1e-3
 
 
-def test_cosine_schedule_warms_up_linearly_from_a_tenth_first():
-    schedule = cosine_schedule(1e-3, 1e-5, warmup=0.25)  # SB3 passes the progress remaining: 1 -> 0
-    assert schedule(1.0) == pytest.approx(1e-4)
-    assert schedule(0.875) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
-    assert schedule(0.75) == pytest.approx(1e-3) and schedule(0.0) == pytest.approx(1e-5)
-    with pytest.raises(ValueError, match="warm-up is a fraction"):
-        cosine_schedule(1e-3, 1e-5, warmup=1.0)
+def test_the_learning_rate_is_constant_unless_an_end_is_given():
+    from vlm_policy.training.cli import build_parser
+
+    # --learning-rate alone is a constant rate (never a cosine rising to another default).
+    assert TrainConfig(learning_rate=1e-5).learning_rate_end == 1e-5
+    assert TrainConfig(learning_rate=1e-5, learning_rate_end=1e-9).learning_rate_end == 1e-9
+    parsed = build_parser().parse_args(["train", "--learning-rate", "1e-5", "--no-progress"])
+    assert parsed.learning_rate_end is None  # resolved by the config, not by the parser
 
 
 def test_settings_added_later_are_recorded_only_when_set():
@@ -90,7 +91,7 @@ def test_settings_added_later_are_recorded_only_when_set():
     default = stage_settings(TrainConfig(sft_stop_reach=0.0, ppo_check_every=0))
     assert not {"sft_stop_success", "sft_stop_reach", "sft_check_every", "sft_check_episodes",
                 "temperature"} & set(default["sft"])
-    assert not {"learning_rate_warmup", "value_input", "ppo_check_every", "ppo_check_episodes",
+    assert not {"value_input", "ppo_check_every", "ppo_check_episodes",
                 "ppo_keep_best", "ppo_stop_success", "balance_states"} & set(default["ppo"])
     assert not {"balance_states"} & set(stage_settings(TrainConfig(balance_states="off"))["sft"])
     # The main job stops SFT on reach 0.7 by default, recorded as that stop (a folder made with the flag
@@ -117,9 +118,9 @@ def test_settings_added_later_are_recorded_only_when_set():
     reach = stage_settings(TrainConfig(sft_stop_reach=0.9, temperature=0.3, value_input="prompt+image"))
     assert reach["sft"]["sft_stop_reach"] == 0.9 and reach["sft"]["temperature"] == 0.3
     assert reach["ppo"]["value_input"] == "prompt+image"
-    chosen = stage_settings(TrainConfig(sft_stop_success=0.7, learning_rate_warmup=0.1))
+    chosen = stage_settings(TrainConfig(sft_stop_success=0.7, learning_rate=1e-5))
     assert chosen["sft"]["sft_stop_success"] == 0.7 and chosen["sft"]["sft_check_episodes"] == 64
-    assert chosen["ppo"]["learning_rate_warmup"] == 0.1 and chosen["ppo"]["sft"] == chosen["sft"]
+    assert chosen["ppo"]["learning_rate_end"] == 1e-5 and chosen["ppo"]["sft"] == chosen["sft"]
 
 
 def test_the_sft_stop_checks_leave_the_model_as_it_was(tmp_path):
@@ -418,3 +419,21 @@ def test_an_agent_is_refused_on_another_task_unless_allowed(finished_run, capsys
     argv = ["eval", "--model", str(final), "--env", "gym_cards/Blackjack-v0", "--episodes", "2"]
     assert cli.main(argv) == 2
     assert "--allow-other-env" in capsys.readouterr().err
+
+
+def test_ppo_with_a_vlm_policy_and_no_policy_kwargs_trains_what_the_main_job_trains(tmp_path):
+    from stable_baselines3 import PPO
+
+    from vlm_policy import VLMPolicy, make_vlm_vec_env
+    from vlm_policy.defaults import CHECKPOINT_LORA_RANK, lora_rank_for
+
+    pipeline = Pipeline(TrainConfig(out_dir=str(tmp_path), device="cpu"))
+    main_job = pipeline.policy_kwargs("tiny")
+    env = make_vlm_vec_env("gym_cards/NumberLine-v0", n_envs=1, model="tiny", max_new_tokens=12)
+    policy = PPO(VLMPolicy, env, n_steps=4, batch_size=4, device="cpu").policy  # only the model is named
+    compared = ("temperature", "cot_weight", "lora_r", "train_vision", "value_lr_scale", "value_gradients_to_model",
+                "value_input", "kl_coef")
+    assert {name: getattr(policy, name) for name in compared} == {name: main_job[name] for name in compared}
+    # One rule for the LoRA rank in both places: every weight of the tiny model, an adapter on a checkpoint.
+    assert lora_rank_for("tiny") == 0 and lora_rank_for("/models/llava") == CHECKPOINT_LORA_RANK
+    assert TrainConfig(model="tiny").lora_r == 0 and TrainConfig(model="tiny", lora_r=4).lora_r == 4

@@ -139,13 +139,13 @@ def test_greedy_decoding_is_deterministic():
 
 
 def test_optimizer_holds_only_lora_and_value_head_parameters():
-    policy, _ = make_policy(lora_r=4, value_lr_scale=3.0)
+    policy, _ = make_policy(lora_r=4, value_lr_scale=3.0, train_vision=False)
     in_optimizer = {id(p) for group in policy.optimizer.param_groups for p in group["params"]}
     trainable = {id(p) for p in policy.parameters() if p.requires_grad}
     assert in_optimizer == trainable
     names = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert all("lora_" in n or n.startswith("value_head.") for n in names)
-    assert not any("vision_tower" in n for n in names)  # language model only by default
+    assert not any("vision_tower" in n for n in names)  # language model only when asked
     assert policy.optimizer.param_groups[1]["lr_scale"] == 3.0
 
 
@@ -171,7 +171,7 @@ def test_value_head_learning_rate_scale_applies_at_step_time():
 
 
 def test_full_training_with_lora_rank_zero():
-    policy, _ = make_policy(lora_r=0)
+    policy, _ = make_policy(lora_r=0, train_vision=False)
     names = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert any("language_model" in n for n in names) and not any("vision_tower" in n for n in names)
 

@@ -7,6 +7,7 @@ from stable_baselines3 import PPO
 
 from tests.policy_helpers import batch_obs, make_policy
 from vlm_policy import VLMPolicy, make_vlm_vec_env
+from vlm_policy.defaults import SHARED_DEFAULTS_KEY
 from vlm_policy.models.random_models import save_random_llava
 
 
@@ -34,7 +35,9 @@ def test_agent_on_a_real_checkpoint_saves_only_what_training_changed(llava_dir, 
     model.save(tmp_path / "agent")
     with zipfile.ZipFile(tmp_path / "agent.zip") as archive:
         state = torch.load(archive.open("policy.pth"), weights_only=True)
-    assert state and all("lora_" in key or key.startswith("value_head.") for key in state)
+    # LoRA factors, the value head, and two markers (the LoRA alpha and the shared-defaults flag)
+    assert state and all("lora_" in key or key.startswith("value_head.") or key == SHARED_DEFAULTS_KEY
+                         for key in state)
     base_numel = sum(p.numel() for n, p in model.policy.vlm.named_parameters() if "lora_" not in n)
     assert sum(t.numel() for t in state.values()) < base_numel
     loaded = PPO.load(tmp_path / "agent", env=env)

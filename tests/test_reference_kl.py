@@ -86,7 +86,7 @@ def test_penalty_gradient_pulls_a_moved_policy_back_to_the_reference():
 
 
 def test_without_penalty_no_reference_is_built_and_nothing_is_logged():
-    policy, _ = make_policy(max_new_tokens=12, lora_r=0)
+    policy, _ = make_policy(max_new_tokens=12, lora_r=0, kl_coef=0.0)
     assert policy.kl_reference is None
     obs = batch_obs(policy)
     with torch.no_grad():

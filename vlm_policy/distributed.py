@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from stable_baselines3.common.buffers import DictRolloutBuffer
 from torch import nn
 
 
@@ -228,51 +229,36 @@ class AgreedEarlyStop:
     SB3 computes each minibatch's approximate KL, ``mean((r - 1) - log r)`` with ``r`` the ratio of the
     new to the old probability, and skips the rest of the update once it exceeds ``1.5 * target_kl``
     (before that minibatch's step). Here SB3's own check is off (``target_kl=None``) and the same rule
-    runs on the global mean: the policy hands over each minibatch's new log-probabilities, the
-    rollout buffer's iterator the old ones, and the optimizer's ``step`` is where all processes meet;
-    when they agree to stop, the step is skipped everywhere and the buffer yields no more minibatches
-    for this update.
+    runs on the global mean, through two standard extension points: the rollout buffer
+    (:class:`AgreedStopRolloutBuffer`, PPO's ``rollout_buffer_class``) hands over each minibatch's old
+    log-probabilities and yields no more minibatches once the processes agreed to stop, and a step
+    pre-hook on the policy's optimizer (``register_step_pre_hook``), where all processes meet, takes
+    the decision on the policy's new log-probabilities; a stopped step has no gradients, so it changes
+    no weight and no optimizer state.
 
-    :param algorithm: the SB3 PPO whose rollout buffer and policy optimizer get wrapped.
+    :param algorithm: the SB3 PPO, built with ``rollout_buffer_class=AgreedStopRolloutBuffer``.
     :param target_kl: as SB3's ``target_kl``.
     """
 
     def __init__(self, algorithm: Any, target_kl: float) -> None:
+        buffer = algorithm.rollout_buffer
+        if not isinstance(buffer, AgreedStopRolloutBuffer):
+            raise ValueError("a data-parallel early stop needs PPO(..., rollout_buffer_class=AgreedStopRolloutBuffer) "
+                             f"(from vlm_policy.distributed), not {type(buffer).__name__}")
         self.threshold = 1.5 * float(target_kl)
         self.stopped = False
         self.old_log_prob: torch.Tensor | None = None
         self.stops = 0  # updates cut short, for tests and logs
-        # Only the rollout buffer and the optimizer are wrapped: SB3 saves neither as an attribute of the
-        # algorithm (a wrapped method of the algorithm itself would be pickled into every checkpoint).
-        buffer, optimizer, policy = algorithm.rollout_buffer, algorithm.policy.optimizer, algorithm.policy
-        original_get, original_step, original_reset = buffer.get, optimizer.step, buffer.reset
+        self.policy = algorithm.policy
+        self.buffer = buffer
+        buffer.early_stop = self
+        self.hook = algorithm.policy.optimizer.register_step_pre_hook(self._before_step)
 
-        def get(batch_size: int | None = None) -> Iterator[Any]:
-            for samples in original_get(batch_size):
-                if self.stopped:
-                    return
-                self.old_log_prob = samples.old_log_prob.detach()
-                yield samples
-
-        def step(*args: Any, **kwargs: Any) -> Any:
-            if self._exceeded(policy.last_log_prob):
-                self.stopped = True
-                self.stops += 1
-                optimizer.zero_grad()
-                return None
-            return original_step(*args, **kwargs)
-
-        def reset() -> None:  # a new rollout: its update starts with every minibatch allowed
-            self.stopped = False
-            original_reset()
-
-        buffer.get, optimizer.step, buffer.reset = get, step, reset
-
-        def restore() -> None:  # the instance attributes go; the classes' methods show through again
-            for owner, name in ((buffer, "get"), (optimizer, "step"), (buffer, "reset")):
-                owner.__dict__.pop(name, None)
-
-        self.restore = restore
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.stopped or self._exceeded(self.policy.last_log_prob):
+            self.stopped = True
+            self.stops += 1
+            optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are skipped by the step
 
     def _exceeded(self, log_prob: torch.Tensor | None) -> bool:
         if log_prob is None or self.old_log_prob is None:
@@ -282,12 +268,39 @@ class AgreedEarlyStop:
         total, count = sum_across([float(local.sum()), float(local.numel())])
         return total / max(count, 1.0) > self.threshold
 
+    def remove(self) -> None:
+        self.hook.remove()
+        self.buffer.early_stop = None
+
+
+class AgreedStopRolloutBuffer(DictRolloutBuffer):
+    """SB3's dict rollout buffer that serves an :class:`AgreedEarlyStop`: it records each minibatch's old
+    log-probabilities for the stop's rule and ends the update's minibatches once the stop is taken."""
+
+    early_stop: AgreedEarlyStop | None = None
+
+    def get(self, batch_size: int | None = None) -> Iterator[Any]:
+        if self.early_stop is not None and self.early_stop.stopped:
+            return  # before SB3's shuffle, as SB3 leaves its epochs: the same random draws follow
+        for samples in super().get(batch_size):
+            if self.early_stop is not None:
+                if self.early_stop.stopped:
+                    return
+                self.early_stop.old_log_prob = samples.old_log_prob.detach()
+            yield samples
+
+    def reset(self) -> None:  # a new rollout: its update starts with every minibatch allowed
+        super().reset()
+        if self.early_stop is not None:
+            self.early_stop.stopped = False
+
 
 @contextlib.contextmanager
 def data_parallel(algorithm: Any, target_kl: float | None) -> Iterator[AgreedEarlyStop | None]:
-    """Within the block ``algorithm.learn`` (SB3's PPO, built with ``target_kl=None``) trains
-    data-parallel: rank 0's weights everywhere first, averaged gradients, the agreed early stop (the
-    block's value, None without ``target_kl``) and NaN guard. A no-op in a single process."""
+    """Within the block ``algorithm.learn`` (SB3's PPO, built with ``target_kl=None`` and, for an early
+    stop, ``rollout_buffer_class=AgreedStopRolloutBuffer``) trains data-parallel: rank 0's weights
+    everywhere first, averaged gradients, the agreed early stop (the block's value, None without
+    ``target_kl``) and NaN guard. A no-op in a single process."""
     if not current().enabled:
         yield None
         return
@@ -295,9 +308,9 @@ def data_parallel(algorithm: Any, target_kl: float | None) -> Iterator[AgreedEar
     if getattr(algorithm, "target_kl", None) is not None:
         raise ValueError("build PPO with target_kl=None for a data-parallel run: the early stop is agreed across "
                          "processes instead (pass target_kl to data_parallel)")
+    early_stop = AgreedEarlyStop(algorithm, target_kl) if target_kl else None
     broadcast_module(policy)
     averager = GradientAverager(policy.parameters())
-    early_stop = AgreedEarlyStop(algorithm, target_kl) if target_kl else None
     policy.agree_across_processes = True
     try:
         yield early_stop
@@ -305,7 +318,7 @@ def data_parallel(algorithm: Any, target_kl: float | None) -> Iterator[AgreedEar
         policy.agree_across_processes = False
         averager.remove()
         if early_stop is not None:
-            early_stop.restore()
+            early_stop.remove()
 
 
 def weights_digest(parameters: Iterable[torch.Tensor]) -> str:

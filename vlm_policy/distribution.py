@@ -140,12 +140,6 @@ class TokenSequenceDistribution:
         step = self.micro_batch_size or size
         return [slice(start, min(start + step, size)) for start in range(0, size, step)]
 
-    def temperature_of(self, temperatures: torch.Tensor | None, device: torch.device | str) -> float | torch.Tensor:
-        """The distribution's temperature, or the given per-answer ones (a float tensor on ``device``)."""
-        if temperatures is None:
-            return self.temperature
-        return torch.as_tensor(temperatures, dtype=torch.float32).reshape(-1).to(device)
-
     def banned_on(self, device: torch.device | str) -> torch.Tensor:
         """The banned-token mask on ``device`` (copied there once)."""
         device = torch.device(device)
@@ -163,29 +157,23 @@ class TokenSequenceDistribution:
     # for 8 answers of 64 tokens in two micro-batches of 4).
     @torch.no_grad()
     def generate(self, images: Sequence[np.ndarray], prompts: Sequence[str], device: torch.device,
-                 deterministic: bool = False, temperatures: torch.Tensor | None = None) -> torch.Tensor:
-        """One answer's token ids per (image, prompt), padded with the end token (no scores).
-
-        :param temperatures: each answer's own sampling temperature (None: the distribution's).
-        """
-        return self._generate(images, prompts, device, deterministic, need_scores=False, temperatures=temperatures)[0]
+                 deterministic: bool = False) -> torch.Tensor:
+        """One answer's token ids per (image, prompt), padded with the end token (no scores)."""
+        return self._generate(images, prompts, device, deterministic, need_scores=False)[0]
 
     @torch.no_grad()
     def sample(self, images: Sequence[np.ndarray], prompts: Sequence[str], device: torch.device,
-               deterministic: bool = False, temperatures: torch.Tensor | None = None) -> ScoredAnswers:
-        """Generates one answer per (image, prompt), scored with the generation's own logits (at each
-        answer's temperature, ``temperatures`` as in :meth:`generate`)."""
-        tokens, scores, prompt_hidden = self._generate(images, prompts, device, deterministic, need_scores=True,
-                                                       temperatures=temperatures)
+               deterministic: bool = False) -> ScoredAnswers:
+        """Generates one answer per (image, prompt), scored with the generation's own logits."""
+        tokens, scores, prompt_hidden = self._generate(images, prompts, device, deterministic, need_scores=True)
         masks = token_masks(self.bundle.tokenizer, tokens, self.end_ids)
         per_token = _valid_only(_chosen_log_probs(scores, tokens), masks)
         return ScoredAnswers(tokens, per_token, None, masks, prompt_hidden)
 
-    def _generate(self, images, prompts, device, deterministic: bool, need_scores: bool,
-                  temperatures: torch.Tensor | None = None):
+    def _generate(self, images, prompts, device, deterministic: bool, need_scores: bool):
         from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-        temperature = 0.0 if deterministic else self.temperature_of(temperatures, device)
+        temperature = 0.0 if deterministic else self.temperature
         banned = self.banned_on(device)
 
         class _OurDistribution(LogitsProcessor):
@@ -194,7 +182,7 @@ class TokenSequenceDistribution:
 
         config = GenerationConfig(
             # Every other knob stays None (off): the processor below is the whole distribution.
-            do_sample=isinstance(temperature, torch.Tensor) or temperature > 0,
+            do_sample=temperature > 0,
             max_new_tokens=self.max_new_tokens, min_new_tokens=0, num_beams=1,
             pad_token_id=self._pad_id(), eos_token_id=list(self.end_ids),
             return_dict_in_generate=True, output_logits=need_scores, output_hidden_states=need_scores,
@@ -217,10 +205,8 @@ class TokenSequenceDistribution:
 
     # ------------------------------------------------------------------ scoring
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[str], tokens: torch.Tensor, device: torch.device,
-              with_entropy: bool = True, model: nn.Module | None = None,
-              temperatures: torch.Tensor | None = None) -> ScoredAnswers:
-        """Teacher-forced log-probabilities (and entropies) of ``tokens`` as answers to the prompts, each at
-        its own temperature where ``temperatures`` is given (the one it was sampled at).
+              with_entropy: bool = True, model: nn.Module | None = None) -> ScoredAnswers:
+        """Teacher-forced log-probabilities (and entropies) of ``tokens`` as answers to the prompts.
 
         With ``micro_batch_size`` set and gradients on, each chunk's forward is checkpointed: its
         activations are dropped after the forward and recomputed chunk by chunk in the backward pass.
@@ -235,12 +221,11 @@ class TokenSequenceDistribution:
         for rows in self._chunks(len(prompts)):
             inputs = build_inputs(self.bundle, list(images[rows]), list(prompts[rows]), device)
             chunk_tokens, valid = tokens[rows, :length], masks.valid[rows, :length].to(device)
-            temperature = self.temperature_of(None if temperatures is None else temperatures[rows], device)
             if checkpointed:
                 parts.append(checkpoint(self._score_chunk, model, inputs, chunk_tokens, valid, with_entropy,
-                                        temperature, use_reentrant=False))
+                                        use_reentrant=False))
             else:
-                parts.append(self._score_chunk(model, inputs, chunk_tokens, valid, with_entropy, temperature))
+                parts.append(self._score_chunk(model, inputs, chunk_tokens, valid, with_entropy))
         padding = (0, tokens.shape[1] - length)
         per_token = nn.functional.pad(torch.cat([p[0] for p in parts]), padding)
         entropy = nn.functional.pad(torch.cat([p[1] for p in parts]), padding) if with_entropy else None
@@ -277,12 +262,12 @@ class TokenSequenceDistribution:
         return torch.cat(parts)
 
     def _score_chunk(self, model: nn.Module, inputs: dict[str, torch.Tensor], tokens: torch.Tensor, valid: torch.Tensor,
-                     with_entropy: bool, temperature: float | torch.Tensor):
+                     with_entropy: bool):
         with compute_autocast(tokens.device, self.compute_dtype):
             outputs = model(**with_answer(inputs, tokens, self.bundle.family), output_hidden_states=True,
                             logits_to_keep=tokens.shape[1] + 1, use_cache=False)
         # Position P-1+j of the logits predicts answer token j.
-        scores = process_logits(outputs.logits[:, :-1], temperature, self.banned_on(tokens.device))
+        scores = process_logits(outputs.logits[:, :-1], self.temperature, self.banned_on(tokens.device))
         per_token = _chosen_log_probs(scores, tokens).masked_fill(~valid, 0.0)
         entropy = _entropy(scores).masked_fill(~valid, 0.0) if with_entropy else torch.zeros(())
         return per_token, entropy, self.value_features(outputs.hidden_states[-1], inputs["input_ids"])

@@ -41,27 +41,15 @@ def banned_token_mask(tokenizer, vocab_size: int, end_ids: Sequence[int]) -> tor
     return banned
 
 
-def process_logits(logits: torch.Tensor, temperature: float | torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+def process_logits(logits: torch.Tensor, temperature: float, banned: torch.Tensor) -> torch.Tensor:
     """The sampling distribution's logits: float32, divided by the temperature, banned ids at -inf.
 
-    A temperature of 0 means greedy decoding; the scores are then left at temperature 1. A tensor gives
-    each row (the first dimension of ``logits``) its own temperature, every one above 0.
+    A temperature of 0 means greedy decoding; the scores are then left at temperature 1.
     """
     scores = logits.float()
-    if isinstance(temperature, torch.Tensor):
-        scores = scores / temperature.to(scores.device, torch.float32).reshape(-1, *([1] * (scores.dim() - 1)))
-    elif temperature > 0:
+    if temperature > 0:
         scores = scores / temperature
     return scores.masked_fill(banned.to(scores.device)[: scores.shape[-1]], float("-inf"))
-
-
-def token_logprobs(scores: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability and entropy of each token under processed ``scores`` (..., vocab)."""
-    log_probs = torch.log_softmax(scores, dim=-1)
-    chosen = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    probs = log_probs.exp()
-    entropy = -(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1)
-    return chosen, entropy
 
 
 @dataclass

@@ -32,21 +32,10 @@ def cosine_value(done: float, start: float, end: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
-def cosine_schedule(start: float, end: float, warmup: float = 0.0):
-    """SB3 learning-rate schedule (a function of the progress remaining): cosine from ``start`` to ``end``,
-    after a linear warm-up from ``start / 10`` over the first ``warmup`` fraction of training.
-
-    The warm-up is there because Adam's first steps move every weight by about the learning rate whatever its
-    gradient (its second-moment estimate is one noisy sample): at the full rate that is a random jolt to the
-    whole policy, which PPO's first updates then spend undoing.
-    """
-    if not 0.0 <= warmup < 1.0:
-        raise ValueError(f"the warm-up is a fraction of training in [0, 1), got {warmup}")
+def cosine_schedule(start: float, end: float):
+    """SB3 learning-rate schedule (a function of the progress remaining): cosine from ``start`` to ``end``."""
 
     def schedule(progress_remaining: float) -> float:
-        done = 1.0 - progress_remaining
-        if done < warmup:
-            return start * (0.1 + 0.9 * done / warmup)
-        return cosine_value((done - warmup) / (1.0 - warmup), start, end)
+        return cosine_value(1.0 - progress_remaining, start, end)
 
     return schedule

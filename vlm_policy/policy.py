@@ -23,12 +23,11 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from vlm_policy import checkpoints
+from vlm_policy import checkpoints, defaults
 from vlm_policy.adapters import lora_alpha_for, prepare_for_training, set_lora_alpha
 from vlm_policy.distribution import TokenSequenceDistribution, checked_value_input
 from vlm_policy.env_bridge import decode_prompt, tokenizer_fingerprint
 from vlm_policy.loading import TINY, VLMBundle, is_tiny, load_vlm, resolve_device, resolve_dtype, tiny_source_for_vocab
-from vlm_policy.loop_exploration import SAMPLING_TEMPERATURE
 from vlm_policy.optim import ScaledLRAdamW
 from vlm_policy.reference import KLReference, carrying_loss_term
 
@@ -70,9 +69,13 @@ class VLMPolicy(ActorCriticPolicy):
     :param action_space: given by SB3.
     :param lr_schedule: given by SB3.
     :param model: ``"tiny"`` (the embedded default) or a local path / HF cache id of a checkpoint.
+    The defaults are those of ``vlm-cards train`` (:mod:`vlm_policy.defaults`); a setting given as None
+    takes its default.
+
     :param temperature: sampling temperature (the paper: 0.2); 0 samples greedily.
     :param cot_weight: the paper's lambda, weight of the chain-of-thought tokens' log-probability.
-    :param lora_r: LoRA rank; 0 trains every weight of the model instead (sensible for the tiny one only).
+    :param lora_r: LoRA rank; 0 trains every weight of the model instead (None: 0 for the tiny model, 16 for
+        a checkpoint; :func:`vlm_policy.defaults.lora_rank_for`).
     :param lora_alpha: LoRA scaling numerator (default ``2 * lora_r``).
     :param lora_target_modules: Linear layers to adapt (default: every Linear of the language model).
     :param train_vision: also adapt (or, with lora_r=0, train) the vision tower and projector.
@@ -114,17 +117,17 @@ class VLMPolicy(ActorCriticPolicy):
         action_space: spaces.Space,
         lr_schedule: Schedule,
         model: str = TINY,
-        temperature: float = 0.2,
-        cot_weight: float = 0.5,
-        lora_r: int = 16,
+        temperature: float | None = None,
+        cot_weight: float = defaults.COT_WEIGHT,
+        lora_r: int | None = None,
         lora_alpha: int | None = None,
         lora_target_modules: Sequence[str] | None = None,
-        train_vision: bool = False,
+        train_vision: bool | None = None,
         value_head_layers: Sequence[int] = (1024, 512),
-        value_lr_scale: float = 1.0,
-        value_gradients_to_model: bool = True,
+        value_lr_scale: float | None = None,
+        value_gradients_to_model: bool | None = None,
         value_input: str = "prompt",
-        kl_coef: float = 0.0,
+        kl_coef: float | None = None,
         gradient_checkpointing: bool | None = None,
         micro_batch_size: int | None = None,
         rollout_logprobs: str = "auto",
@@ -139,6 +142,17 @@ class VLMPolicy(ActorCriticPolicy):
         **unused: Any,
     ) -> None:
         _check_spaces(observation_space, action_space)
+        given = {"temperature": temperature, "lora_r": lora_r, "train_vision": train_vision,
+                 "value_lr_scale": value_lr_scale, "value_gradients_to_model": value_gradients_to_model,
+                 "kl_coef": kl_coef}
+        #: The settings left to the shared defaults (an agent saved before them had other ones: load_state_dict).
+        self.defaulted = {name for name, value in given.items() if value is None}
+        temperature = defaults.TEMPERATURE if temperature is None else temperature
+        train_vision = defaults.TRAIN_VISION if train_vision is None else train_vision
+        value_lr_scale = defaults.VALUE_LR_SCALE if value_lr_scale is None else value_lr_scale
+        value_gradients_to_model = defaults.VALUE_GRADIENTS_TO_MODEL if value_gradients_to_model is None \
+            else value_gradients_to_model
+        kl_coef = defaults.KL_COEF if kl_coef is None else kl_coef
         if not isinstance(model, str):
             raise TypeError(f"model must be 'tiny' or a path (a str), got {type(model).__name__}")
         if temperature < 0 or not math.isfinite(temperature):
@@ -159,7 +173,7 @@ class VLMPolicy(ActorCriticPolicy):
         self.model_source = model
         self.temperature = float(temperature)
         self.cot_weight = float(cot_weight)
-        self.lora_r = int(lora_r)
+        self.lora_r = defaults.lora_rank_for(model, lora_r)
         self.lora_alpha = lora_alpha
         self.lora_target_modules = list(lora_target_modules) if lora_target_modules else None
         self.train_vision = bool(train_vision)
@@ -182,10 +196,6 @@ class VLMPolicy(ActorCriticPolicy):
         #: across processes, and each minibatch's log-probabilities are kept for the agreed early stop.
         self.agree_across_processes = False
         self.last_log_prob: torch.Tensor | None = None
-        #: Per-observation temperatures for the next sampling forward (loop exploration; None: the policy's).
-        self.rollout_temperatures: torch.Tensor | None = None
-        #: The temperatures the latest forward sampled at (None: the policy's own).
-        self.last_temperatures: torch.Tensor | None = None
         kwargs = {"eps": 1e-5, "weight_decay": 0.0}
         kwargs.update(optimizer_kwargs or {})
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=False, normalize_images=False,
@@ -210,6 +220,7 @@ class VLMPolicy(ActorCriticPolicy):
                                         gradient_checkpointing=self.gradient_checkpointing)
         self.bundle = VLMBundle(model=self.vlm, processor=bundle.processor, source=bundle.source, family=bundle.family)
         self.register_buffer(LORA_ALPHA_KEY, torch.tensor(lora_alpha_for(self.lora_r, self.lora_alpha)))
+        self.register_buffer(defaults.SHARED_DEFAULTS_KEY, torch.tensor(1))  # see load_state_dict
         self.answer_distribution = TokenSequenceDistribution.for_bundle(
             self.bundle, self.temperature, self.max_new_tokens, self.micro_batch_size, self.compute_dtype,
             self.value_input)
@@ -274,22 +285,13 @@ class VLMPolicy(ActorCriticPolicy):
 
     @torch.no_grad()
     def forward(self, obs: dict[str, torch.Tensor], deterministic: bool = False):
-        """Samples answers for a batch of observations: (token ids, values, log-probabilities).
-
-        Sampled answers take :attr:`rollout_temperatures` when it holds one per observation (set by
-        :class:`vlm_policy.loop_exploration.LoopTemperatureCallback`); the temperatures used are left in
-        :attr:`last_temperatures` (None: the policy's own) for the rollout buffer.
-        """
+        """Samples answers for a batch of observations: (token ids, values, log-probabilities)."""
         images, prompts = self._unpack(obs)
-        chosen = self.rollout_temperatures
-        temperatures = chosen if not deterministic and chosen is not None and len(chosen) == len(images) else None
-        self.last_temperatures = temperatures
         if self.recomputes_rollout_logprobs:  # score with the update's own forward, right after generation
-            tokens = self.answer_distribution.generate(images, prompts, self.device, deterministic, temperatures)
-            scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=False,
-                                                    temperatures=temperatures)
+            tokens = self.answer_distribution.generate(images, prompts, self.device, deterministic)
+            scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=False)
         else:
-            scored = self.answer_distribution.sample(images, prompts, self.device, deterministic, temperatures)
+            scored = self.answer_distribution.sample(images, prompts, self.device, deterministic)
         log_prob = scored.log_prob(self.cot_weight)
         values = self.value_head(scored.prompt_hidden)
         _check_finite(self.agree_across_processes, values=values, log_prob=log_prob)
@@ -303,17 +305,14 @@ class VLMPolicy(ActorCriticPolicy):
         """
         images, prompts = self._unpack(obs)
         tokens = actions.round().long().to(self.device)
-        # The temperature each answer was sampled at, where the rollout buffer recorded one (loop exploration).
-        temperatures = obs.get(SAMPLING_TEMPERATURE) if isinstance(obs, dict) else None
-        scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=self.compute_entropy,
-                                                temperatures=temperatures)
+        scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=self.compute_entropy)
         log_prob = scored.log_prob(self.cot_weight)
         values = self._value(scored.prompt_hidden)
         _check_finite(self.agree_across_processes, values=values, log_prob=log_prob)
         self.last_log_prob = log_prob.detach()  # read by a data-parallel run's agreed early stop
         if self.kl_reference is not None:
             kl = self.kl_reference.kl(self.answer_distribution, obs, images, prompts, tokens, scored.per_token,
-                                      scored.masks.valid, temperatures)
+                                      scored.masks.valid)
             log_prob = carrying_loss_term(log_prob, self.kl_coef * kl)
         return values, log_prob, scored.weighted_entropy(self.cot_weight)
 
@@ -357,11 +356,29 @@ class VLMPolicy(ActorCriticPolicy):
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         return checkpoints.agent_state(self, super().state_dict(*args, **kwargs))
 
+    def _take_legacy_defaults(self) -> None:
+        """An agent saved before the shared defaults omits the settings it left to ``VLMPolicy``'s defaults of
+        then: those this policy defaulted take the old values, and the model is rebuilt when they change it."""
+        changed = {name: value for name, value in defaults.LEGACY_POLICY_DEFAULTS.items()
+                   if name in self.defaulted and getattr(self, name) != value}
+        self.defaulted -= set(changed)
+        if not changed:
+            return
+        for name, value in changed.items():
+            setattr(self, name, value)
+        learning_rate = self.optimizer.param_groups[0]["lr"]
+        device = self.device
+        self._build(lambda _: learning_rate)
+        self.to(device)
+
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        if defaults.SHARED_DEFAULTS_KEY not in state_dict:
+            self._take_legacy_defaults()
         own = super().state_dict()
         if LORA_ALPHA_KEY not in state_dict and self.lora_r > 0 and self.lora_alpha is None:
             self._use_legacy_lora_alpha()
-        state_dict = {LORA_ALPHA_KEY: getattr(self, LORA_ALPHA_KEY), **state_dict}
+        state_dict = {LORA_ALPHA_KEY: getattr(self, LORA_ALPHA_KEY),
+                      defaults.SHARED_DEFAULTS_KEY: getattr(self, defaults.SHARED_DEFAULTS_KEY), **state_dict}
         unexpected = sorted(set(state_dict) - set(own))
         missing = sorted(set(self.state_dict()) - set(state_dict))
         if unexpected or (strict and missing):

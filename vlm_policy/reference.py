@@ -97,23 +97,19 @@ class KLReference(nn.Module):
 
     @torch.no_grad()
     def log_probs(self, distribution, images: Sequence[np.ndarray], prompts: Sequence[str], tokens: torch.Tensor,
-                  device: torch.device, temperatures: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-token log-probabilities of ``tokens`` under the reference (``distribution`` scores them, each
-        answer at its sampling temperature where ``temperatures`` is given)."""
+                  device: torch.device) -> torch.Tensor:
+        """Per-token log-probabilities of ``tokens`` under the reference (``distribution`` scores them)."""
         if self.uses_adapter:
             with distribution.model.disable_adapter():
-                return distribution.score(images, prompts, tokens, device, with_entropy=False,
-                                          temperatures=temperatures).per_token
-        return distribution.score(images, prompts, tokens, device, with_entropy=False, model=self.frozen,
-                                  temperatures=temperatures).per_token
+                return distribution.score(images, prompts, tokens, device, with_entropy=False).per_token
+        return distribution.score(images, prompts, tokens, device, with_entropy=False, model=self.frozen).per_token
 
     def kl(self, distribution, obs: dict[str, torch.Tensor], images, prompts, tokens: torch.Tensor,
-           per_token: torch.Tensor, valid: torch.Tensor, temperatures: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean k2 KL estimate between the policy's ``per_token`` and the reference over the batch (both at
-        each answer's sampling temperature, which ``obs`` holds too, so the cache keys tell them apart)."""
+           per_token: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Mean k2 KL estimate between the policy's ``per_token`` and the reference over the batch."""
         reference = self.cache.get(obs, tokens)
         if reference is None:
-            reference = self.log_probs(distribution, images, prompts, tokens, per_token.device, temperatures)
+            reference = self.log_probs(distribution, images, prompts, tokens, per_token.device)
             self.cache.put(obs, tokens, reference)
         kl = kl_to_reference(per_token, reference.to(per_token.device), valid.to(per_token.device)).mean()
         self.recent_kl.append(float(kl.detach()))

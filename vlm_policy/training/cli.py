@@ -45,6 +45,7 @@ from vlm_policy.training.configs import (
     env_kwargs_for,
     eval_batch_for,
     is_alfworld,
+    step_limit_for,
 )
 from vlm_policy.training.sweep import SweepOptions
 
@@ -91,6 +92,7 @@ class EvalOptions:
             raise ValueError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
         check_eval_batch(self.batch, "--batch")
         env_kwargs_for(self.env, self.data_root, self.split)  # --data-root / --split only for ALFWorld
+        self.env_kwargs = step_limit_for(self.env)
 
     def episodes_at_once(self) -> int:
         """``--batch`` resolved (see :func:`eval_batch_for`), as ``vlm-cards train`` resolves ``--eval-batch``."""
@@ -114,7 +116,7 @@ class DemosOptions:
             raise ValueError(f"--n must be > 0 and --seed >= 0, got {self.n} and {self.seed}")
         if self.image_size and self.image_size < 32:
             raise ValueError(f"--image-size must be at least 32 pixels (0: the task's default), got {self.image_size}")
-        self.env_kwargs = env_kwargs_for(self.env, self.data_root, self.split)
+        self.env_kwargs = {**env_kwargs_for(self.env, self.data_root, self.split), **step_limit_for(self.env)}
         if self.image_size:
             self.env_kwargs["image_size"] = self.image_size
 
@@ -235,11 +237,12 @@ def _eval(groups: list) -> int:
         return _eval_alfworld(options)
     rows = []
     if options.model:
-        policy, make = _policy_for(options)
+        policy, make = _policy_for(options, options.env_kwargs)
         result, _ = evaluate_vlm(policy, make, options.episodes, options.seed,
                                  parallel=options.episodes_at_once(), name=options.model, progress=True)
         rows.append(result)
-    rows += evaluate_agents(options.env, ["random", "oracle"], options.episodes, options.seed, progress=True)
+    rows += evaluate_agents(options.env, ["random", "oracle"], options.episodes, options.seed,
+                            env_kwargs=options.env_kwargs, progress=True)
     print(f"{options.env}, {options.episodes} episodes, seeds {options.seed}..{options.seed + options.episodes - 1}, "
           "greedy answers")
     print(format_table(TABLE_HEADER, [r.row() for r in rows]))

@@ -10,10 +10,12 @@ the CPU (how they were chosen: ``docs/results.md``); the paper's 7B settings are
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from gym_vlm_cards.registration import resolve_env_id
+from gym_vlm_cards.registration import FALLBACK_STEP_LIMIT, registered_step_limit, resolve_env_id
+from vlm_policy import defaults
 from vlm_policy.loading import TINY, is_tiny
 
 #: The first seed of the validation episodes SFT's stop checks use (the test seeds start at 100,000).
@@ -30,6 +32,18 @@ ALFWORLD_EVAL_SPLITS = ("valid_seen", "valid_unseen")
 
 def is_alfworld(env_id: str) -> bool:
     return env_id.startswith("alfworld/")
+
+
+def step_limit_for(env_id: str, max_episode_steps: int = 0) -> dict[str, int]:
+    """``gym.make``'s step-limit argument: ``max_episode_steps`` when set; nothing for a task registered with
+    a limit; for one registered without, :data:`FALLBACK_STEP_LIMIT` and a warning saying so."""
+    if max_episode_steps:
+        return {"max_episode_steps": max_episode_steps}
+    if registered_step_limit(env_id) is not None:
+        return {}
+    warnings.warn(f"{env_id} is registered without max_episode_steps: its episodes end after {FALLBACK_STEP_LIMIT} "
+                  "steps here (set --max-episode-steps, or register the task with one)", stacklevel=3)
+    return {"max_episode_steps": FALLBACK_STEP_LIMIT}
 
 
 def env_kwargs_for(env_id: str, data_root: str = "", split: str = "") -> dict[str, Any]:
@@ -62,6 +76,8 @@ def _check(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str,
             raise ValueError(f"{_flag(name)} must be > 0, got {value}")
     for name in non_negative:
         value = getattr(config, name)
+        if value is None:  # resolved later (from the model: see vlm_policy.defaults)
+            continue
         if not (value >= 0 and math.isfinite(value)):
             raise ValueError(f"{_flag(name)} must be >= 0, got {value}")
     for name in unit_interval:
@@ -142,7 +158,8 @@ class SFTConfig:
     sft_steps: int = field(default=150, metadata=_help("SFT optimizer steps"))
     sft_batch_size: int = field(default=16, metadata=_help("examples per SFT step"))
     sft_learning_rate: float = field(default=1e-3, metadata=_help("SFT learning rate (cosine decay to a tenth)"))
-    sft_lora_r: int = field(default=0, metadata=_help("SFT LoRA rank (0: every weight, the tiny model)"))
+    sft_lora_r: int | None = field(default=None, metadata=_help(
+        f"SFT LoRA rank, 0 for every weight (None: 0 for the tiny model, {defaults.CHECKPOINT_LORA_RANK} for a checkpoint)"))
     sft_lora_alpha: int = field(default=0, metadata=_help("SFT LoRA scaling numerator (0: twice the rank)"))
     sft_train_vision: bool = field(default=False, metadata=_help(
         "let SFT update the vision tower (after the warm-up it is kept, so SFT cannot collapse it)"))
@@ -218,10 +235,8 @@ class PPOConfig:
     n_epochs: int = field(default=4, metadata=_help(
         "PPO epochs per update, at most: --target-kl stops an update earlier (paper: 4)"))
     learning_rate: float = field(default=2.5e-5, metadata=_help("PPO learning rate at the start (paper: 1e-5 for 7B)"))
-    learning_rate_end: float = field(default=2.5e-5, metadata=_help(
-        "cosine schedule's final learning rate (the default: constant at --learning-rate)"))
-    learning_rate_warmup: float = field(default=0.0, metadata=_help(
-        "fraction of PPO's env steps over which the learning rate rises linearly from a tenth to --learning-rate"))
+    learning_rate_end: float | None = field(default=None, metadata=_help(
+        "final learning rate of a cosine from --learning-rate (None: constant at --learning-rate)"))
     clip_range: float = field(default=0.2, metadata=_help("PPO clip (paper: 0.1)"))
     target_kl: float = field(default=0.1, metadata=_help("stop an update's epochs past this approx KL (0: never)"))
     gamma: float = field(default=0.9, metadata=_help("discount (paper: 0.9)"))
@@ -229,19 +244,16 @@ class PPOConfig:
     max_grad_norm: float = field(default=0.5, metadata=_help("gradient clip (paper: 0.01 for 7B)"))
     ent_coef: float = field(default=0.0, metadata=_help("entropy bonus"))
     vf_coef: float = field(default=0.5, metadata=_help("value loss weight"))
-    temperature: float = field(default=0.3, metadata=_help("sampling temperature during PPO (paper: 0.2)"))
-    loop_temperature: float = field(default=0.0, metadata=_help(
-        "sampling temperature of a rollout step whose state the episode has met before, on tasks whose steps draw "
-        "nothing (NumberLine, EZPoints, Points24): where greedy play would loop, rollouts try other answers; the "
-        "update scores each step at the temperature it was sampled at (0: --temperature everywhere)"))
-    cot_weight: float = field(default=0.5, metadata=_help("lambda: weight of the thought tokens' log-prob"))
-    lora_r: int = field(default=0, metadata=_help("PPO LoRA rank (0: all weights, the tiny model)"))
+    temperature: float = field(default=defaults.TEMPERATURE, metadata=_help("sampling temperature during PPO (paper: 0.2)"))
+    cot_weight: float = field(default=defaults.COT_WEIGHT, metadata=_help("lambda: weight of the thought tokens' log-prob"))
+    lora_r: int | None = field(default=None, metadata=_help(
+        f"PPO LoRA rank, 0 for every weight (None: 0 for the tiny model, {defaults.CHECKPOINT_LORA_RANK} for a checkpoint)"))
     lora_alpha: int = field(default=0, metadata=_help("PPO LoRA scaling numerator (0: twice the rank)"))
-    train_vision: bool = field(default=True, metadata=_help("let PPO update the vision tower too"))
-    value_lr_scale: float = field(default=10.0, metadata=_help("value head learning-rate multiplier"))
-    kl_coef: float = field(default=0.1, metadata=_help(
+    train_vision: bool = field(default=defaults.TRAIN_VISION, metadata=_help("let PPO update the vision tower too"))
+    value_lr_scale: float = field(default=defaults.VALUE_LR_SCALE, metadata=_help("value head learning-rate multiplier"))
+    kl_coef: float = field(default=defaults.KL_COEF, metadata=_help(
         "weight of the KL penalty towards the SFT checkpoint (0: none, as in the paper)"))
-    value_gradients_to_model: bool = field(default=False, metadata=_help(
+    value_gradients_to_model: bool = field(default=defaults.VALUE_GRADIENTS_TO_MODEL, metadata=_help(
         "let the value loss train the VLM (the paper's shared trunk); off for the tiny model, whose policy "
         "the random value head's early errors otherwise wreck"))
     value_input: Literal["prompt", "prompt+image"] = field(default="prompt", metadata=_help(
@@ -273,9 +285,11 @@ class PPOConfig:
         self.validate_ppo()
 
     def validate_ppo(self) -> None:
+        if self.learning_rate_end is None:  # resolved here, so that records and config.json hold the rate used
+            self.learning_rate_end = self.learning_rate
         _check(self, positive=("ppo_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "learning_rate",
                                "clip_range", "max_grad_norm"),
-               non_negative=("learning_rate_end", "target_kl", "ent_coef", "vf_coef", "temperature", "loop_temperature",
+               non_negative=("learning_rate_end", "target_kl", "ent_coef", "vf_coef", "temperature",
                              "cot_weight",
                              "lora_r", "lora_alpha", "value_lr_scale", "kl_coef", "keep_checkpoints"),
                unit_interval=("gamma", "gae_lambda", "ppo_stop_success"))
@@ -283,8 +297,6 @@ class PPOConfig:
             raise ValueError(f"--ppo-check-every must be >= 0 (or -1 for the default), got {self.ppo_check_every}")
         if self.ppo_check_episodes < 1:
             raise ValueError(f"--ppo-check-episodes must be at least 1, got {self.ppo_check_episodes}")
-        if not 0 <= self.learning_rate_warmup < 1:
-            raise ValueError(f"--learning-rate-warmup must be in [0, 1), got {self.learning_rate_warmup}")
         if self.batch_size > self.n_envs * self.n_steps:
             raise ValueError(f"--batch-size {self.batch_size} is larger than a rollout "
                              f"(--n-envs x --n-steps = {self.n_envs * self.n_steps})")
@@ -315,7 +327,8 @@ class RunConfig:
     eval_splits: list[str] = field(default_factory=lambda: list(ALFWORLD_EVAL_SPLITS), metadata=_help(
         "ALFWorld: the splits evaluated after SFT and after PPO"))
     max_episode_steps: int = field(default=0, metadata=_help(
-        "step limit of every episode: demonstrations, PPO and evaluation (0: the task's registered limit)"))
+        f"step limit of every episode: demonstrations, PPO and evaluation (0: the task's registered limit, "
+        f"{FALLBACK_STEP_LIMIT} for a task registered without one)"))
 
     def __post_init__(self) -> None:
         self.validate_run()
@@ -324,6 +337,7 @@ class RunConfig:
         self.env_id = resolve_env_id(self.env_id)
         _check(self, positive=("demos", "eval_episodes"), non_negative=("max_new_tokens", "eval_seed", "max_episode_steps"))
         check_eval_batch(self.eval_batch, "--eval-batch")
+        self.max_episode_steps = step_limit_for(self.env_id, self.max_episode_steps).get("max_episode_steps", 0)
         self.eval_splits = list(self.eval_splits)
         env_kwargs_for(self.env_id, self.data_root, self.split)  # --data-root / --split only for ALFWorld
         if not is_alfworld(self.env_id):
@@ -361,6 +375,9 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
         self.validate_model()
         self.validate_sft()
         self.validate_ppo()
+        # resolved once, by the rule VLMPolicy uses too: records and config.json hold the ranks used
+        self.lora_r = defaults.lora_rank_for(self.model, self.lora_r)
+        self.sft_lora_r = defaults.lora_rank_for(self.model, self.sft_lora_r)
         validated = max(self.sft_check_episodes if self.stop_targets() else 0,
                         self.ppo_check_episodes if self.ppo_checks_every() else 0)
         if validated and (self.eval_seed < VALIDATION_SEED + validated
@@ -395,7 +412,3 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
 
 TRAIN_GROUPS = (CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig)
 SFT_GROUPS = (CommonConfig, ModelConfig, SFTConfig)
-
-
-def field_names(cls: type) -> list[str]:
-    return [item.name for item in fields(cls)]

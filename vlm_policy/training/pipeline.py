@@ -304,8 +304,10 @@ class Pipeline:
                                max_new_tokens=budget, prompt_style=c.prompt_style, env_kwargs=c.env_kwargs(),
                                vec_env_cls=subprocesses)
         # Agents are read without unpickling (load_agent); training state comes from the config.
-        schedule = cosine_schedule(c.learning_rate, c.learning_rate_end, c.learning_rate_warmup)
+        schedule = cosine_schedule(c.learning_rate, c.learning_rate_end)
         training = {"learning_rate": schedule, "clip_range": c.clip_range}
+        if context.enabled:  # the early stop is agreed across processes through this buffer (distributed.py)
+            training["rollout_buffer_class"] = distributed.AgreedStopRolloutBuffer
         self.agent_reused = self.on_main(lambda: _final_is_whole(final))
         if self.agent_reused:
             return load_agent(final, env, device=self.device, **training)
@@ -328,6 +330,7 @@ class Pipeline:
                         target_kl=(c.target_kl or None) if not context.enabled else None,
                         max_grad_norm=c.max_grad_norm, normalize_advantage=c.normalize_advantage,
                         policy_kwargs=self.policy_kwargs(sft_dir),
+                        rollout_buffer_class=training.get("rollout_buffer_class"),
                         tensorboard_log=str(self.out / "tb") if main else None,
                         seed=c.seed + context.rank, device=self.device, verbose=0)
         # --ppo-timesteps counts the env steps of every process; each makes its share.
@@ -336,11 +339,6 @@ class Pipeline:
         if main:
             callbacks.insert(0, UpdateCheckpointCallback(self.out / "ppo" / "checkpoints", keep=c.keep_checkpoints,
                                                          steps_scale=context.world_size))
-        if c.loop_temperature > 0:  # each step's sampling temperature travels with it to the update
-            from vlm_policy.loop_exploration import LoopTemperatureCallback, TemperatureRolloutBuffer
-
-            model.rollout_buffer = TemperatureRolloutBuffer.replacing(model)
-            callbacks.append(LoopTemperatureCallback(c.loop_temperature))
         checks_every = c.ppo_checks_every()
         if checks_every:
             callbacks.append(GreedyValidationCallback(

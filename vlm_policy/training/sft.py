@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vlm_policy import defaults
 from vlm_policy.adapters import compute_autocast, is_vision_module, prepare_for_training
 from vlm_policy.checkpoints import save_sft_checkpoint
 from vlm_policy.loading import VLMBundle, load_vlm, resolve_device, resolve_dtype
@@ -124,7 +125,8 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         vision_warmup(bundle, examples, warmup_steps, sft.sft_learning_rate, sft.sft_batch_size, common.seed, device,
                       common.progress and context.is_main, sft.warmup_labels, compute_dtype, sft.balance_states)
         distributed.broadcast_module(bundle.model)  # identical already; made certain before SFT
-    trained = prepare_for_training(bundle.model, lora_r=sft.sft_lora_r, lora_alpha=sft.sft_lora_alpha or None,
+    lora_r = defaults.lora_rank_for(model.model, sft.sft_lora_r)
+    trained = prepare_for_training(bundle.model, lora_r=lora_r, lora_alpha=sft.sft_lora_alpha or None,
                                    train_vision=sft.sft_train_vision,
                                    gradient_checkpointing=model.checkpointing_for(model.model))
     trained.train()

@@ -38,7 +38,7 @@ NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device", "eval_batch"}
 
 #: Settings added to a stage after run folders had recorded it, with the value that leaves it as it was.
 SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_stop_reach": 0.0,
-                        "learning_rate_warmup": 0.0, "value_input": "prompt", "loop_temperature": 0.0,
+                        "value_input": "prompt",
                         "balance_states": "off", "ppo_stop_success": 0.0}
 
 

@@ -1,0 +1,40 @@
+"""The one set of PPO defaults: ``PPO(VLMPolicy, env)`` and ``vlm-cards train`` train the same thing.
+
+``VLMPolicy``'s keyword defaults and the ``vlm-cards train`` options both read these, so a value
+changes in one place. Where the embedded tiny model and a real checkpoint need different values, a
+rule here decides both (docs/defaults.md has the table).
+"""
+
+from __future__ import annotations
+
+from vlm_policy.loading import is_tiny
+
+#: Sampling temperature of PPO's rollouts (the paper: 0.2).
+TEMPERATURE = 0.3
+#: The paper's lambda: weight of the thought tokens' log-probability.
+COT_WEIGHT = 0.5
+#: The value head's learning rate is the policy's times this.
+VALUE_LR_SCALE = 10.0
+#: The value loss does not train the VLM: a random value head's early errors otherwise wreck the policy.
+VALUE_GRADIENTS_TO_MODEL = False
+#: Weight of the KL penalty towards the model as loaded (the SFT checkpoint).
+KL_COEF = 0.1
+#: PPO updates the vision tower (or its adapter) too.
+TRAIN_VISION = True
+#: The LoRA rank of a real checkpoint; the tiny model trains every weight (rank 0).
+CHECKPOINT_LORA_RANK = 16
+
+
+#: A key in the state of every agent saved with these defaults: an agent without it was saved when
+#: ``VLMPolicy``'s own defaults were these older ones, which its omitted settings then take.
+SHARED_DEFAULTS_KEY = "shared_defaults"
+LEGACY_POLICY_DEFAULTS = {"temperature": 0.2, "lora_r": 16, "train_vision": False, "value_lr_scale": 1.0,
+                          "value_gradients_to_model": True, "kl_coef": 0.0}
+
+
+def lora_rank_for(model: str, lora_r: int | None = None) -> int:
+    """``lora_r`` when given; else 0 (every weight) for the tiny model, :data:`CHECKPOINT_LORA_RANK` for a
+    checkpoint, whose every weight would not fit an optimizer's state beside it."""
+    if lora_r is not None:
+        return int(lora_r)
+    return 0 if is_tiny(model) else CHECKPOINT_LORA_RANK
