@@ -36,3 +36,13 @@ def test_an_agent_saved_before_the_move_loads_and_acts_identically(tmp_path, mon
     np.testing.assert_allclose(values, expected["values"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(log_prob.numpy(), expected["log_prob"], rtol=1e-4, atol=1e-4)
     assert model.learning_rate(1.0) == 1e-3  # the pickled cosine schedule still runs
+
+
+def test_a_removed_setting_at_its_kept_value_is_dropped_and_at_another_is_refused():
+    import pytest
+
+    from vlm_policy.checkpoints import without_removed_settings
+
+    assert without_removed_settings({"model": "m", "value_input": "prompt"}, "a.zip") == {"model": "m"}
+    with pytest.raises(ValueError, match="value_input='prompt\\+image'"):
+        without_removed_settings({"model": "m", "value_input": "prompt+image"}, "a.zip")

@@ -84,6 +84,14 @@ def test_the_learning_rate_is_constant_unless_an_end_is_given():
     assert parsed.learning_rate_end is None  # resolved by the config, not by the parser
 
 
+def test_a_record_holding_a_removed_setting_matches_only_at_the_value_this_version_runs_as():
+    from vlm_policy.training.stages import differences, stage_settings
+
+    wanted = stage_settings(TrainConfig())["ppo"]
+    assert differences({**wanted, "normalize_advantage": True}, wanted) == []
+    assert differences({**wanted, "normalize_advantage": False}, wanted) == ["normalize_advantage: False -> '<unset>'"]
+
+
 def test_settings_added_later_are_recorded_only_when_set():
     from vlm_policy.training.stages import stage_settings
 
@@ -91,9 +99,8 @@ def test_settings_added_later_are_recorded_only_when_set():
     default = stage_settings(TrainConfig(sft_stop_reach=0.0, ppo_check_every=0))
     assert not {"sft_stop_success", "sft_stop_reach", "sft_check_every", "sft_check_episodes",
                 "temperature"} & set(default["sft"])
-    assert not {"value_input", "ppo_check_every", "ppo_check_episodes",
-                "ppo_keep_best", "ppo_stop_success", "balance_states"} & set(default["ppo"])
-    assert not {"balance_states"} & set(stage_settings(TrainConfig(balance_states="off"))["sft"])
+    assert not {"ppo_check_every", "ppo_check_episodes",
+                "ppo_keep_best", "ppo_stop_success"} & set(default["ppo"])
     # The main job stops SFT on reach 0.7 by default, recorded as that stop (a folder made with the flag
     # spelled out matches); SFT alone has no validation episodes, so its default is no stop.
     from vlm_policy.training.configs import DEFAULT_STOP_REACH, SFTConfig
@@ -115,9 +122,8 @@ def test_settings_added_later_are_recorded_only_when_set():
     alfworld_sft = stage_settings(TrainConfig(env_id="alfworld/ALFWorld-v0"))["sft"]
     assert "sft_stop_reach" not in alfworld_sft and "sft_check_episodes" not in alfworld_sft
     # The reach is measured at PPO's temperature: with it on, SFT's record holds the temperature.
-    reach = stage_settings(TrainConfig(sft_stop_reach=0.9, temperature=0.3, value_input="prompt+image"))
+    reach = stage_settings(TrainConfig(sft_stop_reach=0.9, temperature=0.3))
     assert reach["sft"]["sft_stop_reach"] == 0.9 and reach["sft"]["temperature"] == 0.3
-    assert reach["ppo"]["value_input"] == "prompt+image"
     chosen = stage_settings(TrainConfig(sft_stop_success=0.7, learning_rate=1e-5))
     assert chosen["sft"]["sft_stop_success"] == 0.7 and chosen["sft"]["sft_check_episodes"] == 64
     assert chosen["ppo"]["learning_rate_end"] == 1e-5 and chosen["ppo"]["sft"] == chosen["sft"]
@@ -299,6 +305,8 @@ def test_train_help_lists_every_config_knob(capsys):
 def test_paper_gpu_example_script_uses_only_real_flags():
     import shlex
 
+    from vlm_policy.adapters import lora_alpha_for
+
     script = (Path(__file__).parents[1] / "examples" / "paper_gpu_run.sh").read_text()
     command = script.split("\nvlm-cards ", 1)[1].replace("\\\n", " ")
     for variable, value in (("$((STEPS_PER_UPDATE / 8))", "64"), ("${TASK,,}", "numberline"), ("${TASK}", "NumberLine"),
@@ -307,9 +315,10 @@ def test_paper_gpu_example_script_uses_only_real_flags():
     name, groups = cli.parse(shlex.split(command))
     config = TrainConfig.from_groups(*groups[:-1])
     assert name == "train" and config.env_id == "gym_cards/NumberLine-v0" and config.n_steps == 64
-    # RL4VLM's run_nl.sh / main.py: LoRA r=128 with alpha 256 on the vision side too, 128 answers per
-    # optimizer step (minibatch 1 x 128 accumulation steps here a minibatch of 128 in micro-batches).
-    assert config.lora_r == 128 and config.lora_alpha == 256 and config.train_vision
+    # RL4VLM's run_nl.sh / main.py: LoRA r=128 with alpha 256 (twice the rank, as here) on the vision side
+    # too, 128 answers per optimizer step (minibatch 1 x 128 accumulation steps here a minibatch of 128 in
+    # micro-batches).
+    assert config.lora_r == 128 and lora_alpha_for(config.lora_r) == 256 and config.train_vision
     assert config.batch_size == 128 and config.micro_batch_size == 4 and config.gradient_checkpointing == "on"
     assert config.temperature == 0.2 and config.max_grad_norm == 0.01 and config.value_gradients_to_model is True
     assert config.kl_coef == 0 and config.n_epochs == 4  # the paper's PPO: no KL penalty
@@ -432,7 +441,7 @@ def test_ppo_with_a_vlm_policy_and_no_policy_kwargs_trains_what_the_main_job_tra
     env = make_vlm_vec_env("gym_cards/NumberLine-v0", n_envs=1, model="tiny", max_new_tokens=12)
     policy = PPO(VLMPolicy, env, n_steps=4, batch_size=4, device="cpu").policy  # only the model is named
     compared = ("temperature", "cot_weight", "lora_r", "train_vision", "value_lr_scale", "value_gradients_to_model",
-                "value_input", "kl_coef")
+                "kl_coef")
     assert {name: getattr(policy, name) for name in compared} == {name: main_job[name] for name in compared}
     # One rule for the LoRA rank in both places: every weight of the tiny model, an adapter on a checkpoint.
     assert lora_rank_for("tiny") == 0 and lora_rank_for("/models/llava") == CHECKPOINT_LORA_RANK

@@ -12,7 +12,7 @@ from vlm_policy.training.sweep import SeedOutcome, SweepOptions, format_report, 
 
 
 def test_the_child_command_line_reproduces_the_config_exactly():
-    config = TrainConfig(seed=3, out_dir="x/seed_3", progress=False, normalize_advantage=False, kl_coef=0.25,
+    config = TrainConfig(seed=3, out_dir="x/seed_3", progress=False, train_vision=False, kl_coef=0.25,
                          env_id="gym_cards/EZPoints-v0", dtype="float32")
     command, groups = parse(train_argv(config))
     assert command == "train" and TrainConfig.from_groups(*groups[:-1]) == config

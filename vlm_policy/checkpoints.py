@@ -141,6 +141,21 @@ def save_sft_checkpoint(bundle: VLMBundle, out_dir: str | Path, metadata: dict[s
 # from this package's own classes and the env it is given.
 
 #: Pickled fields rebuilt from the env / policy rather than unpickled; None: SB3 rebuilds them itself.
+#: VLMPolicy settings that agents saved by earlier versions may name, with the one value this version
+#: still trains with (such an agent loads; one saved with another value is refused).
+REMOVED_POLICY_SETTINGS = {"value_input": "prompt"}
+
+def without_removed_settings(policy_kwargs: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """A saved agent's policy kwargs less the :data:`REMOVED_POLICY_SETTINGS` it names at their kept value;
+    a ValueError when it names one at another value (this version cannot train or play it as it was)."""
+    kwargs = dict(policy_kwargs)
+    for name, kept in REMOVED_POLICY_SETTINGS.items():
+        if name in kwargs and kwargs.pop(name) != kept:
+            raise ValueError(f"{path} was trained with {name}={policy_kwargs[name]!r}, a setting this version no "
+                             f"longer has (only {kept!r} remains): load it with the version that saved it")
+    return kwargs
+
+
 _NOT_NEEDED_PICKLED = {"_last_obs": None, "_last_episode_starts": None, "_last_original_obs": None,
                        "ep_info_buffer": None, "ep_success_buffer": None, "rollout_buffer_class": None}
 
@@ -286,7 +301,7 @@ def load_agent(path: str | Path, env, device: str = "auto", allow_other_env: boo
     if not isinstance(kwargs, dict) or any(_is_pickled(v) for v in kwargs.values()):
         raise ValueError(f"{path}: its policy_kwargs hold pickled objects; only a VLMPolicy agent with plain "
                          "settings loads safely (PPO.load would run the pickled code: use it only on files you trust)")
-    kwargs = dict(kwargs)
+    kwargs = without_removed_settings(kwargs, path)
     kwargs["model"] = agent_base(path, data)
     module = data.get("policy_class", {}).get("__module__", "") if _is_pickled(data.get("policy_class")) else ""
     if module != "vlm_policy.policy":

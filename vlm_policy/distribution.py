@@ -35,16 +35,6 @@ from vlm_policy.loading import VLMBundle
 from vlm_policy.logprobs import TokenMasks, banned_token_mask, process_logits, token_masks, weighted_sum
 from vlm_policy.prompting import answer_token_batch, build_inputs, forward_kwargs, with_answer
 
-#: What the value head can read (see :class:`TokenSequenceDistribution`).
-VALUE_INPUTS = ("prompt", "prompt+image")
-
-
-def checked_value_input(value_input: str) -> str:
-    """``value_input`` if it is one of :data:`VALUE_INPUTS`, else a ValueError naming them."""
-    if value_input not in VALUE_INPUTS:
-        raise ValueError(f"value_input must be one of {VALUE_INPUTS}, got {value_input!r}")
-    return value_input
-
 
 @dataclass
 class ScoredAnswers:
@@ -75,14 +65,11 @@ class TokenSequenceDistribution:
     :param micro_batch_size: answers per scoring forward (None: the whole batch at once); the caller
         checks it (VLMPolicy does, before loading the model).
     :param compute_dtype: the dtype the frozen weights compute in (bf16 runs under autocast).
-    :param value_input: what :class:`ScoredAnswers.prompt_hidden` (the value head's input) holds: the last
-        layer's hidden state at the prompt's last token (``"prompt"``, the paper's), or that and the mean of
-        the last layer's states over the image tokens (``"prompt+image"``, twice as wide).
     """
 
     def __init__(self, bundle: VLMBundle, end_ids: Sequence[int], banned: torch.Tensor, temperature: float,
                  max_new_tokens: int, micro_batch_size: int | None = None,
-                 compute_dtype: torch.dtype = torch.float32, value_input: str = "prompt") -> None:
+                 compute_dtype: torch.dtype = torch.float32) -> None:
         self.bundle = bundle
         self.end_ids = tuple(end_ids)
         self.banned = banned.cpu()
@@ -91,46 +78,22 @@ class TokenSequenceDistribution:
         self.max_new_tokens = int(max_new_tokens)
         self.micro_batch_size = micro_batch_size
         self.compute_dtype = compute_dtype
-        self.value_input = checked_value_input(value_input)
-        config = bundle.model.config
-        self.image_token_id = getattr(config, "image_token_id", None)
-        if self.image_token_id is None:
-            self.image_token_id = getattr(config, "image_token_index", None)
-        if value_input == "prompt+image" and self.image_token_id is None:
-            raise ValueError(f"value_input='prompt+image' pools the image tokens' states, but {type(config).__name__} "
-                             "names no image token (image_token_id / image_token_index); use value_input='prompt'")
 
     @classmethod
     def for_bundle(cls, bundle: VLMBundle, temperature: float, max_new_tokens: int, micro_batch_size: int | None = None,
-                   compute_dtype: torch.dtype = torch.float32, value_input: str = "prompt") -> TokenSequenceDistribution:
+                   compute_dtype: torch.dtype = torch.float32) -> TokenSequenceDistribution:
         """The distribution of ``bundle``'s model with its own end tokens and banned ids (as VLMPolicy builds it)."""
         from vlm_policy.env_bridge import end_token_ids
 
         end_ids = end_token_ids(bundle.tokenizer, getattr(bundle.model.generation_config, "eos_token_id", None))
         vocab_size = bundle.model.get_output_embeddings().weight.shape[0]
         return cls(bundle, end_ids, banned_token_mask(bundle.tokenizer, vocab_size, end_ids), temperature,
-                   max_new_tokens, micro_batch_size, compute_dtype, value_input)
+                   max_new_tokens, micro_batch_size, compute_dtype)
 
-    @property
-    def value_width(self) -> int:
-        """The width of :meth:`value_features` for a model whose hidden states are ``hidden_size`` wide, as a
-        multiple of it."""
-        return 2 if self.value_input == "prompt+image" else 1
-
-    def value_features(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """The value head's input from the last layer's states over (at least) the prompt (batch, positions, width).
-
-        Why the image tokens: in the tiny model the prompt's last state hardly depends on the frame (the
-        value head explained ~0 of the returns' variance), while the vision warm-up makes the image
-        tokens' states carry the frame's state.
-        """
-        prompt_length = input_ids.shape[1]
-        last = hidden[:, prompt_length - 1].float()
-        if self.value_input == "prompt":
-            return last
-        is_image = (input_ids == self.image_token_id).unsqueeze(-1).float()
-        pooled = (hidden[:, :prompt_length].float() * is_image).sum(1) / is_image.sum(1).clamp(min=1)
-        return torch.cat([last, pooled], dim=-1)
+    @staticmethod
+    def value_features(hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """The value head's input: the last layer's state at the prompt's last token (the paper's), in fp32."""
+        return hidden[:, input_ids.shape[1] - 1].float()
 
     @property
     def model(self) -> nn.Module:

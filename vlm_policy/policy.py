@@ -25,7 +25,7 @@ from torch import nn
 
 from vlm_policy import checkpoints, defaults
 from vlm_policy.adapters import lora_alpha_for, prepare_for_training, set_lora_alpha
-from vlm_policy.distribution import TokenSequenceDistribution, checked_value_input
+from vlm_policy.distribution import TokenSequenceDistribution
 from vlm_policy.env_bridge import decode_prompt, tokenizer_fingerprint
 from vlm_policy.loading import TINY, VLMBundle, is_tiny, load_vlm, resolve_device, resolve_dtype, tiny_source_for_vocab
 from vlm_policy.optim import ScaledLRAdamW
@@ -81,9 +81,6 @@ class VLMPolicy(ActorCriticPolicy):
     :param train_vision: also adapt (or, with lora_r=0, train) the vision tower and projector.
     :param value_head_layers: hidden sizes of the value MLP.
     :param value_lr_scale: the value head's learning rate is the policy's times this.
-    :param value_input: what the value head reads: ``"prompt"`` (the last layer's state at the prompt's last
-        token, the paper's) or ``"prompt+image"`` (that and the mean of the last layer's states over the image
-        tokens; :meth:`TokenSequenceDistribution.value_features` says why).
     :param value_gradients_to_model: let the value loss train the VLM too (the paper's shared trunk);
         False feeds the value head a detached hidden state.
     :param kl_coef: weight of a KL penalty towards the model as loaded (see :mod:`vlm_policy.reference`);
@@ -126,7 +123,6 @@ class VLMPolicy(ActorCriticPolicy):
         value_head_layers: Sequence[int] = (1024, 512),
         value_lr_scale: float | None = None,
         value_gradients_to_model: bool | None = None,
-        value_input: str = "prompt",
         kl_coef: float | None = None,
         gradient_checkpointing: bool | None = None,
         micro_batch_size: int | None = None,
@@ -180,7 +176,6 @@ class VLMPolicy(ActorCriticPolicy):
         self.value_head_layers = tuple(int(v) for v in value_head_layers)
         self.value_lr_scale = float(value_lr_scale)
         self.value_gradients_to_model = bool(value_gradients_to_model)
-        self.value_input = checked_value_input(value_input)  # before the model is loaded
         self.kl_coef = float(kl_coef)
         self.gradient_checkpointing = (not is_tiny(model)) if gradient_checkpointing is None else bool(gradient_checkpointing)
         self.micro_batch_size = micro_batch_size
@@ -222,11 +217,9 @@ class VLMPolicy(ActorCriticPolicy):
         self.register_buffer(LORA_ALPHA_KEY, torch.tensor(lora_alpha_for(self.lora_r, self.lora_alpha)))
         self.register_buffer(defaults.SHARED_DEFAULTS_KEY, torch.tensor(1))  # see load_state_dict
         self.answer_distribution = TokenSequenceDistribution.for_bundle(
-            self.bundle, self.temperature, self.max_new_tokens, self.micro_batch_size, self.compute_dtype,
-            self.value_input)
+            self.bundle, self.temperature, self.max_new_tokens, self.micro_batch_size, self.compute_dtype)
         self.end_ids = self.answer_distribution.end_ids
-        self.value_head = ValueHead(_text_hidden_size(bundle.model.config) * self.answer_distribution.value_width,
-                                    self.value_head_layers)
+        self.value_head = ValueHead(_text_hidden_size(bundle.model.config), self.value_head_layers)
         groups = [
             {"params": [p for p in self.vlm.parameters() if p.requires_grad]},
             {"params": list(self.value_head.parameters()), "lr_scale": self.value_lr_scale},
@@ -266,7 +259,7 @@ class VLMPolicy(ActorCriticPolicy):
             model=self.model_source, temperature=self.temperature, cot_weight=self.cot_weight, lora_r=self.lora_r,
             lora_alpha=self.lora_alpha, lora_target_modules=self.lora_target_modules, train_vision=self.train_vision,
             value_head_layers=self.value_head_layers, value_lr_scale=self.value_lr_scale,
-            value_gradients_to_model=self.value_gradients_to_model, value_input=self.value_input, kl_coef=self.kl_coef,
+            value_gradients_to_model=self.value_gradients_to_model, kl_coef=self.kl_coef,
             gradient_checkpointing=self.gradient_checkpointing, micro_batch_size=self.micro_batch_size,
             rollout_logprobs=self.rollout_logprobs, compute_entropy=self.compute_entropy, dtype=self.dtype_name,
             load_in_4bit=self.load_in_4bit, seed=self.seed,

@@ -160,20 +160,11 @@ class SFTConfig:
     sft_learning_rate: float = field(default=1e-3, metadata=_help("SFT learning rate (cosine decay to a tenth)"))
     sft_lora_r: int | None = field(default=None, metadata=_help(
         f"SFT LoRA rank, 0 for every weight (None: 0 for the tiny model, {defaults.CHECKPOINT_LORA_RANK} for a checkpoint)"))
-    sft_lora_alpha: int = field(default=0, metadata=_help("SFT LoRA scaling numerator (0: twice the rank)"))
     sft_train_vision: bool = field(default=False, metadata=_help(
         "let SFT update the vision tower (after the warm-up it is kept, so SFT cannot collapse it)"))
     vision_warmup_steps: int = field(default=-1, metadata=_help(
         "steps teaching a random vision tower to tell the demos' states apart before SFT "
         "(-1: 150 for the tiny model, 0 for real checkpoints, which can already see)"))
-    warmup_labels: Literal["auto", "state", "slots"] = field(default="auto", metadata=_help(
-        "warm-up targets: whole states, each slot (card, number), or auto (slots when states rarely repeat)"))
-    balance_states: Literal["auto", "on", "off"] = field(default="auto", metadata=_help(
-        "draw the warm-up's and SFT's batches so that each distinct state of the demonstrations is equally likely: "
-        "oracle play visits the states near a goal far more often than the edge states, which SFT then gets "
-        "confidently wrong where PPO's sampling cannot fix them (docs/results.md); auto: on when states repeat (at "
-        "least four demonstrations per distinct state, NumberLine), off on the card-hand tasks, where nearly every "
-        "state is new"))
     sft_stop_success: float = field(default=0.0, metadata=_help(
         "stop SFT at the first check where greedy answers win at least this share of the validation episodes, "
         "--sft-steps being the most it makes (0: never); a weak start on purpose leaves PPO room, as the paper's "
@@ -196,7 +187,7 @@ class SFTConfig:
     def validate_sft(self) -> None:
         _check(self, positive=("sft_steps", "sft_batch_size", "sft_learning_rate", "sft_check_every",
                                "sft_check_episodes"),
-               non_negative=("sft_lora_r", "sft_lora_alpha"), unit_interval=("sft_stop_success",))
+               non_negative=("sft_lora_r",), unit_interval=("sft_stop_success",))
         if self.sft_stop_reach != -1 and not 0 <= self.sft_stop_reach <= 1:
             raise ValueError(f"--sft-stop-reach must be between 0 and 1 (or -1 for the default), got {self.sft_stop_reach}")
         if self.vision_warmup_steps < -1:
@@ -248,7 +239,6 @@ class PPOConfig:
     cot_weight: float = field(default=defaults.COT_WEIGHT, metadata=_help("lambda: weight of the thought tokens' log-prob"))
     lora_r: int | None = field(default=None, metadata=_help(
         f"PPO LoRA rank, 0 for every weight (None: 0 for the tiny model, {defaults.CHECKPOINT_LORA_RANK} for a checkpoint)"))
-    lora_alpha: int = field(default=0, metadata=_help("PPO LoRA scaling numerator (0: twice the rank)"))
     train_vision: bool = field(default=defaults.TRAIN_VISION, metadata=_help("let PPO update the vision tower too"))
     value_lr_scale: float = field(default=defaults.VALUE_LR_SCALE, metadata=_help("value head learning-rate multiplier"))
     kl_coef: float = field(default=defaults.KL_COEF, metadata=_help(
@@ -256,14 +246,6 @@ class PPOConfig:
     value_gradients_to_model: bool = field(default=defaults.VALUE_GRADIENTS_TO_MODEL, metadata=_help(
         "let the value loss train the VLM (the paper's shared trunk); off for the tiny model, whose policy "
         "the random value head's early errors otherwise wreck"))
-    value_input: Literal["prompt", "prompt+image"] = field(default="prompt", metadata=_help(
-        "what the value head reads: the prompt's last hidden state (the paper's) or that and the mean of the image "
-        "tokens' last hidden states"))
-    normalize_advantage: bool = field(default=True, metadata=_help(
-        "normalise advantages per minibatch (SB3's default); off is the lead for seed robustness in docs/results.md"))
-    rollout_logprobs: Literal["auto", "generate", "recompute"] = field(default="auto", metadata=_help(
-        "old log-probs from the generation's logits or recomputed with the update's forward "
-        "(auto: recompute unless the model computes in fp32)"))
     ppo_check_every: int = field(default=-1, metadata=_help(
         "PPO updates between two greedy plays of the validation episodes (seeds from 200,000, apart from the test "
         "seeds); the starting agent and the last update are always played; the results go to ppo/validation.jsonl "
@@ -291,7 +273,7 @@ class PPOConfig:
                                "clip_range", "max_grad_norm"),
                non_negative=("learning_rate_end", "target_kl", "ent_coef", "vf_coef", "temperature",
                              "cot_weight",
-                             "lora_r", "lora_alpha", "value_lr_scale", "kl_coef", "keep_checkpoints"),
+                             "lora_r", "value_lr_scale", "kl_coef", "keep_checkpoints"),
                unit_interval=("gamma", "gae_lambda", "ppo_stop_success"))
         if self.ppo_check_every < -1:
             raise ValueError(f"--ppo-check-every must be >= 0 (or -1 for the default), got {self.ppo_check_every}")

@@ -262,16 +262,16 @@ class Pipeline:
         """VLMPolicy's settings for PPO from ``model`` (also those of the "after SFT" evaluation)."""
         c = self.config
         return {"model": model, "temperature": c.temperature, "cot_weight": c.cot_weight, "lora_r": c.lora_r,
-                "lora_alpha": c.lora_alpha or None, "train_vision": c.train_vision, "value_lr_scale": c.value_lr_scale,
-                "value_gradients_to_model": c.value_gradients_to_model, "value_input": c.value_input, "kl_coef": c.kl_coef,
+                "train_vision": c.train_vision, "value_lr_scale": c.value_lr_scale,
+                "value_gradients_to_model": c.value_gradients_to_model, "kl_coef": c.kl_coef,
                 "gradient_checkpointing": c.checkpointing_for(c.model), "micro_batch_size": c.micro_batch,
-                "rollout_logprobs": c.rollout_logprobs, "compute_entropy": c.ent_coef > 0, "dtype": c.dtype,
+                "compute_entropy": c.ent_coef > 0, "dtype": c.dtype,
                 "device": self.device, "seed": c.seed, "env_id": registered_id(c.env_id)}
 
     def evaluation_kwargs(self, model: str) -> dict[str, Any]:
         """The settings of :meth:`policy_kwargs` that a policy outside PPO (an evaluation) takes."""
         return {k: v for k, v in self.policy_kwargs(model).items()
-                if k in ("temperature", "cot_weight", "lora_r", "lora_alpha", "micro_batch_size", "dtype", "seed")}
+                if k in ("temperature", "cot_weight", "lora_r", "micro_batch_size", "dtype", "seed")}
 
     def ppo(self, sft_dir: str, budget: int, resume: bool):
         from stable_baselines3 import PPO
@@ -328,7 +328,7 @@ class Pipeline:
                         gae_lambda=c.gae_lambda, clip_range=c.clip_range, ent_coef=c.ent_coef, vf_coef=c.vf_coef,
                         # Data-parallel: the early stop is taken on the KL of all processes (below).
                         target_kl=(c.target_kl or None) if not context.enabled else None,
-                        max_grad_norm=c.max_grad_norm, normalize_advantage=c.normalize_advantage,
+                        max_grad_norm=c.max_grad_norm,
                         policy_kwargs=self.policy_kwargs(sft_dir),
                         rollout_buffer_class=training.get("rollout_buffer_class"),
                         tensorboard_log=str(self.out / "tb") if main else None,

@@ -123,10 +123,10 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     warmup_steps = sft.warmup_steps_for(model.model)
     if warmup_steps > 0:
         vision_warmup(bundle, examples, warmup_steps, sft.sft_learning_rate, sft.sft_batch_size, common.seed, device,
-                      common.progress and context.is_main, sft.warmup_labels, compute_dtype, sft.balance_states)
+                      common.progress and context.is_main, "auto", compute_dtype, "auto")
         distributed.broadcast_module(bundle.model)  # identical already; made certain before SFT
     lora_r = defaults.lora_rank_for(model.model, sft.sft_lora_r)
-    trained = prepare_for_training(bundle.model, lora_r=lora_r, lora_alpha=sft.sft_lora_alpha or None,
+    trained = prepare_for_training(bundle.model, lora_r=lora_r,
                                    train_vision=sft.sft_train_vision,
                                    gradient_checkpointing=model.checkpointing_for(model.model))
     trained.train()
@@ -134,7 +134,7 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=sft.sft_learning_rate,
                                   weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_value(step / sft.sft_steps, 1.0, 0.1))
-    drawer = BatchDrawer(examples, common.seed, sft.balance_states)
+    drawer = BatchDrawer(examples, common.seed, "auto")
     steps = tqdm(range(sft.sft_steps), desc="SFT", unit="step", disable=not (common.progress and context.is_main))
     chunk = model.micro_batch or sft.sft_batch_size
     trainable = [p for p in trained.parameters() if p.requires_grad]

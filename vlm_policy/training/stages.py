@@ -38,8 +38,13 @@ NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device", "eval_batch"}
 
 #: Settings added to a stage after run folders had recorded it, with the value that leaves it as it was.
 SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_stop_reach": 0.0,
-                        "value_input": "prompt",
-                        "balance_states": "off", "ppo_stop_success": 0.0}
+                        "ppo_stop_success": 0.0}
+
+
+#: Settings that stage records of earlier versions hold and this version no longer has, with the value
+#: this version runs as (a record holding that value still matches; one holding another does not).
+SETTINGS_REMOVED = {"normalize_advantage": True, "lora_alpha": 0, "sft_lora_alpha": 0, "rollout_logprobs": "auto",
+                    "warmup_labels": "auto"}
 
 
 class SettingsChanged(RunRefused):
@@ -66,7 +71,10 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     alfworld = is_alfworld(config.env_id)
     demos = pick(("env_id", "demos", "seed", "prompt_style", "model", "max_episode_steps")  # every stage's step limit
                  + (("data_root", "split") if alfworld else ()))
-    sft = {"demos": demos, **pick([f.name for f in fields(SFTConfig)] + ["dtype", "gradient_checkpointing"])}
+    sft = {"demos": demos, **pick([f.name for f in fields(SFTConfig)] + ["dtype", "gradient_checkpointing"]),
+           # The draw SFT now always makes, recorded so that folders made before it (with the plain draw, and
+           # no such entry) are not taken for this version's.
+           "balance_states": "auto"}
     if values["sft_stop_reach"]:  # the reach is measured at PPO's sampling temperature
         sft["temperature"] = values["temperature"]
     evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens") + (("eval_splits",) if alfworld else ()))
@@ -82,6 +90,8 @@ def differences(recorded: Any, wanted: Any, prefix: str = "") -> list[str]:
         for key in sorted(set(recorded) | set(wanted)):
             if key in ("demos", "sft", "ppo") and prefix:
                 continue  # an upstream record: reported at its own stage
+            if key not in wanted and key in SETTINGS_REMOVED and recorded[key] == SETTINGS_REMOVED[key]:
+                continue
             found += differences(recorded.get(key, "<unset>"), wanted.get(key, "<unset>"), key)
         return found
     return [] if recorded == wanted else [f"{prefix}: {recorded!r} -> {wanted!r}"]
