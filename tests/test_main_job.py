@@ -446,3 +446,9 @@ def test_ppo_with_a_vlm_policy_and_no_policy_kwargs_trains_what_the_main_job_tra
     # One rule for the LoRA rank in both places: every weight of the tiny model, an adapter on a checkpoint.
     assert lora_rank_for("tiny") == 0 and lora_rank_for("/models/llava") == CHECKPOINT_LORA_RANK
     assert TrainConfig(model="tiny").lora_r == 0 and TrainConfig(model="tiny", lora_r=4).lora_r == 4
+    # and one rule for the learning rates: the tiny model trains every weight, a checkpoint an adapter
+    tiny, checkpoint = TrainConfig(model="tiny"), TrainConfig(model="/models/llava")
+    assert (tiny.sft_learning_rate, tiny.learning_rate, tiny.learning_rate_end) == (1e-3, 2.5e-5, 2.5e-5)
+    assert (checkpoint.sft_learning_rate, checkpoint.learning_rate, checkpoint.learning_rate_end) == (2e-5, 1e-5, 1e-5)
+    assert (checkpoint.lora_r, checkpoint.sft_lora_r) == (CHECKPOINT_LORA_RANK, CHECKPOINT_LORA_RANK)
+    assert TrainConfig(model="/models/llava", learning_rate=3e-5).learning_rate_end == 3e-5

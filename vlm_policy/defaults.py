@@ -32,6 +32,17 @@ LEGACY_POLICY_DEFAULTS = {"temperature": 0.2, "lora_r": 16, "train_vision": Fals
                           "value_gradients_to_model": True, "kl_coef": 0.0}
 
 
+#: Learning rates (SFT, PPO) of the tiny model, whose every weight trains, and of a checkpoint's LoRA adapter
+#: (the paper's for LLaVA-1.6 7B: SFT 2e-5, PPO 1e-5).
+TINY_LEARNING_RATES = (1e-3, 2.5e-5)
+CHECKPOINT_LEARNING_RATES = (2e-5, 1e-5)
+
+
+def learning_rates_for(model: str) -> tuple[float, float]:
+    """The default (SFT, PPO) learning rates for ``model``."""
+    return TINY_LEARNING_RATES if is_tiny(model) else CHECKPOINT_LEARNING_RATES
+
+
 def lora_rank_for(model: str, lora_r: int | None = None) -> int:
     """``lora_r`` when given; else 0 (every weight) for the tiny model, :data:`CHECKPOINT_LORA_RANK` for a
     checkpoint, whose every weight would not fit an optimizer's state beside it."""

@@ -52,6 +52,8 @@ from vlm_policy.training.sweep import SweepOptions
 
 @dataclass
 class ResumeOption:
+    """What to do with a run folder that holds earlier stages."""
+
     resume: bool = field(default=False, metadata={"help": "continue PPO from the newest whole checkpoint in --out-dir"})
     overwrite: bool = field(default=False, metadata={
         "help": "redo the stages in --out-dir made with other settings (and every later one) instead of stopping"})
@@ -59,6 +61,8 @@ class ResumeOption:
 
 @dataclass
 class SFTPaths:
+    """Where SFT reads and writes."""
+
     demos: str = field(metadata={"help": "directory or JSONL written by `vlm-cards demos`"})
     out: str = field(metadata={"help": "checkpoint directory to write"})
 
@@ -154,11 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         # HfArgumentParser adds one option per dataclass field (help from its metadata, bools as
-        # --x / --no-x); its options are copied into this subcommand.
-        generated = HfArgumentParser(groups, add_help=False)
-        for action in generated._actions:
-            sub._add_action(action)
+        # --x / --no-x); each dataclass's options are copied into an argument group of this subcommand,
+        # titled by the dataclass's docstring.
+        for group in groups:
+            section = sub.add_argument_group(_group_title(group))
+            for action in HfArgumentParser(group, add_help=False)._actions:
+                section._add_action(action)
     return parser
+
+
+def _group_title(group: type) -> str:
+    """``model: Which model, ...`` from :class:`ModelConfig`'s name and its docstring's first line."""
+    name = group.__name__.removesuffix("Config").removesuffix("Options").removesuffix("Option").lower()
+    summary = (group.__doc__ or "").strip().splitlines()[0] if group.__doc__ else ""
+    return f"{name}: {summary.rstrip('.')}" if summary and not summary.startswith(group.__name__ + "(") else name
 
 
 def parse(argv: Sequence[str] | None = None) -> tuple[str, list]:

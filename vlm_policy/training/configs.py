@@ -72,6 +72,8 @@ def _check(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str,
     """Raises a ValueError naming the flag of the first value out of its range."""
     for name in positive:
         value = getattr(config, name)
+        if value is None:  # resolved later (from the model: see vlm_policy.defaults)
+            continue
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{_flag(name)} must be > 0, got {value}")
     for name in non_negative:
@@ -128,11 +130,11 @@ class ModelConfig:
 
     model: str = field(default=TINY, metadata=_help("'tiny' (the embedded model) or a checkpoint path / cache id"))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata=_help(
-        "compute dtype ('auto': bf16 on CUDA, fp32 on the CPU); optimised weights are fp32 whatever it is"))
+        "compute dtype (auto: bf16 on CUDA, fp32 on the CPU); optimised weights stay fp32"))
     gradient_checkpointing: Literal["auto", "on", "off"] = field(default="auto", metadata=_help(
         "recompute activations in the backward pass (auto: on for real checkpoints, off for tiny)"))
     micro_batch_size: int = field(default=0, metadata=_help(
-        "answers per forward/backward chunk in SFT and PPO; peak memory follows it (0: whole batches)"))
+        "answers per forward/backward chunk; peak memory follows it (0: whole batches)"))
 
     def __post_init__(self) -> None:
         self.validate_model()
@@ -157,29 +159,21 @@ class SFTConfig:
 
     sft_steps: int = field(default=150, metadata=_help("SFT optimizer steps"))
     sft_batch_size: int = field(default=16, metadata=_help("examples per SFT step"))
-    sft_learning_rate: float = field(default=1e-3, metadata=_help("SFT learning rate (cosine decay to a tenth)"))
+    sft_learning_rate: float | None = field(default=None, metadata=_help(
+        "SFT learning rate, cosine decay to a tenth (None: 1e-3 for the tiny model, 2e-5 for a checkpoint)"))
     sft_lora_r: int | None = field(default=None, metadata=_help(
         f"SFT LoRA rank, 0 for every weight (None: 0 for the tiny model, {defaults.CHECKPOINT_LORA_RANK} for a checkpoint)"))
     sft_train_vision: bool = field(default=False, metadata=_help(
         "let SFT update the vision tower (after the warm-up it is kept, so SFT cannot collapse it)"))
     vision_warmup_steps: int = field(default=-1, metadata=_help(
-        "steps teaching a random vision tower to tell the demos' states apart before SFT "
-        "(-1: 150 for the tiny model, 0 for real checkpoints, which can already see)"))
+        "steps teaching a random vision tower the demos' states before SFT (-1: 150 tiny, 0 checkpoints)"))
     sft_stop_success: float = field(default=0.0, metadata=_help(
-        "stop SFT at the first check where greedy answers win at least this share of the validation episodes, "
-        "--sft-steps being the most it makes (0: never); a weak start on purpose leaves PPO room, as the paper's "
-        "SFT start (24.8 percent) did; docs/results.md has what it gives"))
+        "stop SFT once greedy answers win this share of the validation episodes (0: never)"))
     sft_stop_reach: float = field(default=-1.0, metadata=_help(
-        "stop SFT at the first check where, sampling at PPO's --temperature, the oracle's whole answer has a "
-        "probability of at least 1 percent on this share of the validation frames: from there PPO's rollouts can "
-        "find the right answers, and more SFT only takes PPO's room (0: never, SFT makes every --sft-steps; -1: "
-        f"{DEFAULT_STOP_REACH} in vlm-cards train on the card tasks, off on ALFWorld and in vlm-cards sft, which has "
-        "no validation episodes); with "
-        "--sft-stop-success both must hold; docs/results.md has what it gives"))
+        "stop SFT once the oracle's answer is within sampling's reach on this share of frames (-1: auto)"))
     sft_check_every: int = field(default=10, metadata=_help("SFT steps between two stop checks"))
     sft_check_episodes: int = field(default=64, metadata=_help(
-        "validation episodes per stop check (seeds from 200,000, apart from the test seeds): --sft-stop-success "
-        "plays them, --sft-stop-reach scores the oracle's answers on every frame of the oracle's play of them"))
+        "validation episodes per SFT stop check (seeds from 200,000)"))
 
     def __post_init__(self) -> None:
         self.validate_sft()
@@ -225,7 +219,8 @@ class PPOConfig:
     batch_size: int = field(default=32, metadata=_help("PPO minibatch size"))
     n_epochs: int = field(default=4, metadata=_help(
         "PPO epochs per update, at most: --target-kl stops an update earlier (paper: 4)"))
-    learning_rate: float = field(default=2.5e-5, metadata=_help("PPO learning rate at the start (paper: 1e-5 for 7B)"))
+    learning_rate: float | None = field(default=None, metadata=_help(
+        "PPO learning rate at the start (None: 2.5e-5 for the tiny model, 1e-5 for a checkpoint)"))
     learning_rate_end: float | None = field(default=None, metadata=_help(
         "final learning rate of a cosine from --learning-rate (None: constant at --learning-rate)"))
     clip_range: float = field(default=0.2, metadata=_help("PPO clip (paper: 0.1)"))
@@ -244,22 +239,14 @@ class PPOConfig:
     kl_coef: float = field(default=defaults.KL_COEF, metadata=_help(
         "weight of the KL penalty towards the SFT checkpoint (0: none, as in the paper)"))
     value_gradients_to_model: bool = field(default=defaults.VALUE_GRADIENTS_TO_MODEL, metadata=_help(
-        "let the value loss train the VLM (the paper's shared trunk); off for the tiny model, whose policy "
-        "the random value head's early errors otherwise wreck"))
+        "let the value loss train the VLM too (the paper's shared trunk)"))
     ppo_check_every: int = field(default=-1, metadata=_help(
-        "PPO updates between two greedy plays of the validation episodes (seeds from 200,000, apart from the test "
-        "seeds); the starting agent and the last update are always played; the results go to ppo/validation.jsonl "
-        "and the learning curve (0: no checks; -1: 2 for the card tasks, 0 for ALFWorld, whose games are its "
-        "evaluation splits)"))
+        "PPO updates between greedy validation checks (0: none; -1: 2, none on ALFWorld)"))
     ppo_check_episodes: int = field(default=64, metadata=_help("validation episodes per PPO check"))
     ppo_stop_success: float = field(default=1.0, metadata=_help(
-        "stop PPO at the first check where greedy answers win at least this share of the validation episodes, "
-        "--ppo-timesteps being the most it makes (the default 1.0: once a check wins them all, which no later "
-        "check can beat; 0: never, every env step is made); it stops on the checks, so --ppo-check-every 0 turns it "
-        "off too"))
+        "stop PPO at a check whose greedy answers win this share of validation (0: never)"))
     ppo_keep_best: bool = field(default=True, metadata=_help(
-        "hand over the agent of the best PPO check (the starting SFT model is a candidate; ties go to the later) "
-        "instead of the last update's; it is kept in ppo/best/, the last update's in ppo/checkpoints/"))
+        "hand over the best check's agent (ppo/best/) instead of the last update's"))
     keep_checkpoints: int = field(default=3, metadata=_help(
         "PPO checkpoints kept for --resume, the newest (0: all; each is ~40 MB for the tiny model)"))
 
@@ -268,7 +255,7 @@ class PPOConfig:
 
     def validate_ppo(self) -> None:
         if self.learning_rate_end is None:  # resolved here, so that records and config.json hold the rate used
-            self.learning_rate_end = self.learning_rate
+            self.learning_rate_end = self.learning_rate  # (still None while the rate waits for the model)
         _check(self, positive=("ppo_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "learning_rate",
                                "clip_range", "max_grad_norm"),
                non_negative=("learning_rate_end", "target_kl", "ent_coef", "vf_coef", "temperature",
@@ -294,23 +281,19 @@ class RunConfig:
         "'cot' (thoughts then action) or 'action_only'"))
     demos: int = field(default=400, metadata=_help("oracle steps recorded for SFT"))
     max_new_tokens: int = field(default=0, metadata=_help(
-        "longest answer in tokens; 0: enough for the longest demonstration, at least 40 (paper: 256)"))
+        "longest answer in tokens (0: the longest demonstration's, at least 40; paper: 256)"))
     eval_episodes: int = field(default=200, metadata=_help("held-out episodes for the before/after table"))
     eval_seed: int = field(default=100_000, metadata=_help("first held-out seed (far from training seeds)"))
     eval_batch: int = field(default=-1, metadata=_help(
-        "episodes the evaluations and the validation checks play at once, one batched generate per step "
-        "(200 NumberLine episodes: 12 s at 64, 30 s at 8); lower it if a large model runs out of memory there "
-        "(-1: 64 for the card tasks, 8 for ALFWorld, whose envs each hold a game)"))
+        "episodes an evaluation plays at once; lower it if memory runs out (-1: 64, 8 on ALFWorld)"))
     data_root: str = field(default="", metadata=_help(
-        "ALFWorld: the data folder (json_2.1.1/<split>/...; empty: $ALFWORLD_DATA, else ~/.cache/alfworld)"))
+        "ALFWorld data folder (empty: $ALFWORLD_DATA, else ~/.cache/alfworld)"))
     split: str = field(default="", metadata=_help(
-        "ALFWorld: the split demonstrations and PPO play (empty: 'train'); --eval-episodes is then the number of "
-        "games of each --eval-splits split, task types in turn"))
+        "ALFWorld split that demonstrations and PPO play (empty: train)"))
     eval_splits: list[str] = field(default_factory=lambda: list(ALFWORLD_EVAL_SPLITS), metadata=_help(
         "ALFWorld: the splits evaluated after SFT and after PPO"))
     max_episode_steps: int = field(default=0, metadata=_help(
-        f"step limit of every episode: demonstrations, PPO and evaluation (0: the task's registered limit, "
-        f"{FALLBACK_STEP_LIMIT} for a task registered without one)"))
+        "step limit of every episode (0: the task's registered limit, else 50)"))
 
     def __post_init__(self) -> None:
         self.validate_run()
@@ -352,12 +335,17 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
     """Every setting of ``vlm-cards train`` (the union of the groups above), flat: ``config.sft_steps``."""
 
     def __post_init__(self) -> None:
+        # resolved once, by the rules VLMPolicy and `vlm-cards sft` use too: records and config.json hold the values used
+        sft_rate, ppo_rate = defaults.learning_rates_for(self.model)
+        if self.sft_learning_rate is None:
+            self.sft_learning_rate = sft_rate
+        if self.learning_rate is None:
+            self.learning_rate = ppo_rate
         self.validate_common()
         self.validate_run()
         self.validate_model()
         self.validate_sft()
         self.validate_ppo()
-        # resolved once, by the rule VLMPolicy uses too: records and config.json hold the ranks used
         self.lora_r = defaults.lora_rank_for(self.model, self.lora_r)
         self.sft_lora_r = defaults.lora_rank_for(self.model, self.sft_lora_r)
         validated = max(self.sft_check_episodes if self.stop_targets() else 0,

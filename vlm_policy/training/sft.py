@@ -11,7 +11,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +106,8 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     from vlm_policy.training.evaluation import global_rngs_restored
 
     sft, model, common = sft or SFTConfig(), model or ModelConfig(), common or CommonConfig()
+    if sft.sft_learning_rate is None:
+        sft = replace(sft, sft_learning_rate=defaults.learning_rates_for(model.model)[0])
     context = distributed.current()
     if not examples:
         raise ValueError("no examples to train on")
