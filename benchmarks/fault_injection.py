@@ -96,7 +96,7 @@ def _digest(path: Path) -> str:
 
 def _check(out: Path, reference: Path) -> list[str]:
     """What is wrong with a finished run (nothing: an empty list)."""
-    from vlm_policy.checkpoints import checkpoint_problem, read_agent_data
+    from vlm_policy.agents import checkpoint_problem, read_agent_data
 
     problems = []
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}

@@ -109,7 +109,7 @@ def main() -> None:
                         help="print each agent's N most frequent wrong first answers beside the oracle's")
     args = parser.parse_args()
 
-    from vlm_policy.checkpoints import agent_answer_length, agent_base, load_agent, read_agent_data
+    from vlm_policy.agents import agent_answer_length, agent_base, load_agent, read_agent_data
     from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
 
     run = Path(args.run)

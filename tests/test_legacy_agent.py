@@ -41,7 +41,7 @@ def test_an_agent_saved_before_the_move_loads_and_acts_identically(tmp_path, mon
 def test_a_removed_setting_at_its_kept_value_is_dropped_and_at_another_is_refused():
     import pytest
 
-    from vlm_policy.checkpoints import without_removed_settings
+    from vlm_policy.agents import without_removed_settings
 
     assert without_removed_settings({"model": "m", "value_input": "prompt"}, "a.zip") == {"model": "m"}
     with pytest.raises(ValueError, match="value_input='prompt\\+image'"):

@@ -218,7 +218,7 @@ def test_ppo_stops_at_a_check_that_wins_the_stop_success(finished_run, tmp_path,
     out = capsys.readouterr().out
     assert "PPO stops at 8 env steps: greedy answers win 100.0%" in out
     assert "PPO's agent is the one checked at" not in out  # the agent handed over is the last update's
-    from vlm_policy.checkpoints import read_agent_data
+    from vlm_policy.agents import read_agent_data
     from vlm_policy.training.callbacks import read_validation
 
     assert [c["timesteps"] for c in read_validation(run / "ppo" / "validation.jsonl")] == [0, 8]
@@ -229,7 +229,7 @@ def test_ppo_stops_at_a_check_that_wins_the_stop_success(finished_run, tmp_path,
 
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_without_redoing_work(finished_run, tmp_path, capsys):
-    from vlm_policy.checkpoints import load_agent, read_agent_data
+    from vlm_policy.agents import load_agent, read_agent_data
 
     run = tmp_path / "run"
     shutil.copytree(finished_run[0], run)
@@ -361,7 +361,7 @@ def test_sft_runs_the_vision_warm_up_for_the_tiny_model_only(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_torn_final_agent_is_not_taken_as_done(finished_run, tmp_path, capsys, monkeypatch):
-    from vlm_policy.checkpoints import read_agent_data
+    from vlm_policy.agents import read_agent_data
 
     run = tmp_path / "run"
     shutil.copytree(finished_run[0], run)
@@ -398,7 +398,7 @@ def _files(folder: Path) -> dict:
 
 @pytest.mark.slow
 def test_resume_with_a_larger_budget_continues_ppo(finished_run, tmp_path, capsys):
-    from vlm_policy.checkpoints import read_agent_data
+    from vlm_policy.agents import read_agent_data
     from vlm_policy.training.stages import SettingsChanged
 
     run = tmp_path / "run"
@@ -415,7 +415,7 @@ def test_resume_with_a_larger_budget_continues_ppo(finished_run, tmp_path, capsy
 
 @pytest.mark.slow
 def test_an_agent_is_refused_on_another_task_unless_allowed(finished_run, capsys):
-    from vlm_policy.checkpoints import agent_answer_length, agent_base, load_agent, read_agent_data
+    from vlm_policy.agents import agent_answer_length, agent_base, load_agent, read_agent_data
     from vlm_policy.training.evaluation import eval_env_factory
 
     final = finished_run[0] / "ppo" / "final.zip"

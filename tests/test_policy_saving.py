@@ -111,7 +111,7 @@ def test_loading_a_checkpoint_of_another_shape_is_an_error(llava_dir, tmp_path):
 
 
 def test_an_agent_of_the_first_tiny_version_loads_as_tiny_v1(tmp_path):
-    from vlm_policy.checkpoints import agent_base, load_agent, read_agent_data
+    from vlm_policy.agents import agent_base, load_agent, read_agent_data
     from vlm_policy.models.tiny import tiny_vocabulary
 
     # As version 1 saved them: model="tiny", a 440-token vocabulary.

@@ -14,7 +14,7 @@ import torch
 from stable_baselines3 import PPO
 
 from vlm_policy import VLMPolicy, make_vlm_vec_env
-from vlm_policy.checkpoints import load_agent
+from vlm_policy.agents import load_agent
 from vlm_policy.models.random_models import save_random_llava
 from vlm_policy.models.tiny import TinyConfig
 from vlm_policy.training import cli
@@ -129,7 +129,7 @@ def test_the_main_jobs_agent_loads_without_its_sft_directory(tmp_path, monkeypat
 
 
 def _env_for(agent_zip):
-    from vlm_policy.checkpoints import agent_answer_length, agent_base, read_agent_data
+    from vlm_policy.agents import agent_answer_length, agent_base, read_agent_data
     from vlm_policy.training.evaluation import eval_env_factory
 
     data = read_agent_data(agent_zip)

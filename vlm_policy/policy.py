@@ -103,7 +103,7 @@ class VLMPolicy(ActorCriticPolicy):
         SB3 then moves the policy to the algorithm's ``device=``.
     :param seed: seed of the tiny model's random initialisation.
     :param env_id: the task the policy is trained on; passed in ``policy_kwargs`` it is saved with the
-        agent, and :func:`vlm_policy.checkpoints.load_agent` then refuses to load it with another task's env.
+        agent, and :func:`vlm_policy.agents.load_agent` then refuses to load it with another task's env.
     :param optimizer_class: as in SB3 (default :class:`ScaledLRAdamW`, eps 1e-5).
     :param optimizer_kwargs: as in SB3.
     """

@@ -226,8 +226,8 @@ def _policy_for(options: EvalOptions, env_kwargs: dict | None = None):
     from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
 
     if options.model.endswith(".zip"):
-        # Read without unpickling anything from the file (see vlm_policy.checkpoints.load_agent).
-        from vlm_policy.checkpoints import agent_answer_length, agent_base, load_agent, read_agent_data
+        # Read without unpickling anything from the file (see vlm_policy.agents.load_agent).
+        from vlm_policy.agents import agent_answer_length, agent_base, load_agent, read_agent_data
 
         data = read_agent_data(options.model)
         source, budget = agent_base(options.model, data), agent_answer_length(data)

@@ -35,7 +35,8 @@ from typing import Any, TypeVar
 from gym_vlm_cards.evaluate import TABLE_HEADER, EvalResult, format_table
 from gym_vlm_cards.registration import registered_id
 from vlm_policy import distributed
-from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_path, atomic_write_text, checkpoint_problem
+from vlm_policy.agents import checkpoint_problem
+from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_path, atomic_write_text
 from vlm_policy.env_bridge import frame_kwargs
 from vlm_policy.loading import check_model_source, is_tiny, load_processor, resolve_device
 from vlm_policy.optim import cosine_schedule
@@ -277,7 +278,8 @@ class Pipeline:
         from stable_baselines3 import PPO
         from stable_baselines3.common.callbacks import CallbackList
 
-        from vlm_policy.checkpoints import embed_base, load_agent, saves_whole_model
+        from vlm_policy.agents import embed_base, load_agent
+        from vlm_policy.checkpoints import saves_whole_model
         from vlm_policy.env_bridge import make_vlm_vec_env
         from vlm_policy.policy import VLMPolicy
         from vlm_policy.training.callbacks import (
