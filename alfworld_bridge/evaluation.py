@@ -67,22 +67,10 @@ class Outcome:
 
 def play_games(env, agent, games: int, progress: bool = False, name: str = "agent") -> list[Outcome]:
     """Plays game ``i`` of ``env``'s list for ``i < games`` with ``agent`` (``act(observation, info)``)."""
-    iterator: Any = range(games)
-    if progress:
-        from tqdm.auto import tqdm
+    from gym_vlm_cards.evaluate import acting, play_episodes
 
-        iterator = tqdm(iterator, desc=f"eval {name}", unit="game", leave=False)
-    outcomes = []
-    for index in iterator:
-        observation, info = env.reset(options={"game": index})
-        total, steps, done = 0.0, 0, False
-        while not done:
-            observation, reward, terminated, truncated, info = env.step(agent.act(observation, info))
-            total += float(reward)
-            steps += 1
-            done = terminated or truncated
-        outcomes.append(Outcome.from_final(info, total, steps))
-    return outcomes
+    ends = play_episodes([env], acting(agent), games, reset_options=lambda i: {"game": i}, progress=progress, name=name)
+    return [Outcome.from_final(end.info, end.episode_return, end.length) for end in ends]
 
 
 #: How the tables name the reference agents of :data:`gym_vlm_cards.agents.AGENTS`.

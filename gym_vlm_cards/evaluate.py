@@ -42,35 +42,105 @@ class EvalResult:
 TABLE_HEADER = ["agent", "episodes", "success", "mean return", "invalid actions", "mean length"]
 
 
+@dataclass
+class EpisodeEnd:
+    """How episode ``index`` ended: its final ``info``, return, length and invalid actions."""
+
+    index: int
+    info: dict[str, Any]
+    episode_return: float = 0.0
+    length: int = 0
+    invalid: int = 0
+
+    @property
+    def success(self) -> bool:
+        return bool(self.info.get("is_success", False))
+
+
+#: ``watch(index, env, observation, reward, info)``: called after each reset (reward None) and step of
+#: episode ``index``; True ends the episode there as lost (truncated).
+Watch = Callable[[int, gym.Env, Any, "float | None", dict[str, Any]], bool]
+
+
+def play_episodes(envs: Sequence[gym.Env], choose: Callable[[list[Any], list[dict[str, Any]]], Sequence[Any]],
+                  episodes: int, seed: int | None = None, reset_options: Callable[[int], dict[str, Any]] | None = None,
+                  watch: Watch | None = None, progress: bool = False, name: str = "agent") -> list[EpisodeEnd]:
+    """The episode loop every evaluation plays: episodes ``0 .. episodes-1`` over ``envs``, which step
+    together (one ``choose`` call per step for all of them, so a batched policy answers at once).
+
+    :param choose: the actions of the active envs, from their observations and infos (in that order).
+    :param seed: episode ``i`` is reset with ``seed + i`` (None: unseeded).
+    :param reset_options: episode ``i``'s ``reset`` options (ALFWorld: ``{"game": i}``).
+    :param watch: see :data:`Watch` (records frames, ends loops).
+    :return: each episode's end, in episode order.
+    """
+    slots: list[dict[str, Any] | None] = [None] * min(len(envs), episodes)
+    ends: list[EpisodeEnd] = []
+    next_episode = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=episodes, desc=f"eval {name}", unit="ep", leave=False)
+
+    def start(slot: int) -> None:
+        nonlocal next_episode
+        index, next_episode = next_episode, next_episode + 1
+        options = reset_options(index) if reset_options else None
+        obs, info = envs[slot].reset(seed=None if seed is None else seed + index, options=options)
+        slots[slot] = {"obs": obs, "info": info, "end": EpisodeEnd(index, info)}
+        if watch is not None:
+            watch(index, envs[slot], obs, None, info)
+
+    for slot in range(len(slots)):
+        start(slot)
+    while any(state is not None for state in slots):
+        active = [slot for slot, state in enumerate(slots) if state is not None]
+        actions = choose([slots[slot]["obs"] for slot in active], [slots[slot]["info"] for slot in active])
+        for action, slot in zip(actions, active):
+            obs, reward, terminated, truncated, info = envs[slot].step(action)
+            state, end = slots[slot], slots[slot]["end"]
+            end.episode_return += float(reward)
+            end.length += 1
+            end.invalid += not info.get("action_is_valid", True)
+            state["obs"], state["info"], end.info = obs, info, info
+            if watch is not None and watch(end.index, envs[slot], obs, float(reward), info):
+                truncated = True
+            if terminated or truncated:
+                ends.append(end)
+                if bar is not None:
+                    bar.update(1)
+                slots[slot] = None
+                if next_episode < episodes:
+                    start(slot)
+    if bar is not None:
+        bar.close()
+    return sorted(ends, key=lambda end: end.index)
+
+
+def summarise(name: str, ends: Sequence[EpisodeEnd]) -> EvalResult:
+    """The :class:`EvalResult` of some episodes' ends."""
+    episodes, steps = len(ends), sum(end.length for end in ends)
+    return EvalResult(
+        name=name,
+        episodes=episodes,
+        success_rate=sum(end.success for end in ends) / max(episodes, 1),
+        mean_return=sum(end.episode_return for end in ends) / max(episodes, 1),
+        invalid_rate=sum(end.invalid for end in ends) / max(steps, 1),
+        mean_length=steps / max(episodes, 1),
+    )
+
+
+def acting(agent: Agent) -> Callable[[list[Any], list[dict[str, Any]]], list[Any]]:
+    """:func:`play_episodes`' ``choose`` for an agent that acts on one observation at a time."""
+    return lambda observations, infos: [agent.act(obs, info) for obs, info in zip(observations, infos)]
+
+
 def run_episodes(
     env: gym.Env, agent: Agent, episodes: int, seed: int, name: str = "agent", progress: bool = False
 ) -> EvalResult:
     """Plays ``episodes`` episodes, the i-th reset with ``seed + i``, and summarises them."""
-    successes = invalid = steps = 0
-    total_return = 0.0
-    iterator: Any = range(episodes)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc=f"eval {name}", unit="ep", leave=False)
-    for i in iterator:
-        observation, info = env.reset(seed=seed + i)
-        done = False
-        while not done:
-            observation, reward, terminated, truncated, info = env.step(agent.act(observation, info))
-            total_return += float(reward)
-            steps += 1
-            invalid += not info.get("action_is_valid", True)
-            done = terminated or truncated
-        successes += bool(info.get("is_success", False))
-    return EvalResult(
-        name=name,
-        episodes=episodes,
-        success_rate=successes / max(episodes, 1),
-        mean_return=total_return / max(episodes, 1),
-        invalid_rate=invalid / max(steps, 1),
-        mean_length=steps / max(episodes, 1),
-    )
+    return summarise(name, play_episodes([env], acting(agent), episodes, seed, progress=progress, name=name))
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

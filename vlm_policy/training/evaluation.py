@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from gym_vlm_cards.evaluate import EvalResult
+from gym_vlm_cards.evaluate import EvalResult, play_episodes, summarise
 from vlm_policy.env_bridge import TokenActionWrapper, frame_kwargs, wrapper_for
 
 
@@ -98,82 +98,36 @@ def evaluate_vlm(
     if end_loops and not deterministic:
         raise ValueError("end_loops needs greedy answers: a sampled answer can leave a state met before")
     envs = [make_env() for _ in range(min(parallel, episodes))]
-    next_episode = 0
-    slots: list[dict[str, Any] | None] = [None] * len(envs)
-    totals = {"success": 0, "return": 0.0, "invalid": 0, "steps": 0, "done": 0}
     record = EpisodeRecord() if record_first else None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    seen: dict[int, set] = {}  # each episode's states so far (with end_loops)
 
-        bar = tqdm(total=episodes, desc=f"eval {name}", unit="ep", leave=False)
-
-    def remember_state(slot: int) -> bool:
-        """Whether the slot's env is back in a state of this episode (then in a loop); always False unless
-        ``end_loops``, and for tasks whose steps draw."""
-        key = getattr(envs[slot].unwrapped, "loop_key", lambda: None)() if end_loops else None
+    def watch(index: int, env: gym.Env, obs: dict[str, Any], reward: float | None, info: dict[str, Any]) -> bool:
+        if record is not None and index == 0:
+            if reward is not None:
+                record.answers.append(info.get("generated_text", ""))
+                record.rewards.append(reward)
+            record.frames.append(obs["image"])
+        # Lost once its state comes back: greedy answers would repeat the loop until the step limit
+        # (tasks whose steps draw have no loop key and are played out).
+        key = getattr(env.unwrapped, "loop_key", lambda: None)() if end_loops else None
         if key is None:
             return False
-        seen = slots[slot]["seen"]
-        looped = key in seen
-        seen.add(key)
+        states = seen.setdefault(index, set())
+        looped = key in states
+        states.add(key)
         return looped
 
-    def start(slot: int) -> None:
-        nonlocal next_episode
-        options = reset_options(next_episode) if reset_options else None
-        obs, _ = envs[slot].reset(seed=seed + next_episode, options=options)
-        slots[slot] = {"obs": obs, "episode": next_episode, "return": 0.0, "length": 0, "seen": set()}
-        remember_state(slot)
-        if record is not None and next_episode == 0:
-            record.frames.append(obs["image"])
-        next_episode += 1
-
-    for slot in range(len(envs)):
-        start(slot)
-    while any(s is not None for s in slots):
-        active = [i for i, s in enumerate(slots) if s is not None]
-        tokens = answer_tokens(policy, [slots[i]["obs"] for i in active], deterministic)
-        for row, slot in enumerate(active):
-            obs, reward, terminated, truncated, info = envs[slot].step(tokens[row])
-            state = slots[slot]
-            state["return"] += float(reward)
-            state["length"] += 1
-            totals["return"] += float(reward)
-            totals["steps"] += 1
-            totals["invalid"] += not info.get("action_is_valid", True)
-            if record is not None and state["episode"] == 0:
-                record.answers.append(info.get("generated_text", ""))
-                record.rewards.append(float(reward))
-                record.frames.append(obs["image"])
-            state["obs"] = obs
-            if not (terminated or truncated) and remember_state(slot):
-                truncated = True  # lost: greedy answers would repeat the loop until the step limit
-            if terminated or truncated:
-                totals["done"] += 1
-                totals["success"] += bool(info.get("is_success", False))
-                if record is not None and state["episode"] == 0:
-                    record.success = bool(info.get("is_success", False))
-                if episode_ends is not None:
-                    episode_ends.append((state["episode"], info, state["return"], state["length"]))
-                if bar is not None:
-                    bar.update(1)
-                slots[slot] = None
-                if next_episode < episodes:
-                    start(slot)
-    if bar is not None:
-        bar.close()
-    for env in envs:
-        env.close()
-    result = EvalResult(
-        name=name,
-        episodes=episodes,
-        success_rate=totals["success"] / episodes,
-        mean_return=totals["return"] / episodes,
-        invalid_rate=totals["invalid"] / max(totals["steps"], 1),
-        mean_length=totals["steps"] / episodes,
-    )
-    return result, record
+    try:
+        ends = play_episodes(envs, lambda observations, _: answer_tokens(policy, observations, deterministic), episodes,
+                             seed, reset_options=reset_options, watch=watch, progress=progress, name=name)
+    finally:
+        for env in envs:
+            env.close()
+    if record is not None:
+        record.success = ends[0].success
+    if episode_ends is not None:
+        episode_ends += [(end.index, end.info, end.episode_return, end.length) for end in ends]
+    return summarise(name, ends), record
 
 
 def evaluate_vlm_on_games(policy, make_env: Callable[[], gym.Env], games: int, seed: int, name: str = "policy",
