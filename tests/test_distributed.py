@@ -133,12 +133,12 @@ def test_after_a_short_learn_both_processes_hold_the_same_weights_from_different
 
 def _stop_worker(rank, out_dir):
     """PPO with a validation check that wins everything after the first update: rank 0 plays, both stop."""
-    from vlm_policy.training.callbacks import GreedyValidationCallback
+    from vlm_policy.training.callbacks import GreedyValidationCallback, StopOnValidationSuccess
 
     scores = iter([0.5, 1.0, 0.0])
     main = distributed.current().is_main
     check = GreedyValidationCallback(lambda policy: next(scores), Path(out_dir) / "stop.jsonl" if main else None,
-                                     every=1, stop_success=1.0)
+                                     every=1, callback_after_check=StopOnValidationSuccess(1.0))
     model = _ppo(target_kl=None)
     with distributed.data_parallel(model, None):
         model.learn(48, callback=check)

@@ -7,9 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure
 
-from vlm_policy.training.callbacks import GreedyValidationCallback, kept_best, read_validation
+from vlm_policy.training.callbacks import (
+    GreedyValidationCallback,
+    KeepBestAgent,
+    StopOnValidationSuccess,
+    kept_best,
+    read_validation,
+)
 
 
 class _StandInPolicy(torch.nn.Module):
@@ -66,7 +73,8 @@ def test_checks_run_at_the_start_every_n_updates_and_at_the_end_keeping_the_best
     agent = _StandInAgent()
     agent.policy.train(True)
     agent.policy.agree_across_processes = True  # as data-parallel PPO sets it
-    _train(GreedyValidationCallback(check, tmp_path / "validation.jsonl", tmp_path / "best", every=2), agent, updates=7)
+    _train(GreedyValidationCallback(check, tmp_path / "validation.jsonl", every=2,
+                                    callback_after_check=KeepBestAgent(tmp_path / "best")), agent, updates=7)
     checks = read_validation(tmp_path / "validation.jsonl")
     assert [c["timesteps"] for c in checks] == [0, 16, 32, 48, 56]
     assert [c["success_rate"] for c in checks] == [0.5, 0.75, 0.25, 0.75, 0.5]
@@ -109,8 +117,9 @@ def test_tensorboard_shows_each_check_at_its_own_step_the_last_included(tmp_path
 
 def test_a_check_at_the_stop_success_ends_training_with_its_agent(tmp_path, capsys):
     scores = iter([0.5, 0.75, 1.0, 0.25])  # the start, updates 1, 2 (all won: stop), and one never reached
-    callback = GreedyValidationCallback(lambda _: next(scores), tmp_path / "validation.jsonl", tmp_path / "best",
-                                        every=1, stop_success=1.0)
+    after = CallbackList([KeepBestAgent(tmp_path / "best"), StopOnValidationSuccess(1.0)])
+    callback = GreedyValidationCallback(lambda _: next(scores), tmp_path / "validation.jsonl", every=1,
+                                        callback_after_check=after)
     agent = _StandInAgent()
     assert _train(callback, agent, updates=5) == 2 and agent.num_timesteps == 17
     # The stop's check is the last: the agent is the one it played, not checked again at 17.
@@ -123,18 +132,18 @@ def test_a_check_at_the_stop_success_ends_training_with_its_agent(tmp_path, caps
     _train(never, _StandInAgent(), updates=3)
     assert never.stopped_at is None and len(read_validation(tmp_path / "other.jsonl")) == 4
     with pytest.raises(ValueError, match="between 0 and 1"):
-        GreedyValidationCallback(lambda _: 1.0, None, stop_success=1.5)
+        StopOnValidationSuccess(1.5)
 
 
 def test_a_resumed_run_keeps_its_checks_and_best_agent(tmp_path):
     record, best = tmp_path / "validation.jsonl", tmp_path / "best"
     agent = _StandInAgent()
-    _train(GreedyValidationCallback(lambda _: 0.9, record, best, every=1), agent, updates=2)
+    _train(GreedyValidationCallback(lambda _: 0.9, record, every=1, callback_after_check=KeepBestAgent(best)), agent, updates=2)
     # Killed mid-line after the second check; resumed from the checkpoint of 8 env steps.
     with record.open("a") as handle:
         handle.write('{"timesteps": 2')
     agent.num_timesteps = 8
-    resumed = GreedyValidationCallback(lambda _: 0.5, record, best, every=1)
+    resumed = GreedyValidationCallback(lambda _: 0.5, record, every=1, callback_after_check=KeepBestAgent(best))
     assert [c["timesteps"] for c in resumed.checks] == [0, 8, 16]
     resumed.init_callback(agent)
     resumed.on_training_start({}, {})  # 8 was checked before the kill: not played again; 16 is made again
@@ -157,7 +166,7 @@ def test_the_checks_leave_every_random_generator_as_it_was(tmp_path):
         random.seed(0), np.random.seed(0), torch.manual_seed(0)
         agent = _StandInAgent()
         if with_checks:
-            _train(GreedyValidationCallback(noisy_check, tmp_path / f"v{with_checks}.jsonl", None, every=1), agent, 3)
+            _train(GreedyValidationCallback(noisy_check, tmp_path / f"v{with_checks}.jsonl", every=1), agent, 3)
         return random.random(), float(np.random.rand()), torch.rand(2).tolist()
 
     assert draws(True) == draws(False)
@@ -166,7 +175,7 @@ def test_the_checks_leave_every_random_generator_as_it_was(tmp_path):
 def test_without_a_record_path_nothing_is_played_or_written(tmp_path):
     """The processes other than rank 0 in a data-parallel run."""
     played = []
-    _train(GreedyValidationCallback(lambda p: played.append(1) or 1.0, None, None, every=1), _StandInAgent(), 3)
+    _train(GreedyValidationCallback(lambda p: played.append(1) or 1.0, None, every=1), _StandInAgent(), 3)
     assert played == [] and not list(tmp_path.iterdir())
 
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, EventCallback
 
 
 class VLMRolloutLogger(BaseCallback):
@@ -196,51 +196,47 @@ class UpdateCheckpointCallback(BaseCallback):
             self.written = self.written[-self.keep:]
 
 
-class GreedyValidationCallback(BaseCallback):
-    """Plays the validation episodes greedily every ``every`` PPO updates and keeps the best agent.
+class GreedyValidationCallback(EventCallback):
+    """Plays the validation episodes greedily every ``every`` PPO updates, as SB3's ``EvalCallback`` does.
 
     PPO's curve counts *sampled* episodes, while the agent is judged on greedy answers, and the two can
     part: a state whose sampled answers escape after a step or two can still trap greedy play, and a
-    late update can undo an earlier one's greedy gain. So the agent PPO starts from (the SFT model:
-    the first candidate), the agent after every ``every``-th update and the last one are played
-    greedily by ``check(policy) -> success rate`` on episodes apart from the test seeds; each result is
-    appended to ``record_path`` (JSON lines ``{"timesteps", "success_rate"}``) and logged as
-    ``validation/success_rate``. With ``best_dir``, an agent scoring at least as well as the one kept
-    there (ties go to the later, more trained one) replaces it: ``best_dir/agent.zip`` with its check
-    in ``best_dir/check.json``, the folder written atomically, so the two always belong together.
+    late update can undo an earlier one's greedy gain. So the agent PPO starts from (the SFT model), the
+    agent after every ``every``-th update and the last one are played greedily by ``check(policy) ->
+    success rate`` on episodes apart from the test seeds; each result is appended to ``record_path``
+    (JSON lines ``{"timesteps", "success_rate"}``), logged as ``validation/success_rate``, and handed to
+    ``callback_after_check`` (:class:`KeepBestAgent`, :class:`StopOnValidationSuccess`, or a
+    ``CallbackList`` of both), which reads it as :attr:`last_check` and may stop training.
 
     A resumed run reads the checks already made from ``record_path`` up to the checkpoint it resumes
-    from (those after it are made again, with the updates) and keeps ``best_dir``. Only the process
-    given the paths (rank 0) plays; the others go on and wait at their next collective step.
+    from (those after it are made again, with the updates). Only the process given the path (rank 0)
+    plays; on the others :attr:`last_check` is None, and they go on and wait at their next collective step.
 
     :param check: greedy success of a policy on the validation episodes (the policy is put in eval
         mode for it and set back after); every global random state is restored after it, so the checks
         never change PPO's own draws.
     :param every: PPO updates between two checks (the last update is always checked).
     :param steps_scale: the number of processes (checks are named by every process's env steps).
-    :param stop_success: stop PPO at the first check whose success rate is at least this (0: never), as SB3's
-        ``StopTrainingOnRewardThreshold`` does for ``EvalCallback``: a check that wins every validation episode
-        cannot be beaten, and the env steps after it only risk the greedy gain. Training stops at the next
-        rollout's first env step (SB3 stops on a callback's step), so the last update stays the checked one;
-        in a data-parallel run rank 0's verdict is broadcast, so every process stops at the same step.
     """
 
-    def __init__(self, check, record_path: str | Path | None, best_dir: str | Path | None = None, every: int = 1,
-                 verbose: int = 0, steps_scale: int = 1, stop_success: float = 0.0) -> None:
+    def __init__(self, check, record_path: str | Path | None, every: int = 1, steps_scale: int = 1,
+                 callback_after_check: BaseCallback | None = None, verbose: int = 0) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 update, got {every}")
-        if not 0 <= stop_success <= 1:
-            raise ValueError(f"stop_success must be between 0 and 1 (0: never stop), got {stop_success}")
-        super().__init__(verbose)
+        super().__init__(callback_after_check, verbose)
         self.check = check
         self.record_path = Path(record_path) if record_path else None
-        self.best_dir = Path(best_dir) if best_dir else None
         self.every = every
         self.steps_scale = steps_scale
         self.checks: list[dict] = read_validation(self.record_path) if self.record_path else []
-        self.stop_success = stop_success
+        #: The check just made (None on a process that plays none), and whether it was played now (False: read
+        #: from the record of the run this one resumes).
+        self.last_check: dict | None = None
+        self.last_check_is_new = False
         #: The check PPO stopped on (None while it goes on).
         self.stopped_at: dict | None = None
+        #: True for the check after the last update (a stop then changes nothing).
+        self.training_over = False
         self._rollouts = 0
 
     def _on_step(self) -> bool:
@@ -256,36 +252,31 @@ class GreedyValidationCallback(BaseCallback):
     def _on_training_start(self) -> None:
         steps = self._steps()
         if self.record_path is not None and any(c["timesteps"] > steps for c in self.checks):
-            # Resumed from an earlier checkpoint: the updates after it are made again, and so are their
-            # checks (an agent of the interrupted attempt kept in best_dir stays a candidate, with its own check).
+            # Resumed from an earlier checkpoint: the updates after it are made again, and so are their checks.
             keep_points_up_to(self.record_path, steps)
             self.checks = [c for c in self.checks if c["timesteps"] <= steps]
         # The agent PPO starts from; a resumed run only where the uninterrupted run checks (a resumed run
         # checked it already then), so that both make the same checks.
         if self._updates_made() % self.every == 0:
-            self._check_and_maybe_stop()
+            self._check()
 
     def _on_rollout_start(self) -> None:
         # The first rollout of a learn() call follows no update of this call.
         if self._rollouts and self._updates_made() % self.every == 0:
-            self._check_and_maybe_stop()
+            self._check()
         self._rollouts += 1
 
     def _on_training_end(self) -> None:
         if self.stopped_at is None:  # a stop leaves the agent of its check: nothing new to play
-            self._check_once()
+            self.training_over = True
+            self._check()
 
-    def _check_and_maybe_stop(self) -> None:
-        check = self._check_once()
-        if not self.stop_success:
-            return
-        from vlm_policy import distributed
-
-        verdict = check if check is not None and check["success_rate"] >= self.stop_success else None
-        self.stopped_at = distributed.broadcast_object(verdict)  # rank 0 alone plays the checks
-        if self.stopped_at is not None and self.record_path is not None:
-            print(f"PPO stops at {self._steps()} env steps: greedy answers win {self.stopped_at['success_rate']:.1%} of the "
-                  f"validation episodes (>= --ppo-stop-success {self.stop_success})", flush=True)
+    def _check(self) -> None:
+        made = len(self.checks)
+        self.last_check = self._check_once()
+        self.last_check_is_new = len(self.checks) > made
+        if self.callback is not None and not self._on_event():
+            self.stopped_at = self.last_check
 
     def _check_once(self) -> dict | None:
         """Plays the check of this step count unless it is recorded already (a resumed run); returns that check
@@ -311,15 +302,8 @@ class GreedyValidationCallback(BaseCallback):
                 policy.agree_across_processes = agreed
                 policy.set_training_mode(was_training)
         point = {"timesteps": steps, "success_rate": success}
-        kept = kept_best(self.best_dir) if self.best_dir is not None else None
-        if self.best_dir is not None and (kept is None or success >= kept["success_rate"]):
-            from vlm_policy.checkpoints import atomic_path
-
-            with atomic_path(self.best_dir) as temporary:
-                temporary.mkdir()
-                self.model.save(temporary / BEST_AGENT_FILE)
-                (temporary / BEST_CHECK_FILE).write_text(json.dumps(point))
         self.checks.append(point)
+        self.record_path.parent.mkdir(parents=True, exist_ok=True)
         with self.record_path.open("a") as handle:
             handle.write(json.dumps(point) + "\n")
         self._log_check(point)
@@ -336,6 +320,63 @@ class GreedyValidationCallback(BaseCallback):
             if isinstance(output, TensorBoardOutputFormat):
                 output.write({key: point["success_rate"]}, {key: None}, step=point["timesteps"])
                 output.writer.flush()
+
+
+class KeepBestAgent(BaseCallback):
+    """After each :class:`GreedyValidationCallback` check: keeps the agent if it scores at least as well as
+    the one kept in ``best_dir`` (ties go to the later, more trained one), as ``best_dir/agent.zip`` with its
+    check in ``best_dir/check.json``, the folder written atomically so that the two always belong together.
+    A resumed run keeps the folder: an agent of the interrupted attempt stays a candidate, with its own check.
+    """
+
+    def __init__(self, best_dir: str | Path, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.best_dir = Path(best_dir)
+
+    def _on_step(self) -> bool:
+        point = self.parent.last_check
+        if point is None or not self.parent.last_check_is_new:  # a recorded check was weighed when it was made
+            return True
+        kept = kept_best(self.best_dir)
+        if kept is None or point["success_rate"] >= kept["success_rate"]:
+            from vlm_policy.checkpoints import atomic_path
+
+            with atomic_path(self.best_dir) as temporary:
+                temporary.mkdir()
+                self.model.save(temporary / BEST_AGENT_FILE)
+                (temporary / BEST_CHECK_FILE).write_text(json.dumps(point))
+        return True
+
+
+class StopOnValidationSuccess(BaseCallback):
+    """After each :class:`GreedyValidationCallback` check: stops PPO once greedy answers win at least
+    ``threshold`` of the validation episodes, as SB3's ``StopTrainingOnRewardThreshold`` does for
+    ``EvalCallback``: a check that wins every validation episode cannot be beaten, and the env steps after
+    it only risk the greedy gain. Training stops at the next rollout's first env step (SB3 stops on a
+    callback's step), so the last update stays the checked one; in a data-parallel run rank 0's verdict is
+    broadcast, so every process stops at the same step.
+    """
+
+    def __init__(self, threshold: float, verbose: int = 0) -> None:
+        if not 0 < threshold <= 1:
+            raise ValueError(f"the stop's success rate must be between 0 and 1 (0: no stop), got {threshold}")
+        super().__init__(verbose)
+        self.threshold = threshold
+
+    def _on_step(self) -> bool:
+        if self.parent.training_over:
+            return True
+        from vlm_policy import distributed
+
+        point = self.parent.last_check
+        verdict = point if point is not None and point["success_rate"] >= self.threshold else None
+        stop = distributed.broadcast_object(verdict)  # rank 0 alone plays the checks
+        if stop is not None and point is None:
+            self.parent.last_check = stop  # the other processes stop on rank 0's check
+        elif stop is not None:
+            print(f"PPO stops at {stop['timesteps']} env steps: greedy answers win {stop['success_rate']:.1%} of the "
+                  f"validation episodes (>= --ppo-stop-success {self.threshold})", flush=True)
+        return stop is None
 
 
 #: What :class:`GreedyValidationCallback` keeps in its ``best_dir``.

@@ -286,6 +286,8 @@ class Pipeline:
             BEST_AGENT_DIR,
             VALIDATION_RECORD,
             GreedyValidationCallback,
+            KeepBestAgent,
+            StopOnValidationSuccess,
             UpdateCheckpointCallback,
             VLMRolloutLogger,
             checkpoint_steps,
@@ -343,10 +345,12 @@ class Pipeline:
                                                          steps_scale=context.world_size))
         checks_every = c.ppo_checks_every()
         if checks_every:
+            after_check = ([KeepBestAgent(self.out / BEST_AGENT_DIR)] if main and c.ppo_keep_best else []) + (
+                [StopOnValidationSuccess(c.ppo_stop_success)] if c.ppo_stop_success else [])
             callbacks.append(GreedyValidationCallback(
                 self.ppo_validation(sft_dir, budget), self.out / VALIDATION_RECORD if main else None,
-                self.out / BEST_AGENT_DIR if main and c.ppo_keep_best else None, every=checks_every,
-                steps_scale=context.world_size, stop_success=c.ppo_stop_success))
+                every=checks_every, steps_scale=context.world_size,
+                callback_after_check=CallbackList(after_check) if after_check else None))
         if remaining > 0:
             with distributed.data_parallel(model, c.target_kl):
                 model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=checkpoint is None,
