@@ -41,3 +41,15 @@ def test_readme_env_example_runs(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert any('"action"' in line for line in lines)  # the prompt was printed
     assert lines[-1].startswith("8 True [")  # parsed action, valid, and the formula list
+
+
+def test_readme_is_a_manual_of_at_most_250_lines_without_dates():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250  # measurements and experiments go to docs/
+    assert not re.findall(r"\b20\d\d-\d\d-\d\d\b", readme)  # history stays in git
+
+
+def test_readme_links_point_at_files_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    for target in re.findall(r"\]\(((?:docs|examples)/[^)#]*)\)", readme):
+        assert (ROOT / target).exists(), target
