@@ -19,6 +19,7 @@ from typing import Any
 
 from alfworld_bridge.games import find_games, read_traj_data
 from alfworld_bridge.goals import TASK_TYPES
+from gym_vlm_cards.evaluate import EpisodeEnd, acting, play_episodes
 
 #: Column titles of the six task types (ALFWorld's own short names).
 SHORT_NAMES = {
@@ -55,11 +56,12 @@ class Outcome:
     length: int
 
     @classmethod
-    def from_final(cls, info: dict[str, Any], episode_return: float, length: int) -> Outcome:
+    def from_end(cls, end: EpisodeEnd) -> Outcome:
+        """The outcome of a game played by :func:`gym_vlm_cards.evaluate.play_episodes`."""
+        info = end.info
         return cls(game=str(info.get("game_file", "")), task_type=str(info.get("task_type", "")),
-                   success=bool(info.get("is_success", False)),
-                   goal_condition_success_rate=float(info.get("goal_condition_success_rate", 0.0)),
-                   episode_return=float(episode_return), length=int(length))
+                   success=end.success, goal_condition_success_rate=float(info.get("goal_condition_success_rate", 0.0)),
+                   episode_return=float(end.episode_return), length=int(end.length))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,10 +69,8 @@ class Outcome:
 
 def play_games(env, agent, games: int, progress: bool = False, name: str = "agent") -> list[Outcome]:
     """Plays game ``i`` of ``env``'s list for ``i < games`` with ``agent`` (``act(observation, info)``)."""
-    from gym_vlm_cards.evaluate import acting, play_episodes
-
     ends = play_episodes([env], acting(agent), games, reset_options=lambda i: {"game": i}, progress=progress, name=name)
-    return [Outcome.from_final(end.info, end.episode_return, end.length) for end in ends]
+    return [Outcome.from_end(end) for end in ends]
 
 
 #: How the tables name the reference agents of :data:`gym_vlm_cards.agents.AGENTS`.

@@ -125,3 +125,12 @@ def test_evaluations_step_64_card_episodes_or_8_alfworld_games_together_by_defau
     assert TrainConfig(env_id="alfworld/ALFWorld-v0").episodes_at_once() == 8  # each env holds a loaded game
     assert TrainConfig(eval_batch=5).episodes_at_once() == 5
     assert eval_batch_for("gym_cards/EZPoints-v0", -1) == 64
+
+
+def test_the_cli_reference_in_docs_is_the_generated_one():
+    from pathlib import Path
+
+    from vlm_policy.training.cli import cli_reference
+
+    # Rewrite it with: python -m vlm_policy.training.cli_reference > docs/cli.md
+    assert (Path(__file__).parents[1] / "docs" / "cli.md").read_text() == cli_reference()

@@ -170,6 +170,13 @@ def test_pipeline_runs_end_to_end(finished_run):
     assert latest_checkpoint(run / "ppo" / "checkpoints").name == "rl_model_16_steps.zip"
     assert list((run / "tb").rglob("events.out.tfevents.*"))
     assert json.loads((run / "config.json").read_text())["sft_steps"] == 3
+    log = (run / "train.log").read_text()  # the stage headers and the printed lines, in order
+    headers = [line.split("== ")[1].split(":")[0] for line in log.splitlines() if " == " in line]
+    assert headers == ["demos", "sft", "after SFT", "ppo", "after PPO"]
+    assert "held-out episodes (seeds from" in log and " after PPO | 3 " in log
+    from transformers.utils import logging as transformers_logging
+
+    assert not transformers_logging.is_progress_bar_enabled()  # --no-progress silences the libraries' bars too
 
 
 def _policy_weights(agent_zip: Path) -> dict[str, torch.Tensor]:
@@ -452,3 +459,57 @@ def test_ppo_with_a_vlm_policy_and_no_policy_kwargs_trains_what_the_main_job_tra
     assert (checkpoint.sft_learning_rate, checkpoint.learning_rate, checkpoint.learning_rate_end) == (2e-5, 1e-5, 1e-5)
     assert (checkpoint.lora_r, checkpoint.sft_lora_r) == (CHECKPOINT_LORA_RANK, CHECKPOINT_LORA_RANK)
     assert TrainConfig(model="/models/llava", learning_rate=3e-5).learning_rate_end == 3e-5
+
+
+@pytest.mark.slow
+def test_run_json_records_versions_machine_command_and_settings(finished_run):
+    record = json.loads((finished_run[0] / "run.json").read_text())
+    assert record["settings"] == json.loads((finished_run[0] / "config.json").read_text())
+    assert torch.__version__.startswith(record["libraries"]["torch"])
+    assert {"transformers", "peft", "stable-baselines3"} <= set(record["libraries"])
+    assert record["device"] == "cpu" and record["processor"] and record["torch_threads"] >= 1
+    assert record["package_version"] and record["command_line"] and record["earlier"] == []
+    assert record["git"] is None or len(record["git"]["commit"]) == 40
+
+
+@pytest.mark.slow
+def test_a_runs_own_config_json_replays_it(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    stages = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.parts[len(run.parts)] in ("demos", "sft", "ppo")}
+    config = str(finished_run[0] / "config.json")
+    # Into its own folder: every stage matches the record, nothing is redone.
+    assert cli.main(["train", "--config", config, "--out-dir", str(run)]) == 0
+    assert {p: p.read_bytes() for p in stages} == stages
+    assert len(json.loads((run / "run.json").read_text())["earlier"]) == 1  # the first run's record is kept
+    # Into a fresh folder: the same demonstrations and the same SFT checkpoint, byte for byte.
+    fresh = tmp_path / "fresh"
+    assert cli.main(["train", "--config", config, "--out-dir", str(fresh)]) == 0
+    for stage in ("demos", "sft"):
+        assert _digest(fresh / stage) == _digest(finished_run[0] / stage), stage
+
+
+def test_a_config_file_sets_defaults_that_flags_override(tmp_path):
+    (tmp_path / "run.yaml").write_text("env_id: gym_cards/EZPoints-v0\nppo_timesteps: 1024\nsft_steps: 7\n")
+    command, groups = cli.parse(["train", "--config", str(tmp_path / "run.yaml"), "--ppo-timesteps", "2048"])
+    config = TrainConfig.from_groups(*groups[:-1])
+    assert (command, config.env_id, config.ppo_timesteps, config.sft_steps) == ("train", "gym_cards/EZPoints-v0", 2048, 7)
+    (tmp_path / "bad.json").write_text('{"ppo_timestep": 1}')
+    with pytest.raises(SystemExit):
+        cli.parse(["train", "--config", str(tmp_path / "bad.json")])
+
+
+def test_a_budget_that_is_not_whole_rollouts_warns_with_the_steps_made():
+    with pytest.warns(UserWarning, match="PPO makes 256 env steps"):
+        TrainConfig(ppo_timesteps=32)
+
+
+def test_the_top_level_help_answers_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vlm_policy.training import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"
+    assert "usage: vlm-cards" in out and ":mod:" not in out and "``" not in out

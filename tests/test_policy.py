@@ -7,9 +7,10 @@ from stable_baselines3 import PPO
 
 from tests.policy_helpers import PROMPTS, answer_tokens, batch_obs, make_policy, wrapped_env
 from vlm_policy import VLMPolicy, make_vlm_vec_env
+from vlm_policy.adapters import is_vision_module
 from vlm_policy.models.random_models import SAVERS
 
-FAMILIES = sorted(SAVERS)  # llava, llava_next, qwen2_vl, idefics3
+FAMILIES = sorted(SAVERS)  # llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, idefics3, smolvlm, gemma3
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,25 @@ def test_rollout_log_probs_equal_teacher_forced_ones(family, random_checkpoints)
     assert torch.allclose(log_prob, log_prob_again, atol=1e-4, rtol=0)
     assert torch.allclose(values, values_again, atol=1e-5)
     assert (entropy > 0).all()
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "gemma3", "smolvlm"])
+def test_newer_families_train_a_ppo_update_and_save_and_load(family, random_checkpoints, tmp_path):
+    path = random_checkpoints[family]
+    env = make_vlm_vec_env("gym_cards/NumberLine-v0", n_envs=2, model=path, seed=0, max_new_tokens=8)
+    model = PPO(VLMPolicy, env, n_steps=2, batch_size=4, n_epochs=1, learning_rate=1e-2,
+                policy_kwargs={"model": path, "lora_r": 4, "temperature": 1.0})
+    adapter = {n: p.detach().clone() for n, p in model.policy.vlm.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in adapter) and any(is_vision_module(n) for n in adapter)  # vision side found
+    model.learn(4)
+    assert any(not torch.equal(p, adapter[n]) for n, p in model.policy.vlm.named_parameters() if n in adapter)
+    model.save(tmp_path / "agent")
+    loaded = PPO.load(tmp_path / "agent", env=env)
+    for (name, a), (_, b) in zip(model.policy.state_dict().items(), loaded.policy.state_dict().items()):
+        assert torch.equal(a, b), name
+    env.seed(3)
+    obs = env.reset()
+    assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -248,6 +268,20 @@ def test_evaluation_results_do_not_depend_on_how_many_episodes_step_together():
     for at_once in (1, 5):
         ends[at_once] = []
         result, _ = evaluate_vlm(policy, make_env, 5, seed=7, parallel=at_once, episode_ends=ends[at_once])
-        ends[at_once] = (result, sorted((index, total, length) for index, _, total, length in ends[at_once]))
+        ends[at_once] = (result, sorted((e.index, e.episode_return, e.length) for e in ends[at_once]))
     assert ends[1] == ends[5]
     assert ends[1][0].episodes == 5
+
+
+def test_answer_returns_the_greedy_answers_as_text():
+    import gymnasium as gym
+
+    policy, env = make_policy(max_new_tokens=12)
+    frames = [gym.make("gym_cards/NumberLine-v0", image_size=64).reset(seed=seed) for seed in (0, 1)]
+    images, prompts = [image for image, _ in frames], [info["prompt"] for _, info in frames]
+    texts = policy.answer(images, prompts)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    tokens = policy.answer_distribution.generate(images, prompts, policy.device, deterministic=True)
+    assert texts == [env.decode(row.numpy().astype(np.float32)) for row in tokens]
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        policy.answer(images, prompts[:1])

@@ -1,6 +1,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -46,7 +48,13 @@ def test_readme_env_example_runs(capsys):
 def test_readme_is_a_manual_of_at_most_250_lines_without_dates():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 250  # measurements and experiments go to docs/
-    assert not re.findall(r"\b20\d\d-\d\d-\d\d\b", readme)  # history stays in git
+
+
+@pytest.mark.parametrize("path", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))])
+def test_readme_and_docs_hold_no_dates_or_issue_numbers(path):
+    text = (ROOT / path).read_text()
+    assert not re.findall(r"\b20\d\d-\d\d-\d\d\b", text)  # history stays in git
+    assert not re.findall(r"(?<![\w&/])#\d+\b", text)  # nor issue numbers
 
 
 def test_readme_links_point_at_files_that_exist():

@@ -6,11 +6,28 @@
     env = make_vlm_vec_env("gym_cards/NumberLine-v0", n_envs=4, model="tiny", seed=0)
     model = PPO(VLMPolicy, env, n_steps=8, batch_size=8, n_epochs=1, policy_kwargs={"model": "tiny"})
     model.learn(64)
+
+The names below are imported on first use (PEP 562), so that ``vlm-cards --help`` and the modules that
+need no torch start without importing it.
 """
 
-import gym_vlm_cards  # noqa: F401  (registers the gym_cards tasks for make_vlm_vec_env)
-from vlm_policy.env_bridge import TokenActionWrapper, make_vlm_vec_env
-from vlm_policy.loading import load_vlm
-from vlm_policy.policy import VLMPolicy
+from importlib import import_module
+from typing import Any
 
-__all__ = ["TokenActionWrapper", "VLMPolicy", "load_vlm", "make_vlm_vec_env"]
+import gym_vlm_cards  # noqa: F401  (registers the gym_cards tasks for make_vlm_vec_env)
+
+_WHERE = {
+    "TokenActionWrapper": "vlm_policy.env_bridge",
+    "make_vlm_vec_env": "vlm_policy.env_bridge",
+    "load_vlm": "vlm_policy.loading",
+    "VLMPolicy": "vlm_policy.policy",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'vlm_policy' has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value

@@ -3,13 +3,16 @@
 One function, :func:`prepare_for_training`, serves SFT and PPO alike, so both agree on which modules
 form the vision side, how LoRA is scaled, and in which precision the optimised weights live.
 
-* **Vision side**: one list of module names for every supported family (LLaVA / LLaVA-NeXT:
-  ``vision_tower``, ``multi_modal_projector``; Qwen2-VL / Qwen2.5-VL: ``visual`` with its ``merger``;
-  Idefics3 / SmolVLM: ``vision_model``, ``connector``).
+* **Vision side**: one list of module names for every supported family (LLaVA / LLaVA-NeXT and
+  Gemma 3: ``vision_tower``, ``multi_modal_projector``; Qwen2-VL / Qwen2.5-VL / Qwen3-VL: ``visual``
+  with its mergers; Idefics3 / SmolVLM / SmolVLM2: ``vision_model``, ``connector``).
 * **LoRA scaling**: ``lora_alpha`` defaults to ``2 * lora_r`` (LLaVA's LoRA recipe: r=128, alpha=256).
 * **fp32 optimised weights**: whatever dtype the model computes in, every trainable parameter is kept
   in float32 (an Adam step of 5e-5 rounds to nothing on most bf16 weights). The forward then runs
   under :func:`compute_autocast`, so the matmuls still run in the compute dtype.
+* **Merged weights for generation**: :func:`lora_merged` folds each LoRA update into a merged copy
+  of its base weight for the length of a block (decoding then runs one matmul per layer instead of
+  three), and puts the untouched base weights back after it.
 """
 
 from __future__ import annotations
@@ -106,6 +109,65 @@ def keep_trainable_weights_in_float32(model: nn.Module) -> None:
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
+
+
+def lora_layers(model: nn.Module) -> list[nn.Module]:
+    """The LoRA layers of a peft model (none for a model trained without an adapter)."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dependency of the policy side
+        return []
+    return [module for module in model.modules() if isinstance(module, LoraLayer)]
+
+
+def merge_refusal(model: nn.Module) -> str | None:
+    """Why the adapter of ``model`` cannot be merged exactly into its base weights (None: it can)."""
+    for layer in lora_layers(model):
+        base = layer.get_base_layer()
+        if not isinstance(base, nn.Linear) or not base.weight.is_floating_point():
+            return (f"{type(base).__name__} base layers (a 4-bit or 8-bit base) cannot hold a merged adapter exactly; "
+                    "use merge_for_rollouts=False")
+        if any(layer.lora_variant.values()) or any(layer.lora_bias.values()):
+            return "DoRA and other LoRA variants are not merged for rollouts; use merge_for_rollouts=False"
+    return None
+
+
+@contextlib.contextmanager
+def lora_merged(model: nn.Module):
+    """Within the block ``model`` (a peft LoRA model) computes with ``W + scale * B @ A`` in each adapted layer.
+
+    Why: in decoding, where every step is a small matmul, the LoRA side path of each layer (two extra
+    matmuls, a scale and an add) costs as much as the layer itself. The merged weights are new
+    tensors (summed in float32, cast to the base weight's dtype) and the adapter is switched off
+    through peft's ``disable_adapter``; the original base weights are only set aside, so they come
+    back bit for bit: an in-place ``merge_adapter`` / ``unmerge_adapter`` pair adds and subtracts the
+    update in bf16 and drifts the base a little on every rollout. Costs one extra copy of the adapted
+    weights while the block runs. Nothing is merged for a model without LoRA layers.
+    """
+    layers = lora_layers(model)
+    if not layers:
+        yield
+        return
+    refusal = merge_refusal(model)
+    if refusal:
+        raise ValueError(refusal)
+    swapped: list[tuple[nn.Module, nn.Parameter]] = []
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                base = layer.get_base_layer()
+                original = base.weight
+                merged = original.detach().float()
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        merged = merged + layer.get_delta_weight(adapter).float()
+                swapped.append((base, original))
+                base.weight = nn.Parameter(merged.to(original.dtype), requires_grad=False)
+        with model.disable_adapter():
+            yield
+    finally:
+        for base, original in swapped:
+            base.weight = original
 
 
 def compute_autocast(device: torch.device | str, compute_dtype: torch.dtype):

@@ -14,6 +14,12 @@ both the rollout and the update score with it.
   each chunk's forward is recomputed (activation checkpointing), so only one chunk's
   activations and one chunk's full-vocabulary logits are alive at once: peak memory follows ``k``,
   not the PPO minibatch, and the gradient is the unsplit one.
+* **Fast decoding.** With ``merge_adapter`` the LoRA update is merged into a copy of the base weights
+  while generating (:func:`vlm_policy.adapters.lora_merged`); scoring always runs the unmerged
+  model, the one the update differentiates. With ``compile_decoding`` generation runs on a static
+  KV cache with its decoding step compiled by ``torch.compile`` (transformers' own mechanism);
+  prompts are left-padded to a multiple of :data:`PROMPT_LENGTH_MULTIPLE` tokens so that the cache
+  and the compiled graph see a few lengths only.
 * **Lean log-probabilities.** The sampled tokens' log-probabilities are ``logit - logsumexp`` (one
   float32 copy of the logits kept for the backward pass, not the three of ``log_softmax`` + entropy);
   the entropy is computed only when asked for.
@@ -30,10 +36,13 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vlm_policy.adapters import compute_autocast
+from vlm_policy.adapters import compute_autocast, lora_layers, lora_merged
 from vlm_policy.loading import VLMBundle
 from vlm_policy.logprobs import TokenMasks, banned_token_mask, process_logits, token_masks, weighted_sum
 from vlm_policy.prompting import answer_token_batch, build_inputs, forward_kwargs, with_answer
+
+#: With compiled decoding, prompts are left-padded to a multiple of this many tokens (fewer recompiles).
+PROMPT_LENGTH_MULTIPLE = 64
 
 
 @dataclass
@@ -65,11 +74,14 @@ class TokenSequenceDistribution:
     :param micro_batch_size: answers per scoring forward (None: the whole batch at once); the caller
         checks it (VLMPolicy does, before loading the model).
     :param compute_dtype: the dtype the frozen weights compute in (bf16 runs under autocast).
+    :param merge_adapter: generate with the LoRA adapter merged into a copy of the base weights.
+    :param compile_decoding: generate on a static KV cache with a ``torch.compile``-d decoding step.
     """
 
     def __init__(self, bundle: VLMBundle, end_ids: Sequence[int], banned: torch.Tensor, temperature: float,
                  max_new_tokens: int, micro_batch_size: int | None = None,
-                 compute_dtype: torch.dtype = torch.float32) -> None:
+                 compute_dtype: torch.dtype = torch.float32, merge_adapter: bool = False,
+                 compile_decoding: bool = False) -> None:
         self.bundle = bundle
         self.end_ids = tuple(end_ids)
         self.banned = banned.cpu()
@@ -78,17 +90,20 @@ class TokenSequenceDistribution:
         self.max_new_tokens = int(max_new_tokens)
         self.micro_batch_size = micro_batch_size
         self.compute_dtype = compute_dtype
+        self.merge_adapter = bool(merge_adapter)
+        self.compile_decoding = bool(compile_decoding)
 
     @classmethod
     def for_bundle(cls, bundle: VLMBundle, temperature: float, max_new_tokens: int, micro_batch_size: int | None = None,
-                   compute_dtype: torch.dtype = torch.float32) -> TokenSequenceDistribution:
+                   compute_dtype: torch.dtype = torch.float32, merge_adapter: bool = False,
+                   compile_decoding: bool = False) -> TokenSequenceDistribution:
         """The distribution of ``bundle``'s model with its own end tokens and banned ids (as VLMPolicy builds it)."""
         from vlm_policy.env_bridge import end_token_ids
 
         end_ids = end_token_ids(bundle.tokenizer, getattr(bundle.model.generation_config, "eos_token_id", None))
         vocab_size = bundle.model.get_output_embeddings().weight.shape[0]
         return cls(bundle, end_ids, banned_token_mask(bundle.tokenizer, vocab_size, end_ids), temperature,
-                   max_new_tokens, micro_batch_size, compute_dtype)
+                   max_new_tokens, micro_batch_size, compute_dtype, merge_adapter, compile_decoding)
 
     @staticmethod
     def value_features(hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -149,10 +164,13 @@ class TokenSequenceDistribution:
             max_new_tokens=self.max_new_tokens, min_new_tokens=0, num_beams=1,
             pad_token_id=self._pad_id(), eos_token_id=list(self.end_ids),
             return_dict_in_generate=True, output_logits=need_scores, output_hidden_states=need_scores,
+            **self._compile_settings(device),
         )
-        inputs = build_inputs(self.bundle, list(images), list(prompts), device)
+        inputs = build_inputs(self.bundle, list(images), list(prompts), device,
+                              pad_to_multiple_of=PROMPT_LENGTH_MULTIPLE if self.compile_decoding else None)
         self.model.eval()
-        with neutral_generation_config(self.model, config), compute_autocast(device, self.compute_dtype):
+        merged = lora_merged(self.model) if self.merge_adapter and lora_layers(self.model) else contextlib.nullcontext()
+        with neutral_generation_config(self.model, config), compute_autocast(device, self.compute_dtype), merged:
             output = self.model.generate(**inputs, generation_config=config,
                                          logits_processor=LogitsProcessorList([_OurDistribution()]))
         generated = output.sequences[:, inputs["input_ids"].shape[1]:]
@@ -165,6 +183,22 @@ class TokenSequenceDistribution:
             logits = torch.cat([logits, logits[:, -1:].expand(-1, self.max_new_tokens - logits.shape[1], -1)], dim=1)
         scores = process_logits(logits, temperature, banned)
         return tokens, scores, self.value_features(output.hidden_states[0][-1], inputs["input_ids"])
+
+    def _compile_settings(self, device: torch.device) -> dict:
+        """Generation settings for a static KV cache and a compiled decoding step (none when off).
+
+        transformers compiles the decoding forward itself once the cache is static; on a GPU with CUDA
+        graphs (``reduce-overhead``: decoding is launch-bound), elsewhere with the default mode (and it
+        must be told that compiling off the GPU is wanted).
+        """
+        if not self.compile_decoding:
+            return {}
+        from transformers.generation.configuration_utils import CompileConfig
+
+        on_gpu = torch.device(device).type == "cuda"
+        compile_config = CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead" if on_gpu else "default")
+        compile_config._compile_all_devices = not on_gpu
+        return {"cache_implementation": "static", "compile_config": compile_config}
 
     # ------------------------------------------------------------------ scoring
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[str], tokens: torch.Tensor, device: torch.device,

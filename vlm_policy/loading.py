@@ -2,8 +2,8 @@
 
 ``load_vlm("tiny")`` builds the embedded default (``"tiny-v1"`` its first version); any other string
 is a local directory or a model id already in the Hugging Face cache (nothing is downloaded:
-``local_files_only``). Supported
-families: LLaVA / LLaVA-NeXT (the paper's), Idefics3 / SmolVLM, Qwen2-VL and Qwen2.5-VL.
+``local_files_only``). Supported families (:data:`FAMILIES`): LLaVA / LLaVA-NeXT (the paper's),
+Idefics3 / SmolVLM / SmolVLM2, Qwen2-VL / Qwen2.5-VL / Qwen3-VL and Gemma 3.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 TINY = "tiny"
 #: The embedded model's first version (prompts spelled out in ~110 tokens); ``"tiny"`` is the latest.
@@ -28,6 +29,8 @@ FAMILIES = {
     "smolvlm": "idefics3",
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_vl",
+    "qwen3_vl": "qwen2_vl",
+    "gemma3": "gemma3",
 }
 
 
@@ -38,7 +41,7 @@ class VLMBundle:
     model: Any
     processor: Any
     source: str  # "tiny" or the path / cache id it came from
-    family: str  # "llava", "idefics3" or "qwen2_vl"
+    family: str  # how prompts are built: "llava", "idefics3", "qwen2_vl" or "gemma3" (FAMILIES)
 
     @property
     def tokenizer(self):
@@ -67,6 +70,8 @@ def tiny_source_for_vocab(source: str, vocab_size: int) -> str:
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"``: CUDA when available, else the CPU (SB3's own rule for ``device="auto"``)."""
+    import torch  # here, not at the top: the command line's --help starts without torch
+
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -77,6 +82,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
     """``"auto"``: bfloat16 on CUDA, float32 elsewhere (CPUs gain nothing from bf16 here)."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -106,8 +113,8 @@ def load_processor(source: str):
     path = check_model_source(source)
     from transformers import AutoConfig
 
-    family = family_of(AutoConfig.from_pretrained(path, local_files_only=True).model_type)
-    return _processor_for(path, family)
+    model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
+    return _processor_for(path, family_of(model_type), model_type)
 
 
 def context_length(source: str) -> int | None:
@@ -152,6 +159,8 @@ def load_vlm(
             f"model must be 'tiny' or a path / Hugging Face cache id (a str), got {type(source).__name__}; "
             "model objects are not accepted so that saved agents stay loadable"
         )
+    import torch
+
     source = os.fspath(source)
     if is_tiny(source):
         from vlm_policy.models.tiny import build_tiny_model, build_tiny_processor
@@ -174,7 +183,8 @@ def load_vlm(
         model = AutoModelForImageTextToText.from_config(config, dtype=kwargs["dtype"])
     else:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-    return VLMBundle(model=model.eval(), processor=_processor_for(path, family), source=source, family=family)
+    return VLMBundle(model=model.eval(), processor=_processor_for(path, family, config.model_type), source=source,
+                     family=family)
 
 
 def check_model_source(source: str) -> str:
@@ -194,42 +204,72 @@ def check_model_source(source: str) -> str:
         ) from None
 
 
-def _processor_for(path: str, family: str):
-    from transformers import AutoProcessor, AutoTokenizer
+def _processor_for(path: str, family: str, model_type: str | None = None):
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
-    if family != "qwen2_vl":
-        return AutoProcessor.from_pretrained(path, local_files_only=True)
-    # Qwen's stock processor builds a video processor that needs torchvision; images need none.
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    model_type = model_type or AutoConfig.from_pretrained(path, local_files_only=True).model_type
+    # The stock Qwen and SmolVLM processors build a video processor, which needs torchvision (that
+    # breaks the CPU torch build used here); images need none, so these are built without one.
+    if family == "qwen2_vl":
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
-    return qwen_image_processor_class()(image_processor=image_processor, tokenizer=tokenizer,
-                                        chat_template=tokenizer.chat_template)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+        return qwen_image_processor_class(model_type)(image_processor=image_processor, tokenizer=tokenizer,
+                                                      chat_template=tokenizer.chat_template)
+    if model_type == "smolvlm":
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+        return smolvlm_image_processor_class().from_pretrained(
+            path, local_files_only=True, image_processor=SmolVLMImageProcessorPil.from_pretrained(path, local_files_only=True))
+    return AutoProcessor.from_pretrained(path, local_files_only=True)
 
 
-def qwen_image_processor_class():
-    """A Qwen2-VL / Qwen2.5-VL processor for images only.
+def qwen_image_processor_class(model_type: str = "qwen2_vl"):
+    """A Qwen2-VL / Qwen2.5-VL (or, for ``"qwen3_vl"``, Qwen3-VL) processor for images only.
 
     The stock one insists on a video processor, which needs torchvision (which breaks the CPU torch
     build used here); the processor's attributes come from its ``__init__`` signature, so this
     subclass simply leaves the video processor out.
     """
-    from transformers import Qwen2VLProcessor
+    from transformers import Qwen2VLProcessor, Qwen3VLProcessor
     from transformers.processing_utils import ProcessorMixin
 
-    class QwenImageProcessor(Qwen2VLProcessor):
+    stock = Qwen3VLProcessor if model_type == "qwen3_vl" else Qwen2VLProcessor
+
+    class QwenImageProcessor(stock):
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
             self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
             self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
             self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            self.vision_start_token = getattr(tokenizer, "vision_start_token", None) or "<|vision_start|>"
+            self.vision_end_token = getattr(tokenizer, "vision_end_token", None) or "<|vision_end|>"
             ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
     return QwenImageProcessor
 
 
+def smolvlm_image_processor_class():
+    """A SmolVLM / SmolVLM2 processor for images only (no video processor: see :func:`qwen_image_processor_class`)."""
+    from transformers import SmolVLMProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class SmolVLMImageProcessor(SmolVLMProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, image_seq_len: int = 169, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, image_seq_len=image_seq_len, chat_template=chat_template,
+                             **kwargs)
+
+        def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+            # The stock method reads video defaults (frames, fps) from the video processor left out here.
+            return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+
+    return SmolVLMImageProcessor
+
+
 def _four_bit_kwargs(device: str | torch.device) -> dict[str, Any]:
+    import torch
+
     if torch.device(device).type != "cuda":
         raise ValueError("load_in_4bit needs a CUDA device (bitsandbytes' 4-bit kernels run on GPUs only)")
     try:

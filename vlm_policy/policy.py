@@ -94,6 +94,11 @@ class VLMPolicy(ActorCriticPolicy):
         generation's own logits, no second pass), ``"recompute"`` (one teacher-forced pass, the same
         computation as the update's, right after generation), ``"auto"``: recompute unless the model
         computes in float32 (where the two agree to 1e-5).
+    :param merge_for_rollouts: generate with the LoRA adapter merged into a copy of the base weights (faster
+        decoding; the base weights are untouched); scoring and the update use the unmerged model. None: on,
+        except for a 4-bit base, which cannot hold a merged adapter exactly (True there is refused).
+    :param rollout_compile: generate on a static KV cache with a ``torch.compile``-d decoding step (the first
+        rollouts pay the compilation; the same tokens as eager decoding in float32).
     :param compute_entropy: compute the answers' entropy in ``evaluate_actions`` (needed for an entropy
         bonus, ``ent_coef > 0``; without it SB3 uses ``-log_prob`` in its entropy term and log).
     :param dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"float32"``, ``"bfloat16"``: the compute dtype;
@@ -127,6 +132,8 @@ class VLMPolicy(ActorCriticPolicy):
         gradient_checkpointing: bool | None = None,
         micro_batch_size: int | None = None,
         rollout_logprobs: str = "auto",
+        merge_for_rollouts: bool | None = None,
+        rollout_compile: bool = False,
         compute_entropy: bool = True,
         dtype: str = "auto",
         load_in_4bit: bool = False,
@@ -161,6 +168,9 @@ class VLMPolicy(ActorCriticPolicy):
             raise ValueError(f"micro_batch_size must be >= 1 (or None for whole batches), got {micro_batch_size}")
         if rollout_logprobs not in ROLLOUT_LOGPROBS:
             raise ValueError(f"rollout_logprobs must be one of {ROLLOUT_LOGPROBS}, got {rollout_logprobs!r}")
+        if merge_for_rollouts and load_in_4bit:
+            raise ValueError("a 4-bit base cannot hold a merged LoRA adapter exactly; pass merge_for_rollouts=False "
+                             "(or leave it None, which generates unmerged on a 4-bit base)")
         unknown = set(unused) - _SB3_ARGUMENTS_IGNORED
         if unknown:
             raise TypeError(f"VLMPolicy got unknown arguments {sorted(unknown)}")
@@ -180,6 +190,8 @@ class VLMPolicy(ActorCriticPolicy):
         self.gradient_checkpointing = (not is_tiny(model)) if gradient_checkpointing is None else bool(gradient_checkpointing)
         self.micro_batch_size = micro_batch_size
         self.rollout_logprobs = rollout_logprobs
+        self.merge_for_rollouts = (not load_in_4bit) if merge_for_rollouts is None else bool(merge_for_rollouts)
+        self.rollout_compile = bool(rollout_compile)
         self.compute_entropy = bool(compute_entropy)
         self.dtype_name = dtype
         self.load_in_4bit = bool(load_in_4bit)
@@ -217,7 +229,8 @@ class VLMPolicy(ActorCriticPolicy):
         self.register_buffer(LORA_ALPHA_KEY, torch.tensor(lora_alpha_for(self.lora_r, self.lora_alpha)))
         self.register_buffer(defaults.SHARED_DEFAULTS_KEY, torch.tensor(1))  # see load_state_dict
         self.answer_distribution = TokenSequenceDistribution.for_bundle(
-            self.bundle, self.temperature, self.max_new_tokens, self.micro_batch_size, self.compute_dtype)
+            self.bundle, self.temperature, self.max_new_tokens, self.micro_batch_size, self.compute_dtype,
+            merge_adapter=self.merge_for_rollouts, compile_decoding=self.rollout_compile)
         self.end_ids = self.answer_distribution.end_ids
         self.value_head = ValueHead(_text_hidden_size(bundle.model.config), self.value_head_layers)
         groups = [
@@ -261,7 +274,8 @@ class VLMPolicy(ActorCriticPolicy):
             value_head_layers=self.value_head_layers, value_lr_scale=self.value_lr_scale,
             value_gradients_to_model=self.value_gradients_to_model, kl_coef=self.kl_coef,
             gradient_checkpointing=self.gradient_checkpointing, micro_batch_size=self.micro_batch_size,
-            rollout_logprobs=self.rollout_logprobs, compute_entropy=self.compute_entropy, dtype=self.dtype_name,
+            rollout_logprobs=self.rollout_logprobs, merge_for_rollouts=self.merge_for_rollouts,
+            rollout_compile=self.rollout_compile, compute_entropy=self.compute_entropy, dtype=self.dtype_name,
             load_in_4bit=self.load_in_4bit, seed=self.seed,
         )
         for key in _SB3_ARGUMENTS_IGNORED:
@@ -320,6 +334,24 @@ class VLMPolicy(ActorCriticPolicy):
     def _predict(self, observation: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
         images, prompts = self._unpack(observation)
         return self.answer_distribution.generate(images, prompts, self.device, deterministic)
+
+    @torch.no_grad()
+    def answer(self, images: Sequence[np.ndarray], prompts: Sequence[str], deterministic: bool = True) -> list[str]:
+        """The model's answers as text to raw (image, prompt) pairs: greedy by default, else sampled at the
+        policy's temperature. The images are H x W x 3 uint8 arrays, best rendered at the size the policy was
+        trained on (the env's ``image_size``), which is what the model learned to read.
+        """
+        from vlm_policy.env_bridge import answer_ids
+
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        arrays = [np.asarray(image, dtype=np.uint8) for image in images]
+        if any(a.ndim != 3 or a.shape[-1] != 3 for a in arrays):
+            raise ValueError("answer() takes RGB images shaped (H, W, 3)")
+        self.set_training_mode(False)
+        tokens = self.answer_distribution.generate(arrays, list(prompts), self.device, deterministic)
+        tokenizer = self.bundle.tokenizer
+        return [tokenizer.decode(answer_ids(row, self.end_ids), skip_special_tokens=True) for row in tokens.tolist()]
 
     def extract_features(self, obs, features_extractor=None):  # pragma: no cover - SB3 hook, unused here
         raise NotImplementedError("VLMPolicy reads images and prompts directly; it has no feature extractor")

@@ -25,12 +25,14 @@ def chat_text(bundle: VLMBundle, prompt: str, answer: str | None = None) -> str:
 
 
 def build_inputs(
-    bundle: VLMBundle, images: Sequence[np.ndarray], prompts: Sequence[str], device: torch.device | str = "cpu"
+    bundle: VLMBundle, images: Sequence[np.ndarray], prompts: Sequence[str], device: torch.device | str = "cpu",
+    pad_to_multiple_of: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Left-padded batch of templated prompts with their images, on ``device``.
 
     Left padding puts every prompt's last token at the same position, so generated tokens line up
     across the batch; the attention mask and position ids make the padding invisible.
+    ``pad_to_multiple_of`` pads further, to a length the compiled decoding has seen before.
     """
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
@@ -38,8 +40,10 @@ def build_inputs(
     pil_images = [Image.fromarray(np.asarray(image, dtype=np.uint8)) for image in images]
     tokenizer = bundle.tokenizer
     tokenizer.padding_side = "left"
-    image_argument: Any = [[image] for image in pil_images] if bundle.family == "idefics3" else pil_images
-    batch = bundle.processor(text=texts, images=image_argument, padding=True, return_tensors="pt")
+    # Idefics3 / SmolVLM and Gemma 3 processors take one list of images per prompt.
+    image_argument: Any = [[image] for image in pil_images] if bundle.family in ("idefics3", "gemma3") else pil_images
+    padding = {"pad_to_multiple_of": pad_to_multiple_of} if pad_to_multiple_of else {}
+    batch = bundle.processor(text=texts, images=image_argument, padding=True, return_tensors="pt", **padding)
     inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
     dtype = next(bundle.model.parameters()).dtype
     if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():

@@ -3,7 +3,7 @@
 Nothing can be downloaded here, yet the loading path for real checkpoints must be exercised: these
 builders write small (or, for benchmarks, real-sized) random models of each family to a directory,
 with a tokenizer and processor, so that ``load_vlm(path)`` reads them exactly as it would read a
-downloaded LLaVA, Qwen2-VL or Idefics3 / SmolVLM checkpoint.
+downloaded LLaVA, LLaVA-NeXT, Qwen2-VL / Qwen2.5-VL / Qwen3-VL, Idefics3, SmolVLM2 or Gemma 3 checkpoint.
 """
 
 from __future__ import annotations
@@ -42,6 +42,20 @@ IDEFICS3_CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}<end_of_utterance>{{ '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
+
+
+GEMMA3_SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                         "<end_of_image>", "<image_soft_token>")
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}{{ '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<start_of_image>{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_turn>{{ '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model{{ '\n' }}{% endif %}"
+)
+SMOLVLM_SPECIAL_TOKENS = IDEFICS3_SPECIAL_TOKENS + ("<video>",)
 
 
 def _random_model(model_class, config, seed: int, eos_id: int, pad_id: int, device: str | None = None,
@@ -163,16 +177,35 @@ def save_random_qwen2_vl(directory: str | Path, seed: int = 0, image_size: int =
 
 def save_random_idefics3(directory: str | Path, seed: int = 0, image_size: int = 32, hidden: int = 64) -> Path:
     """A tiny random Idefics3 (the SmolVLM family) with its processor, image splitting off."""
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    return _save_random_idefics3_like(directory, seed, image_size, hidden, smolvlm=False)
+
+
+def save_random_smolvlm(directory: str | Path, seed: int = 0, image_size: int = 32, hidden: int = 64) -> Path:
+    """A tiny random SmolVLM2 (Idefics3's architecture under its own model type), image splitting off."""
+    return _save_random_idefics3_like(directory, seed, image_size, hidden, smolvlm=True)
+
+
+def _save_random_idefics3_like(directory: str | Path, seed: int, image_size: int, hidden: int, smolvlm: bool) -> Path:
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3Processor,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+    )
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    from vlm_policy.loading import smolvlm_image_processor_class
 
     directory = Path(directory)
-    tokenizer = build_tiny_tokenizer(IDEFICS3_SPECIAL_TOKENS, eos_token="<end_of_utterance>", pad_token="<pad>",
+    special = SMOLVLM_SPECIAL_TOKENS if smolvlm else IDEFICS3_SPECIAL_TOKENS
+    tokenizer = build_tiny_tokenizer(special, eos_token="<end_of_utterance>", pad_token="<pad>",
                                      chat_template=IDEFICS3_CHAT_TEMPLATE, image_token="<image>",
                                      version=FIXTURE_VOCABULARY)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in IDEFICS3_SPECIAL_TOKENS}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
     patch, scale = 8, 2
-    config = Idefics3Config(
+    config = (SmolVLMConfig if smolvlm else Idefics3Config)(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=image_size, patch_size=patch),
         text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
@@ -180,12 +213,76 @@ def save_random_idefics3(directory: str | Path, seed: int = 0, image_size: int =
                          pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"], eos_token_id=ids["<end_of_utterance>"]),
         image_token_id=ids["<image>"], scale_factor=scale,
     )
-    model = _random_model(Idefics3ForConditionalGeneration, config, seed, ids["<end_of_utterance>"], ids["<pad>"])
-    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": image_size},
-                                                max_image_size={"longest_edge": image_size})
-    image_seq_len = (image_size // patch) ** 2 // scale**2
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len,
-                                  chat_template=IDEFICS3_CHAT_TEMPLATE)
+    model_class = SmolVLMForConditionalGeneration if smolvlm else Idefics3ForConditionalGeneration
+    model = _random_model(model_class, config, seed, ids["<end_of_utterance>"], ids["<pad>"])
+    image_processor = (SmolVLMImageProcessorPil if smolvlm else Idefics3ImageProcessorPil)(
+        do_image_splitting=False, size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size})
+    processor_class = smolvlm_image_processor_class() if smolvlm else Idefics3Processor
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer,
+                                image_seq_len=(image_size // patch) ** 2 // scale**2, chat_template=IDEFICS3_CHAT_TEMPLATE)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def save_random_qwen3_vl(directory: str | Path, seed: int = 0, image_size: int = 64, hidden: int = 64) -> Path:
+    """A tiny random Qwen3-VL (DeepStack vision features, interleaved M-RoPE) with its processor."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    directory = Path(directory)
+    tokenizer = build_tiny_tokenizer(QWEN_SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                     chat_template=QWEN_CHAT_TEMPLATE, image_token="<|image_pad|>",
+                                     version=FIXTURE_VOCABULARY)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    heads, head_dim, patch = 2, hidden // 2, 16
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                num_attention_heads=heads, num_key_value_heads=1, head_dim=head_dim, max_position_embeddings=32768,
+                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_interleaved": True,
+                                 "mrope_section": [head_dim // 4, head_dim // 8 * 3 // 2, head_dim // 8 * 3 // 2]},
+                pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], bos_token_id=None)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=patch,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=(image_size // patch) ** 2,
+                  deepstack_visual_indexes=[0])
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    model = _random_model(Qwen3VLForConditionalGeneration, config, seed, ids["<|im_end|>"], ids["<|endoftext|>"])
+    pixels = image_size * image_size
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=patch, merge_size=2,
+                                               temporal_patch_size=2)
+    model.save_pretrained(directory)
+    image_processor.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def save_random_gemma3(directory: str | Path, seed: int = 0, image_size: int = 32, hidden: int = 64) -> Path:
+    """A tiny random Gemma 3 (SigLIP tower, pooled to 4 image tokens; sliding and global attention layers)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    directory = Path(directory)
+    tokenizer = build_tiny_tokenizer(GEMMA3_SPECIAL_TOKENS, eos_token="<end_of_turn>", pad_token="<pad>",
+                                     chat_template=GEMMA3_CHAT_TEMPLATE, image_token="<image_soft_token>",
+                                     version=FIXTURE_VOCABULARY, bos_token="<bos>",
+                                     named_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GEMMA3_SPECIAL_TOKENS}
+    image_tokens = 4
+    config = Gemma3Config(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2, sliding_window=16,
+                         layer_types=["sliding_attention", "full_attention"], max_position_embeddings=32768,
+                         pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"], eos_token_id=ids["<end_of_turn>"]),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        mm_tokens_per_image=image_tokens, boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"], tie_word_embeddings=True,
+    )
+    model = _random_model(Gemma3ForConditionalGeneration, config, seed, ids["<end_of_turn>"], ids["<pad>"])
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size}, do_pan_and_scan=False)
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=GEMMA3_CHAT_TEMPLATE,
+                                image_seq_length=image_tokens)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
@@ -263,4 +360,5 @@ def save_random_llava_next(directory: str | Path, seed: int = 0, sizes: LlavaNex
 #: One saver per supported architecture (tiny sizes by default), for tests that cover them all.
 SAVERS: dict[str, Any] = {"llava": save_random_llava, "llava_next": save_random_llava_next,
                           "qwen2_vl": save_random_qwen2_vl, "qwen2_5_vl": partial(save_random_qwen2_vl, version="2.5"),
-                          "idefics3": save_random_idefics3}
+                          "qwen3_vl": save_random_qwen3_vl, "idefics3": save_random_idefics3,
+                          "smolvlm": save_random_smolvlm, "gemma3": save_random_gemma3}

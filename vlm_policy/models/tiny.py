@@ -96,12 +96,15 @@ def build_tiny_tokenizer(
     chat_template: str = TINY_CHAT_TEMPLATE,
     image_token: str = IMAGE_TOKEN,
     version: int = LATEST_VERSION,
+    bos_token: str = "<s>",
+    named_tokens: dict[str, str] | None = None,
 ):
     """The tiny model's fast tokenizer; identical on every machine (no training, no randomness).
 
     The special tokens are replaceable so that tiny test models of other families (Qwen2-VL,
-    Idefics3) get their own markers with the same text vocabulary (version 1's: their test fixtures
-    and the saved agents made from them predate version 2).
+    Idefics3, Gemma 3) get their own markers with the same text vocabulary (version 1's: their test
+    fixtures and the saved agents made from them predate version 2). ``named_tokens`` gives the
+    tokenizer further named special tokens (Gemma 3's processor reads ``boi_token`` and ``eoi_token``).
     """
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
@@ -114,13 +117,13 @@ def build_tiny_tokenizer(
     core = Tokenizer(models.Unigram(scored, unk_id=special_tokens.index(unk) if unk else None))
     core.decoder = decoders.Fuse()
     named = {"eos_token": eos_token, "pad_token": pad_token}
-    if "<s>" in special_tokens:
-        named["bos_token"] = "<s>"
+    if bos_token in special_tokens:
+        named["bos_token"] = bos_token
     if unk:
         named["unk_token"] = unk
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
-        extra_special_tokens={"image_token": image_token},
+        extra_special_tokens={"image_token": image_token, **(named_tokens or {})},
         padding_side="left",
         clean_up_tokenization_spaces=False,
         **named,

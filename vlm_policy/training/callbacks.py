@@ -272,9 +272,7 @@ class GreedyValidationCallback(EventCallback):
             self._check()
 
     def _check(self) -> None:
-        made = len(self.checks)
         self.last_check = self._check_once()
-        self.last_check_is_new = len(self.checks) > made
         if self.callback is not None and not self._on_event():
             self.stopped_at = self.last_check
 
@@ -282,6 +280,7 @@ class GreedyValidationCallback(EventCallback):
         """Plays the check of this step count unless it is recorded already (a resumed run); returns that check
         (None where this process plays no checks)."""
         steps = self._steps()
+        self.last_check_is_new = False
         if self.record_path is None:
             return None
         recorded = next((c for c in self.checks if c["timesteps"] == steps), None)
@@ -307,6 +306,7 @@ class GreedyValidationCallback(EventCallback):
         with self.record_path.open("a") as handle:
             handle.write(json.dumps(point) + "\n")
         self._log_check(point)
+        self.last_check_is_new = True
         return point
 
     def _log_check(self, point: dict) -> None:
@@ -359,7 +359,8 @@ class StopOnValidationSuccess(BaseCallback):
 
     def __init__(self, threshold: float, verbose: int = 0) -> None:
         if not 0 < threshold <= 1:
-            raise ValueError(f"the stop's success rate must be between 0 and 1 (0: no stop), got {threshold}")
+            raise ValueError(f"the stop's success rate must be between 0 and 1, above 0 (for no stop leave the callback "
+                             f"out), got {threshold}")
         super().__init__(verbose)
         self.threshold = threshold
 

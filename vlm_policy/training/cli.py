@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -149,41 +150,113 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from transformers import HfArgumentParser
-
-    parser = argparse.ArgumentParser(prog="vlm-cards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``vlm-cards`` parser; with ``command`` only that subcommand gets its options (the others, listed for
+    the top-level help, stay empty), so that ``vlm-cards --help`` answers without importing transformers."""
+    parser = argparse.ArgumentParser(prog="vlm-cards", description=_plain(__doc__),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, (groups, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        # HfArgumentParser adds one option per dataclass field (help from its metadata, bools as
-        # --x / --no-x); each dataclass's options are copied into an argument group of this subcommand,
-        # titled by the dataclass's docstring.
-        for group in groups:
-            section = sub.add_argument_group(_group_title(group))
-            for action in HfArgumentParser(group, add_help=False)._actions:
-                section._add_action(action)
+        if command is None or name == command:
+            sub.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+            _add_options(sub, groups)
     return parser
+
+
+CONFIG_HELP = ("settings from a JSON or YAML file, keys as in a run's config.json (env_id: ..., ppo_timesteps: ...); "
+               "options given on the command line override it")
+
+
+def read_config_file(path: str, known: set[str]) -> dict:
+    """The settings of a ``--config`` file (JSON, or YAML by its suffix), every key one of ``known``."""
+    import json
+    from pathlib import Path
+
+    text = Path(path).read_text()  # a missing file is an OSError: one line naming it
+    if Path(path).suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text)
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--config {path} is not valid JSON ({error}); YAML files end in .yaml or .yml") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path} must hold a mapping of settings, got {type(values).__name__}")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"--config {path} has settings this command does not take: {', '.join(unknown)} "
+                         f"(keys are option names with underscores, e.g. ppo_timesteps)")
+    return values
+
+
+def _add_options(sub: argparse.ArgumentParser, groups) -> None:
+    from transformers import HfArgumentParser
+
+    # HfArgumentParser adds one option per dataclass field (help from its metadata, bools as
+    # --x / --no-x); each dataclass's options are copied into an argument group of this subcommand,
+    # titled by the dataclass's docstring.
+    for group in groups:
+        section = sub.add_argument_group(_group_title(group))
+        for action in HfArgumentParser(group, add_help=False)._actions:
+            # The usage line and help show the first spelling: a short alias (--env), else the dashed one.
+            action.option_strings.sort(key=lambda spelling: (len(spelling) > 2 and "_" in spelling, len(spelling)))
+            if isinstance(action, argparse._StoreFalseAction):  # --no-x shares --x's help: say it turns x off
+                action.help = f"turn off: {action.help}"
+            section._add_action(action)
+
+
+def cli_reference() -> str:
+    """``docs/cli.md``: every command's options, group by group, made from the same dataclasses as the parser
+    (``python -m vlm_policy.training.cli_reference > docs/cli.md`` rewrites it; a test keeps it in sync)."""
+    lines = ["# The `vlm-cards` command line", "",
+             "Generated from the option dataclasses (`python -m vlm_policy.training.cli_reference > docs/cli.md`); "
+             "every command also takes `--config FILE`: " + CONFIG_HELP + ".", ""]
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        lines += [f"## `vlm-cards {name}`", "", COMMANDS[name][1], ""]
+        for group in sub._action_groups[2:]:
+            lines += [f"**{group.title}**", "", "| option | default | what it does |", "|---|---|---|"]
+            for action in group._group_actions:
+                default = "" if action.default in (None, argparse.SUPPRESS) else f"`{action.default!r}`"
+                spelling = " / ".join(f"`{s}`" for s in action.option_strings[:2] if "_" not in s[2:])
+                lines.append(f"| {spelling} | {default} | {(action.help or '').replace('|', '/')} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _plain(text: str) -> str:
+    """A docstring as plain text for ``--help``: reStructuredText's roles and double backquotes removed."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
 
 
 def _group_title(group: type) -> str:
     """``model: Which model, ...`` from :class:`ModelConfig`'s name and its docstring's first line."""
     name = group.__name__.removesuffix("Config").removesuffix("Options").removesuffix("Option").lower()
-    summary = (group.__doc__ or "").strip().splitlines()[0] if group.__doc__ else ""
+    summary = (group.__doc__ or "").strip().partition("\n")[0]
     return f"{name}: {summary.rstrip('.')}" if summary and not summary.startswith(group.__name__ + "(") else name
 
 
 def parse(argv: Sequence[str] | None = None) -> tuple[str, list]:
     """The command and its config groups, validated (a bad value exits with its message)."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(next((word for word in argv if not word.startswith("-")), ""))
     args = parser.parse_args(argv)
     groups, _ = COMMANDS[args.command]
     try:
-        values = _into_groups(groups, args)
-    except ValueError as error:
+        if args.config:
+            # The file's values become the defaults, then the command line is read again over them.
+            known = {item.name for group in groups for item in fields(group) if item.init}
+            values = read_config_file(args.config, known)
+            subcommand = parser._subparsers._group_actions[0].choices[args.command]
+            subcommand.set_defaults(**values)
+            args = parser.parse_args(argv)
+        return args.command, _into_groups(groups, args)
+    except (ValueError, OSError) as error:
         parser.error(str(error))
-    return args.command, values
 
 
 def _into_groups(groups, args: argparse.Namespace) -> list:
@@ -344,9 +417,9 @@ def _run_command(command: str, groups: list) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from vlm_policy import distributed
-
     command, groups = parse(argv)
+    from vlm_policy import distributed  # after parsing: --help answers without importing torch
+
     if not distributed.launched_by_torchrun():
         return _run_command(command, groups)
     if command not in DATA_PARALLEL_COMMANDS:

@@ -266,9 +266,14 @@ class PPOConfig:
             raise ValueError(f"--ppo-check-every must be >= 0 (or -1 for the default), got {self.ppo_check_every}")
         if self.ppo_check_episodes < 1:
             raise ValueError(f"--ppo-check-episodes must be at least 1, got {self.ppo_check_episodes}")
-        if self.batch_size > self.n_envs * self.n_steps:
+        rollout = self.n_envs * self.n_steps
+        if self.batch_size > rollout:
             raise ValueError(f"--batch-size {self.batch_size} is larger than a rollout "
-                             f"(--n-envs x --n-steps = {self.n_envs * self.n_steps})")
+                             f"(--n-envs x --n-steps = {rollout})")
+        if self.ppo_timesteps % rollout:
+            made = -(-self.ppo_timesteps // rollout) * rollout
+            warnings.warn(f"--ppo-timesteps {self.ppo_timesteps} is not a whole number of rollouts (--n-envs x --n-steps "
+                          f"= {rollout} env steps each): PPO makes {made} env steps", stacklevel=1)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from gym_vlm_cards.evaluate import EvalResult, play_episodes, summarise
+from gym_vlm_cards.evaluate import EpisodeEnd, EvalResult, play_episodes, summarise
 from vlm_policy.env_bridge import TokenActionWrapper, frame_kwargs, wrapper_for
 
 
@@ -80,7 +80,7 @@ def evaluate_vlm(
     record_first: bool = False,
     progress: bool = False,
     reset_options: Callable[[int], dict[str, Any]] | None = None,
-    episode_ends: list[tuple[int, dict[str, Any], float, int]] | None = None,
+    episode_ends: list[EpisodeEnd] | None = None,
     end_loops: bool = False,
 ) -> tuple[EvalResult, EpisodeRecord | None]:
     """Plays episodes ``seed .. seed+episodes-1`` (episode i reset with seed + i), ``parallel`` at a time.
@@ -89,7 +89,8 @@ def evaluate_vlm(
     frames and answers of the first episode.
 
     :param reset_options: episode i's ``reset`` options (ALFWorld: ``{"game": i}``, each game once).
-    :param episode_ends: a list to which each episode's (index, final info, return, length) is added.
+    :param episode_ends: a list to which each episode's :class:`~gym_vlm_cards.evaluate.EpisodeEnd` is added,
+        in episode order.
     :param end_loops: with greedy answers, end an episode as lost as soon as its env's state comes back
         (:meth:`gym_vlm_cards.text_env.TextActionEnv.loop_key`; tasks whose steps draw are played out): it
         would loop to its step limit. The success rate is the one of playing it out; the return and length
@@ -126,7 +127,7 @@ def evaluate_vlm(
     if record is not None:
         record.success = ends[0].success
     if episode_ends is not None:
-        episode_ends += [(end.index, end.info, end.episode_return, end.length) for end in ends]
+        episode_ends += ends
     return summarise(name, ends), record
 
 
@@ -139,8 +140,8 @@ def evaluate_vlm_on_games(policy, make_env: Callable[[], gym.Env], games: int, s
     """
     from alfworld_bridge.evaluation import Outcome
 
-    ends: list[tuple[int, dict[str, Any], float, int]] = []
+    ends: list[EpisodeEnd] = []
     result, record = evaluate_vlm(policy, make_env, games, seed, parallel=parallel, name=name, record_first=record_first,
                                   progress=progress, reset_options=lambda i: {"game": i}, episode_ends=ends)
-    outcomes = [Outcome.from_final(info, total, length) for _, info, total, length in sorted(ends, key=lambda e: e[0])]
+    outcomes = [Outcome.from_end(end) for end in ends]
     return result, record, outcomes

@@ -50,6 +50,7 @@ from vlm_policy.training.configs import (
     is_alfworld,
 )
 from vlm_policy.training.run_folder import FolderLock, RunRefused, remove_stale_partials
+from vlm_policy.training.run_record import TRAIN_LOG, run_record, write_run_record
 from vlm_policy.training.stages import StageRecords
 
 __all__ = ["Pipeline", "TrainConfig", "cosine_schedule", "latest_checkpoint"]
@@ -92,6 +93,25 @@ class Pipeline:
         self.agent_reused = False
         if self.context.enabled:
             check_divides_across_processes(config, self.context.world_size)
+        if not config.progress:  # --no-progress silences the libraries' bars too (loading and writing weights)
+            from huggingface_hub.utils import disable_progress_bars
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+            disable_progress_bars()
+
+    def say(self, text: str) -> None:
+        """Prints a line of the run's log and appends it to ``train.log`` in the run folder (rank 0 only)."""
+        if not self.context.is_main:
+            return
+        print(text, flush=True)
+        if self.out.is_dir():
+            with (self.out / TRAIN_LOG).open("a") as log:
+                log.write(f"{time.strftime('%H:%M:%S')} {text}\n" if text.strip() else "\n")
+
+    def stage(self, name: str, what: str) -> None:
+        """The header line of a stage: its name and what it will do."""
+        self.say(f"== {name}: {what}")
 
     def on_main(self, work: Callable[[], T]) -> T:
         """``work()`` run by rank 0 alone; every process returns its result or raises its error."""
@@ -318,7 +338,7 @@ class Pipeline:
         checkpoint = self.on_main(lambda: latest_checkpoint(self.out / "ppo" / "checkpoints")) if resume else None
         if checkpoint is not None:
             if main:
-                print(f"resuming PPO from {checkpoint}")
+                self.say(f"resuming PPO from {checkpoint}")
                 keep_points_up_to(self.out / "curve.jsonl", checkpoint_steps(checkpoint))  # the rest are made again
             model = load_agent(checkpoint, env, device=self.device, **training)
         else:
@@ -391,7 +411,7 @@ class Pipeline:
         if kept["timesteps"] != last_check:
             after = f", the last update's {checks[-1]['success_rate']:.1%}" if checks else ""
             start = " (the starting SFT model)" if kept["timesteps"] == 0 else ""
-            print(f"PPO's agent is the one checked at {kept['timesteps']} env steps{start}: greedy answers win "
+            self.say(f"PPO's agent is the one checked at {kept['timesteps']} env steps{start}: greedy answers win "
                   f"{kept['success_rate']:.1%} of the validation episodes{after}")
 
     # ------------------------------------------------------------------ whole run
@@ -414,15 +434,23 @@ class Pipeline:
     def _run_stages(self, resume: bool, overwrite: bool) -> list[EvalResult]:
         start = time.perf_counter()
         records = StageRecords(self.out, self.config)
+        c = self.config
         results = self.on_main(lambda: self._prepare(records, resume, overwrite))
+        self.stage("demos", f"the oracle plays {c.demos} steps of {c.env_id} (kept when {self.out / 'demos'} has them)")
         demos = self.on_main(lambda: (records.begin("demos"), self.demonstrations())[1])
         budget = self.answer_budget(demos)
         self.on_main(lambda: records.begin("sft"))
+        stop = f", stopped once a check's reach is {c.stop_reach():.0%}" if c.stop_reach() else ""
+        self.stage("sft", f"fine-tunes {c.model} on them for up to {c.sft_steps} steps{stop}")
         sft_dir = self.sft(demos, budget)
         if "after SFT" not in results:
+            self.stage("after SFT", "the SFT model plays the test seeds with greedy answers")
             results["after SFT"] = self.on_main(lambda: self._evaluate_sft(records, results, sft_dir, budget))
         self.on_main(lambda: records.begin("ppo"))
+        checks = f", a greedy check every {c.ppo_checks_every()} updates" if c.ppo_checks_every() else ""
+        self.stage("ppo", f"{c.ppo_timesteps} env steps of PPO in {c.n_envs} envs x {c.n_steps} steps a rollout{checks}")
         model = self.ppo(sft_dir, budget, resume)
+        self.stage("after PPO", "the PPO agent plays the same test seeds; then the table and the plots")
         return self.on_main(lambda: self._finish(records, results, model, sft_dir, budget, start))
 
     def _prepare(self, records: StageRecords, resume: bool, overwrite: bool) -> dict[str, EvalResult]:
@@ -430,7 +458,7 @@ class Pipeline:
         if not is_tiny(self.config.model):
             check_model_source(self.config.model)  # a missing checkpoint is named before anything is written
         for leftover in remove_stale_partials(self.out):
-            print(f"removed {leftover}, the leftover of a write that was killed")
+            self.say(f"removed {leftover}, the leftover of a write that was killed")
         results = self._cached_results()
         saved = unfinished_ppo_steps(self.out)
         redone = records.check(results, overwrite, resume)
@@ -438,12 +466,13 @@ class Pipeline:
             raise RunRefused(f"{self.out} holds an unfinished PPO stage, saved at {saved} env steps: rerun with "
                              "--resume to continue it, or --overwrite to discard it and start PPO again")
         if redone:
-            print(f"--overwrite: redoing {', '.join(redone)}" if overwrite else
+            self.say(f"--overwrite: redoing {', '.join(redone)}" if overwrite else
                   f"--resume: PPO continues to {self.config.ppo_timesteps} env steps; redoing {', '.join(redone[1:])}")
             self._save_results(results)
         self.out.mkdir(parents=True, exist_ok=True)
         # Every output in out_dir now matches this config (or is about to be made with it).
         atomic_write_text(self.out / "config.json", json.dumps(self.config.to_dict(), indent=2))
+        write_run_record(self.out, run_record(self.config.to_dict(), str(self.device)))
         return results
 
     def _evaluate_sft(self, records: StageRecords, results: dict[str, EvalResult], sft_dir: str, budget: int) -> EvalResult:
@@ -466,7 +495,7 @@ class Pipeline:
         if self.agent_reused and "after PPO" in results and (self.out / "episode_strip.png").is_file():
             # A finished run run again with the same settings (its stage records matched): the agent is
             # the one evaluated, so its evaluation stands (a 1,000-episode one takes minutes).
-            print(f"the agent and its held-out evaluation are those in {self.out} (nothing changed since)")
+            self.say(f"the agent and its held-out evaluation are those in {self.out} (nothing changed since)")
         else:
             records.begin("after PPO")
             results["after PPO"], record = self.evaluate(model.policy, sft_dir, budget, "after PPO", record=True)
@@ -475,8 +504,8 @@ class Pipeline:
         held_out = (f"the first {self.config.eval_episodes} games of {' and '.join(self.config.eval_splits)}"
                     if is_alfworld(self.config.env_id) else
                     f"{self.config.eval_episodes} held-out episodes (seeds from {self.config.eval_seed})")
-        print(f"\n{self.config.env_id}: {held_out}, greedy answers, {time.perf_counter() - start:.0f} s in all")
-        print(format_table(TABLE_HEADER, [r.row() for r in rows]))
+        self.say(f"\n{self.config.env_id}: {held_out}, greedy answers, {time.perf_counter() - start:.0f} s in all")
+        self.say(format_table(TABLE_HEADER, [r.row() for r in rows]))
         from vlm_policy.training.callbacks import BEST_AGENT_DIR, VALIDATION_RECORD, kept_best, read_validation
         from vlm_policy.training.plots import plot_episode_strip, plot_learning_curve
 
@@ -491,7 +520,7 @@ class Pipeline:
         if record is not None:  # None: the strip of the evaluation reused above stands
             plot_episode_strip(record, self.out / "episode_strip.png", title=f"{self.config.env_id} after PPO")
             written.append(self.out / "episode_strip.png")
-        print(f"wrote {' and '.join(map(str, written))}")
+        self.say(f"wrote {' and '.join(map(str, written))}")
         if is_alfworld(self.config.env_id):
             self._alfworld_table()
         return rows
@@ -518,7 +547,7 @@ class Pipeline:
         text = (f"{self.config.env_id} ({self.config.model}), success % / mean goal-condition %, "
                 f"{self.config.env_kwargs().get('split')} demonstrations and PPO\n\n" + "\n".join(sections))
         atomic_write_text(self.out / "alfworld_table.md", text)
-        print(text)
+        self.say(text)
 
     def _cached_results(self) -> dict[str, EvalResult]:
         path = self.out / "results.json"

@@ -45,9 +45,9 @@ class BatchDrawer:
     the draw is the plain uniform one SFT made before the option existed, so earlier results reproduce.
     """
 
-    def __init__(self, examples: Sequence[Example], seed: int, balance_states: str = "off") -> None:
+    def __init__(self, examples: Sequence[Example], seed: int, balance_states: str = "auto") -> None:
         if balance_states not in ("auto", "on", "off"):
-            raise ValueError(f"--balance-states must be 'auto', 'on' or 'off', got {balance_states!r}")
+            raise ValueError(f"balance_states must be 'auto', 'on' or 'off', got {balance_states!r}")
         self.examples = examples
         self.generator = np.random.default_rng(seed)
         states = [e.state for e in examples]
@@ -106,8 +106,10 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     from vlm_policy.training.evaluation import global_rngs_restored
 
     sft, model, common = sft or SFTConfig(), model or ModelConfig(), common or CommonConfig()
-    if sft.sft_learning_rate is None:
-        sft = replace(sft, sft_learning_rate=defaults.learning_rates_for(model.model)[0])
+    # The model's rules for what was left out (TrainConfig has resolved them already for the main job).
+    sft = replace(sft, sft_lora_r=defaults.lora_rank_for(model.model, sft.sft_lora_r),
+                  sft_learning_rate=defaults.learning_rates_for(model.model)[0] if sft.sft_learning_rate is None
+                  else sft.sft_learning_rate)
     context = distributed.current()
     if not examples:
         raise ValueError("no examples to train on")
@@ -125,18 +127,16 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     warmup_steps = sft.warmup_steps_for(model.model)
     if warmup_steps > 0:
         vision_warmup(bundle, examples, warmup_steps, sft.sft_learning_rate, sft.sft_batch_size, common.seed, device,
-                      common.progress and context.is_main, "auto", compute_dtype, "auto")
+                      common.progress and context.is_main, compute_dtype=compute_dtype)
         distributed.broadcast_module(bundle.model)  # identical already; made certain before SFT
-    lora_r = defaults.lora_rank_for(model.model, sft.sft_lora_r)
-    trained = prepare_for_training(bundle.model, lora_r=lora_r,
-                                   train_vision=sft.sft_train_vision,
+    trained = prepare_for_training(bundle.model, lora_r=sft.sft_lora_r, train_vision=sft.sft_train_vision,
                                    gradient_checkpointing=model.checkpointing_for(model.model))
     trained.train()
     bundle = VLMBundle(model=trained, processor=bundle.processor, source=bundle.source, family=bundle.family)
     optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=sft.sft_learning_rate,
                                   weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_value(step / sft.sft_steps, 1.0, 0.1))
-    drawer = BatchDrawer(examples, common.seed, "auto")
+    drawer = BatchDrawer(examples, common.seed)
     steps = tqdm(range(sft.sft_steps), desc="SFT", unit="step", disable=not (common.progress and context.is_main))
     chunk = model.micro_batch or sft.sft_batch_size
     trainable = [p for p in trained.parameters() if p.requires_grad]
@@ -276,7 +276,7 @@ class WarmupLabels:
 
 def vision_warmup(bundle: VLMBundle, examples: Sequence[Example], steps: int, learning_rate: float, batch_size: int,
                   seed: int, device: str | torch.device = "cpu", progress: bool = True, labels: str = "auto",
-                  compute_dtype: torch.dtype = torch.float32, balance_states: str = "off") -> float:
+                  compute_dtype: torch.dtype = torch.float32, balance_states: str = "auto") -> float:
     """Teaches the vision tower and projector to tell the demonstrations' states apart.
 
     Why: a randomly initialised vision tower hardly changes its output between two frames that differ

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_write_text
 from vlm_policy.training.configs import TrainConfig
 
 SWEEP_TABLE = "sweep.md"
@@ -131,6 +130,8 @@ def run_sweep(config: TrainConfig, options: SweepOptions, resume: bool = False, 
 
 def read_outcome(seed: int, out_dir: str | Path) -> SeedOutcome:
     """A seed's held-out success rates from its ``results.json`` (an error if it has none)."""
+    from vlm_policy.checkpoints import SFT_METADATA_FILE  # here: the command line's --help starts without torch
+
     path = Path(out_dir) / "results.json"
     outcome = SeedOutcome(seed=seed, out_dir=str(out_dir))
     try:
@@ -184,6 +185,8 @@ def format_report(config: TrainConfig, outcomes: Sequence[SeedOutcome]) -> str:
 
 
 def write_report(config: TrainConfig, outcomes: Sequence[SeedOutcome]) -> Path:
+    from vlm_policy.checkpoints import atomic_write_text
+
     root = Path(config.out_dir)
     table = format_report(config, outcomes)
     atomic_write_text(root / SWEEP_TABLE, table)

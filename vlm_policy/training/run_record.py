@@ -1,0 +1,90 @@
+"""``run.json``: what a run folder's results were made with, so that a figure can be traced and redone.
+
+Floating-point results differ between processors and thread counts, so a number without its machine is
+half a result. Each invocation of the main job writes the package version and git commit (when run from
+a checkout), the versions of the libraries that compute, the device and processor, the thread count,
+the command line and the resolved settings; a later invocation into the same folder (a resume) keeps
+the earlier records under ``"earlier"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RUN_RECORD_FILE = "run.json"
+#: The run's log: the stage headers and every line the main job prints, with the time of day.
+TRAIN_LOG = "train.log"
+LIBRARIES = ("torch", "transformers", "peft", "stable-baselines3", "gymnasium", "numpy")
+
+
+def git_commit(directory: str | Path) -> dict[str, Any] | None:
+    """The checkout's commit and whether it had changes (None when ``directory`` is not in a git checkout)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def processor_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what the platform says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def run_record(settings: dict[str, Any], device: str) -> dict[str, Any]:
+    """This invocation's record: versions, machine, command line and ``settings``."""
+    import torch
+
+    accelerator = torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") else None
+    return {
+        "package_version": _version("gym-vlm-cards"),
+        "git": git_commit(Path(__file__).resolve().parent),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "python": platform.python_version(),
+        "device": str(device),
+        "accelerator": accelerator,
+        "processor": processor_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "command_line": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "settings": settings,
+    }
+
+
+def write_run_record(folder: str | Path, record: dict[str, Any]) -> Path:
+    """Writes ``record`` as ``folder/run.json``, keeping the records already there under ``"earlier"``."""
+    from vlm_policy.checkpoints import atomic_write_text
+
+    path = Path(folder) / RUN_RECORD_FILE
+    earlier: list[dict[str, Any]] = []
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+            earlier = [*previous.pop("earlier", []), previous]
+        except (OSError, ValueError, AttributeError):
+            earlier = [{"unreadable_record": path.read_text(errors="replace")}]
+    atomic_write_text(path, json.dumps({**record, "earlier": earlier}, indent=2))
+    return path
