@@ -134,3 +134,28 @@ def test_the_cli_reference_in_docs_is_the_generated_one():
 
     # Rewrite it with: python -m vlm_policy.training.cli_reference > docs/cli.md
     assert (Path(__file__).parents[1] / "docs" / "cli.md").read_text() == cli_reference()
+
+
+@pytest.mark.slow
+def test_play_prints_every_step_and_records_a_gif(tmp_path, capsys):
+    from PIL import Image
+
+    from vlm_policy.training import cli
+
+    gif = tmp_path / "watch" / "play.gif"
+    assert cli.main(["play", "--model", "tiny", "--env", "gym_cards/NumberLine-v0", "--episodes", "2", "--seed", "5",
+                     "--max-new-tokens", "8", "--record", str(gif)]) == 0
+    out = capsys.readouterr().out
+    steps = out.count("  step ")
+    assert out.count("episode ") == 2 and steps >= 2
+    with Image.open(gif) as image:
+        assert image.n_frames == steps + 2  # every step, and each episode's last frame with its outcome
+        assert image.size[0] == 384
+
+
+def test_play_needs_a_model(capsys):
+    from vlm_policy.training import cli
+
+    with pytest.raises(SystemExit):
+        cli.parse(["play", "--env", "gym_cards/NumberLine-v0"])
+    assert "--model is needed" in capsys.readouterr().err

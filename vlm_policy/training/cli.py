@@ -3,6 +3,7 @@
     vlm-cards train --env gym_cards/NumberLine-v0 --model tiny     demonstrations -> SFT -> PPO -> table + plots
     vlm-cards sweep --seeds 0 1 2 --out-dir runs/sweep             the same per seed, a mean ± sd table, one plot
     vlm-cards eval --model runs/numberline/sft --env gym_cards/NumberLine-v0 --episodes 200 --seed 100000
+    vlm-cards play --model runs/numberline/ppo/final.zip --env gym_cards/NumberLine-v0 --record play.gif
     vlm-cards demos --env gym_cards/EZPoints-v0 --n 1000 --out demos/ezpoints
     vlm-cards sft --demos demos/ezpoints --out checkpoints/ezpoints-sft
     vlm-cards baseline --env gym_cards/NumberLine-v0 --timesteps 20000
@@ -105,6 +106,19 @@ class EvalOptions:
 
 
 @dataclass
+class PlayOptions(EvalOptions):
+    """Which agent plays which task, and where the GIF goes."""
+
+    episodes: int = field(default=3, metadata={"help": "episodes, seeds --seed onwards"})
+    record: str = field(default="", metadata={"help": "also write every step as a GIF here (e.g. play.gif)"})
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("--model is needed: a PPO agent .zip, an SFT checkpoint directory or 'tiny'")
+        super().__post_init__()
+
+
+@dataclass
 class DemosOptions:
     out: str = field(metadata={"help": "directory to write demos.jsonl and images/ into"})
     env: str = field(default="gym_cards/NumberLine-v0", metadata={"help": "task"})
@@ -145,6 +159,7 @@ COMMANDS = {
     "sweep": (TRAIN_GROUPS + (ResumeOption, SweepOptions), "`train` once per seed, then a mean ± sd table and one plot"),
     "sft": (SFT_GROUPS + (SFTPaths,), "supervised fine-tuning on demonstrations"),
     "eval": ((EvalOptions,), "success / return / invalid rate of a checkpoint, random and oracle"),
+    "play": ((PlayOptions,), "watch an agent play: each step's answer and reward, and a GIF with --record"),
     "demos": ((DemosOptions,), "write oracle demonstrations as chat-messages JSONL + PNGs"),
     "baseline": ((BaselineOptions,), "CNN + PPO and CNN + MaskablePPO on the discrete action space"),
 }
@@ -335,6 +350,21 @@ def _eval(groups: list) -> int:
     return 0
 
 
+def _play(groups: list) -> int:
+    from vlm_policy.training.play import play_and_show
+
+    (options,) = groups
+    env_kwargs = options.env_kwargs
+    if is_alfworld(options.env):
+        from alfworld_bridge.evaluation import evaluation_games
+
+        env_kwargs = {"game_files": [str(g) for g in evaluation_games(options.data_root or None,
+                                                                       options.split or "valid_seen", options.episodes)]}
+    policy, make = _policy_for(options, env_kwargs)
+    play_and_show(policy, make, options.episodes, options.seed, options.record or None)
+    return 0
+
+
 def _eval_alfworld(options: EvalOptions) -> int:
     """ALFWorld: the first --episodes games of the split, each once; a per-task-type table."""
     from alfworld_bridge.evaluation import AGENT_LABELS, evaluation_games, per_type_table, play_agents
@@ -385,7 +415,8 @@ def _baseline(groups: list) -> int:
     return 0
 
 
-RUNNERS = {"train": _train, "sweep": _sweep, "sft": _sft, "eval": _eval, "demos": _demos, "baseline": _baseline}
+RUNNERS = {"train": _train, "sweep": _sweep, "sft": _sft, "eval": _eval, "play": _play, "demos": _demos,
+           "baseline": _baseline}
 
 
 # Commands that train data-parallel when started by torchrun (vlm_policy.distributed).
