@@ -177,6 +177,19 @@ def test_pipeline_runs_end_to_end(finished_run):
     from transformers.utils import logging as transformers_logging
 
     assert not transformers_logging.is_progress_bar_enabled()  # --no-progress silences the libraries' bars too
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sft = EventAccumulator(str(run / "tb" / "sft"))
+    sft.Reload()
+    assert [e.step for e in sft.Scalars("sft/loss")] == [1, 2, 3]
+    evaluation = EventAccumulator(str(run / "tb" / "evaluation"))
+    evaluation.Reload()
+    assert [e.step for e in evaluation.Scalars("evaluation/success_rate")][-2:] == [0, 1]
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags = {value.tag for events in (run / "tb").glob("ppo_*/events.*") for event in EventFileLoader(str(events)).Load()
+            for value in event.summary.value}
+    assert "_hparams_/session_start_info" in tags  # the settings in TensorBoard's HParams tab
 
 
 def _policy_weights(agent_zip: Path) -> dict[str, torch.Tensor]:

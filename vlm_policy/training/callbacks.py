@@ -105,6 +105,26 @@ class VLMRolloutLogger(BaseCallback):
 _CHECKPOINT_NAME = re.compile(r"(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip")
 
 
+class HyperparameterLogger(BaseCallback):
+    """Writes the run's settings to TensorBoard's HParams tab once training starts (SB3's ``HParam``), with the
+    rollout's mean reward and the value loss as the metrics it shows beside them."""
+
+    def __init__(self, settings: dict, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        # TensorBoard takes numbers, strings and booleans; lists and None are written as text.
+        self.settings = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+                         for key, value in settings.items()}
+
+    def _on_training_start(self) -> None:
+        from stable_baselines3.common.logger import HParam
+
+        metrics = {"rollout/ep_rew_mean": 0.0, "train/value_loss": 0.0}
+        self.logger.record("hparams", HParam(self.settings, metrics), exclude=("stdout", "log", "json", "csv"))
+
+    def _on_step(self) -> bool:
+        return True
+
+
 def checkpoint_steps(path: str | Path) -> int:
     """The env steps in a checkpoint's name (``<prefix>_<steps>_steps.zip``)."""
     return int(_CHECKPOINT_NAME.fullmatch(Path(path).name).group("steps"))

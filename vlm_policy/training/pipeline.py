@@ -166,7 +166,7 @@ class Pipeline:
         validate = self.validation(budget or self.answer_budget(demos)) if c.stop_targets() else None
         sft = _group(SFTConfig, c).with_stops_resolved(c.stop_reach())
         return str(run_sft(read_demonstrations(demos), directory, sft=sft, model=_group(ModelConfig, c),
-                           common=_group(CommonConfig, c), validation=validate))
+                           common=_group(CommonConfig, c), validation=validate, tensorboard_dir=self.out / "tb"))
 
     def validation(self, budget: int) -> Callable[[Any, list[str]], dict[str, float]]:
         """SFT's stop check: ``check(bundle, names)`` measures the model being trained on the
@@ -306,6 +306,7 @@ class Pipeline:
             BEST_AGENT_DIR,
             VALIDATION_RECORD,
             GreedyValidationCallback,
+            HyperparameterLogger,
             KeepBestAgent,
             StopOnValidationSuccess,
             UpdateCheckpointCallback,
@@ -359,7 +360,8 @@ class Pipeline:
                         seed=c.seed + context.rank, device=self.device, verbose=0)
         # --ppo-timesteps counts the env steps of every process; each makes its share.
         remaining = c.ppo_timesteps // context.world_size - model.num_timesteps
-        callbacks = [VLMRolloutLogger(self.out / "curve.jsonl" if main else None, pool_processes=True)]
+        callbacks = [VLMRolloutLogger(self.out / "curve.jsonl" if main else None, pool_processes=True),
+                     HyperparameterLogger(self.config.to_dict())]
         if main:
             callbacks.insert(0, UpdateCheckpointCallback(self.out / "ppo" / "checkpoints", keep=c.keep_checkpoints,
                                                          steps_scale=context.world_size))
@@ -561,6 +563,14 @@ class Pipeline:
 
     def _save_results(self, results: dict[str, EvalResult]) -> None:
         atomic_write_text(self.out / "results.json", json.dumps({k: asdict(v) for k, v in results.items()}, indent=2))
+        from torch.utils.tensorboard import SummaryWriter
+
+        # Both held-out evaluations in TensorBoard too: step 0 is the SFT model, step 1 the PPO agent.
+        with SummaryWriter(str(self.out / "tb" / "evaluation")) as writer:
+            for step, name in enumerate(("after SFT", "after PPO")):
+                if name in results:
+                    for key in ("success_rate", "mean_return", "invalid_rate"):
+                        writer.add_scalar(f"evaluation/{key}", getattr(results[name], key), step)
 
 
 def _pooled(name: str, results: list[EvalResult]) -> EvalResult:

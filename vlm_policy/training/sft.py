@@ -80,7 +80,8 @@ def answer_loss(bundle: VLMBundle, examples: Sequence[Example], device: torch.de
 
 def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | None = None,
             model: ModelConfig | None = None, common: CommonConfig | None = None,
-            validation: Callable[[VLMBundle, Sequence[str]], dict[str, float]] | None = None) -> Path:
+            validation: Callable[[VLMBundle, Sequence[str]], dict[str, float]] | None = None,
+            tensorboard_dir: str | Path | None = None) -> Path:
     """Fine-tunes ``model.model`` on ``examples`` and saves a checkpoint ``load_vlm(out_dir)`` reads.
 
     :param examples: demonstrations (:func:`vlm_policy.training.demos.read_demonstrations`).
@@ -90,6 +91,7 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         split into micro-batches whose gradients accumulate into one optimizer step: the same step,
         with one micro-batch's activations alive).
     :param common: seed, device, progress bars.
+    :param tensorboard_dir: where TensorBoard's ``sft`` run (loss, learning rate, checks) is written (None: not).
     :param validation: measures the model as it is (in eval mode, left unchanged) on validation episodes, every
         ``sft.sft_check_every`` steps: ``validation(bundle, names)`` returns each named measure of
         :meth:`SFTConfig.stop_targets` ("success": the share of episodes greedy answers win; "reach": the
@@ -142,6 +144,11 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     trainable = [p for p in trained.parameters() if p.requires_grad]
     losses = []
     checks: list[dict[str, float]] = []
+    writer = None
+    if tensorboard_dir is not None and context.is_main:  # the loss curve and the checks beside PPO's in TensorBoard
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(Path(tensorboard_dir) / "sft"))
     for step in steps:
         # Every process draws the same batch and keeps its own rows (all of them alone).
         batch = drawer.draw(sft.sft_batch_size)[context.rank::context.world_size]
@@ -167,6 +174,9 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         losses.append(step_loss)
         steps.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         done = step + 1
+        if writer is not None:
+            writer.add_scalar("sft/loss", step_loss, done)
+            writer.add_scalar("sft/learning_rate", schedule.get_last_lr()[0], done)
         if targets and done % sft.sft_check_every == 0 and done < sft.sft_steps:
             trained.eval()
             measures = None
@@ -177,6 +187,9 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
             measures = distributed.broadcast_object(measures)
             trained.train()
             checks.append({"step": done, **measures})
+            if writer is not None:
+                for name, value in measures.items():
+                    writer.add_scalar(f"sft/check_{name}", value, done)
             if context.is_main:
                 steps.write(f"SFT step {done}: {describe_measures(measures)}")
             if all(measures[name] >= target for name, target in targets.items()):
@@ -186,6 +199,8 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
                     steps.write(f"SFT stops at step {done}: {reached}")
                 break
     steps.close()
+    if writer is not None:
+        writer.close()
     trained.eval()
     metadata = {"sft": asdict(sft), "model": asdict(model), "seed": common.seed,
                 "final_loss": float(np.mean(losses[-20:])), "steps_done": len(losses)}
