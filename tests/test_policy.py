@@ -285,3 +285,28 @@ def test_answer_returns_the_greedy_answers_as_text():
     assert texts == [env.decode(row.numpy().astype(np.float32)) for row in tokens]
     with pytest.raises(ValueError, match="2 images but 1 prompts"):
         policy.answer(images, prompts[:1])
+
+
+def test_an_evaluation_keeps_a_won_and_a_lost_episode_for_the_strip(tmp_path):
+    """Always answering "+" wins the NumberLine episodes whose target lies to the right and loses the others."""
+    from vlm_policy.loading import load_processor
+    from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm
+    from vlm_policy.training.plots import plot_episode_strip
+
+    tokenizer = load_processor("tiny").tokenizer
+    ids = tokenizer('{"action": "+"}', add_special_tokens=False).input_ids + [tokenizer.eos_token_id] * 12
+
+    class AlwaysPlus:
+        def __call__(self, batch, deterministic=True):
+            rows = len(batch["image"])
+            return torch.tensor([ids[:12]] * rows), None, None
+
+    make = eval_env_factory("gym_cards/NumberLine-v0", "tiny", 12, "cot", {"max_episode_steps": 5})
+    examples, ends = {}, []
+    result, _ = evaluate_vlm(AlwaysPlus(), make, 12, seed=0, parallel=4, examples=examples, episode_ends=ends)
+    assert 0 < result.success_rate < 1 and set(examples) == {True, False}
+    first_won = min(end.index for end in ends if end.success)
+    assert examples[True].success and len(examples[True].answers) == ends[first_won].length
+    assert not examples[False].success and all(a == '{"action": "+"}' for a in examples[False].answers)
+    assert len(examples[True].frames) == len(examples[True].answers) + 1  # the last frame, after the last step
+    assert plot_episode_strip([examples[True], examples[False]], tmp_path / "strip.png").stat().st_size > 0

@@ -15,6 +15,10 @@ import torch
 from gym_vlm_cards.evaluate import EpisodeEnd, EvalResult, play_episodes, summarise
 from vlm_policy.env_bridge import TokenActionWrapper, frame_kwargs, wrapper_for
 
+#: How many of an evaluation's first episodes are recorded to find a won and a lost one for the episode strip
+#: (their frames are kept until the evaluation ends).
+EXAMPLE_CANDIDATES = 16
+
 
 @dataclass
 class EpisodeRecord:
@@ -82,6 +86,7 @@ def evaluate_vlm(
     reset_options: Callable[[int], dict[str, Any]] | None = None,
     episode_ends: list[EpisodeEnd] | None = None,
     end_loops: bool = False,
+    examples: dict[bool, EpisodeRecord] | None = None,
 ) -> tuple[EvalResult, EpisodeRecord | None]:
     """Plays episodes ``seed .. seed+episodes-1`` (episode i reset with seed + i), ``parallel`` at a time.
 
@@ -91,6 +96,8 @@ def evaluate_vlm(
     :param reset_options: episode i's ``reset`` options (ALFWorld: ``{"game": i}``, each game once).
     :param episode_ends: a list to which each episode's :class:`~gym_vlm_cards.evaluate.EpisodeEnd` is added,
         in episode order.
+    :param examples: a dict that receives the first won (key True) and the first lost (False) episode's record
+        among the first :data:`EXAMPLE_CANDIDATES` episodes (fewer keys where they all ended alike).
     :param end_loops: with greedy answers, end an episode as lost as soon as its env's state comes back
         (:meth:`gym_vlm_cards.text_env.TextActionEnv.loop_key`; tasks whose steps draw are played out): it
         would loop to its step limit. The success rate is the one of playing it out; the return and length
@@ -99,15 +106,19 @@ def evaluate_vlm(
     if end_loops and not deterministic:
         raise ValueError("end_loops needs greedy answers: a sampled answer can leave a state met before")
     envs = [make_env() for _ in range(min(parallel, episodes))]
-    record = EpisodeRecord() if record_first else None
+    # Episodes recorded step by step: the first (record_first), or the first few to find a won and a lost one.
+    recorded = 1 if record_first else 0
+    if examples is not None:
+        recorded = EXAMPLE_CANDIDATES
+    records = {index: EpisodeRecord() for index in range(min(recorded, episodes))}
     seen: dict[int, set] = {}  # each episode's states so far (with end_loops)
 
     def watch(index: int, env: gym.Env, obs: dict[str, Any], reward: float | None, info: dict[str, Any]) -> bool:
-        if record is not None and index == 0:
+        if index in records:
             if reward is not None:
-                record.answers.append(info.get("generated_text", ""))
-                record.rewards.append(reward)
-            record.frames.append(obs["image"])
+                records[index].answers.append(info.get("generated_text", ""))
+                records[index].rewards.append(reward)
+            records[index].frames.append(obs["image"])
         # Lost once its state comes back: greedy answers would repeat the loop until the step limit
         # (tasks whose steps draw have no loop key and are played out).
         key = getattr(env.unwrapped, "loop_key", lambda: None)() if end_loops else None
@@ -124,11 +135,14 @@ def evaluate_vlm(
     finally:
         for env in envs:
             env.close()
-    if record is not None:
-        record.success = ends[0].success
+    for end in ends:
+        if end.index in records:
+            records[end.index].success = end.success
+            if examples is not None:
+                examples.setdefault(end.success, records[end.index])
     if episode_ends is not None:
         episode_ends += ends
-    return summarise(name, ends), record
+    return summarise(name, ends), records.get(0) if record_first else None
 
 
 def evaluate_vlm_on_games(policy, make_env: Callable[[], gym.Env], games: int, seed: int, name: str = "policy",

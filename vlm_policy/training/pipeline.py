@@ -233,15 +233,20 @@ class Pipeline:
         return lambda policy: play_validation(policy, make_env, c.ppo_check_episodes, c.episodes_at_once())
 
     def evaluate(self, policy, model: str, budget: int, name: str, record: bool = False):
+        """The held-out evaluation's result and, with ``record``, the episodes the strip shows: a won and a lost
+        one where the first episodes have both (ALFWorld: the first game)."""
         from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm
 
         if is_alfworld(self.config.env_id):
-            return self._evaluate_games(policy, model, budget, name, record)
+            result, first = self._evaluate_games(policy, model, budget, name, record)
+            return result, [first] if first is not None else None
         make_env = eval_env_factory(self.config.env_id, model, budget, self.config.prompt_style,
                                     self.config.step_limit())
-        return evaluate_vlm(policy, make_env, self.config.eval_episodes, self.config.eval_seed,
-                            parallel=self.config.episodes_at_once(), name=name, record_first=record,
-                            progress=self.config.progress)
+        examples = {} if record else None
+        result, _ = evaluate_vlm(policy, make_env, self.config.eval_episodes, self.config.eval_seed,
+                                 parallel=self.config.episodes_at_once(), name=name, progress=self.config.progress,
+                                 examples=examples)
+        return result, [examples[won] for won in (True, False) if won in examples] if record else None
 
     @cached_property
     def evaluation_games(self) -> dict[str, list[str]]:
@@ -519,7 +524,7 @@ class Pipeline:
                             validation=read_validation(self.out / VALIDATION_RECORD),
                             chosen_steps=kept["timesteps"] if kept else None)
         written = [self.out / "learning_curve.png"]
-        if record is not None:  # None: the strip of the evaluation reused above stands
+        if record:  # None: the strip of the evaluation reused above stands
             plot_episode_strip(record, self.out / "episode_strip.png", title=f"{self.config.env_id} after PPO")
             written.append(self.out / "episode_strip.png")
         self.say(f"wrote {' and '.join(map(str, written))}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -59,21 +60,32 @@ def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_succes
     return Path(out_path)
 
 
-def plot_episode_strip(record: EpisodeRecord, out_path: str | Path, title: str = "", max_frames: int = 6) -> Path:
-    """The frames an agent saw, each with the answer it wrote under it."""
-    steps = min(len(record.answers), max_frames)
-    # At least ~6 inches wide, so that the title fits over a one-step episode.
-    figure, axes = plt.subplots(1, max(steps, 1), figsize=(max(3.2 * steps, 6.0), 4.6), dpi=110, squeeze=False)
-    for i in range(steps):
-        axis = axes[0][i]
-        axis.imshow(record.frames[i])
-        axis.set_xticks([])
-        axis.set_yticks([])
-        caption = "\n".join(textwrap.wrap(record.answers[i], 34)[:8])
-        axis.set_title(f"step {i + 1}, reward {record.rewards[i]:+g}", fontsize=9)
-        axis.text(0.5, -0.04, caption, transform=axis.transAxes, ha="center", va="top", fontsize=7, family="monospace")
-    outcome = "won" if record.success else "not won"
-    figure.suptitle(f"{title} ({outcome})", fontsize=11)
+def plot_episode_strip(records: EpisodeRecord | Sequence[EpisodeRecord], out_path: str | Path, title: str = "",
+                       max_frames: int = 12) -> Path:
+    """Episodes step by step, one row each (the pipeline shows a won and a lost one): every frame the agent saw,
+    enlarged with its pixels kept sharp, and the answer it wrote under it, wrapped (at most ``max_frames`` steps
+    a row; a longer episode's row says how many steps it had)."""
+    records = [records] if isinstance(records, EpisodeRecord) else list(records)
+    columns = max(1, min(max_frames, max(len(r.answers) for r in records)))
+    figure, axes = plt.subplots(len(records), columns, figsize=(max(2.6 * columns, 6.0), 4.4 * len(records)),
+                                dpi=110, squeeze=False)
+    for row, record in enumerate(records):
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column >= len(record.answers):
+                axis.axis("off")
+                continue
+            axis.imshow(record.frames[column], interpolation="nearest")
+            caption = "\n".join(textwrap.wrap(record.answers[column] or "(empty answer)", 30)[:9])
+            axis.set_title(f"step {column + 1}, reward {record.rewards[column]:+g}", fontsize=9)
+            axis.text(0.5, -0.04, caption, transform=axis.transAxes, ha="center", va="top", fontsize=7,
+                      family="monospace")
+        steps = len(record.answers)
+        shown = f", first {columns} of {steps} steps" if steps > columns else f", {steps} steps"
+        axes[row][0].set_ylabel(f"{'won' if record.success else 'not won'}{shown}", fontsize=10)
+    figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     figure.savefig(out_path)
     plt.close(figure)
