@@ -262,7 +262,9 @@ def test_torchrun_runs_the_main_job_on_two_processes_and_only_rank_0_writes(tmp_
     assert sorted(p.name for p in (out / "ppo" / "checkpoints").iterdir()) == ["rl_model_32_steps.zip",
                                                                               "rl_model_64_steps.zip"]
     assert json.loads((out / "results.json").read_text()).keys() == {"after SFT", "after PPO"}
-    assert len(list((out / "tb").rglob("events.out.tfevents.*"))) == 1
+    # One TensorBoard file per run of it (sft, ppo_1), from rank 0 alone; rank 1 writes none.
+    for run in ("sft", "ppo_1"):
+        assert len(list((out / "tb" / run).glob("events.out.tfevents.*"))) == 1, run
     assert json.loads((out / "sft" / "training.json").read_text())["processes"] == 2
     # Rank 0 alone plays PPO's greedy checks (the SFT model, the last update) and keeps the best agent.
     checks = [json.loads(line) for line in (out / "ppo" / "validation.jsonl").read_text().splitlines()]
