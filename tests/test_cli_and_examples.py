@@ -159,3 +159,15 @@ def test_play_needs_a_model(capsys):
     with pytest.raises(SystemExit):
         cli.parse(["play", "--env", "gym_cards/NumberLine-v0"])
     assert "--model is needed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_python_quickstart_runs_every_stage_with_tiny_settings(tmp_path, capsys):
+    quickstart = load_script("examples/quickstart.py")
+    before, after = quickstart.main(out_dir=str(tmp_path / "run"), demos=24, sft_steps=3, vision_warmup_steps=2,
+                                    sft_batch_size=4, ppo_timesteps=16, n_envs=2, n_steps=4, batch_size=8, n_epochs=1,
+                                    eval_episodes=3, max_new_tokens=24, ppo_check_episodes=2, max_episode_steps=4,
+                                    progress=False)
+    assert before.episodes == after.episodes == 3
+    assert "success after SFT" in capsys.readouterr().out
+    assert (tmp_path / "run" / "sft").is_dir() and (tmp_path / "run" / "validation.jsonl").is_file()

@@ -294,6 +294,16 @@ class Pipeline:
                 "compute_entropy": c.ent_coef > 0, "dtype": c.dtype,
                 "device": self.device, "seed": c.seed, "env_id": registered_id(c.env_id)}
 
+    def ppo_arguments(self) -> dict[str, Any]:
+        """SB3 ``PPO``'s own arguments as the main job sets them (``PPO(VLMPolicy, env, **this, policy_kwargs=...)``)."""
+        c = self.config
+        return {"learning_rate": cosine_schedule(c.learning_rate, c.learning_rate_end), "n_steps": c.n_steps,
+                "batch_size": c.batch_size, "n_epochs": c.n_epochs, "gamma": c.gamma, "gae_lambda": c.gae_lambda,
+                "clip_range": c.clip_range, "ent_coef": c.ent_coef, "vf_coef": c.vf_coef,
+                # Data-parallel: the early stop is taken on the KL of all processes (distributed.py).
+                "target_kl": (c.target_kl or None) if not self.context.enabled else None,
+                "max_grad_norm": c.max_grad_norm, "seed": c.seed + self.context.rank, "device": self.device}
+
     def evaluation_kwargs(self, model: str) -> dict[str, Any]:
         """The settings of :meth:`policy_kwargs` that a policy outside PPO (an evaluation) takes."""
         return {k: v for k, v in self.policy_kwargs(model).items()
@@ -353,16 +363,9 @@ class Pipeline:
                     leftover.unlink(missing_ok=True)
                 for leftover in (self.out / "ppo" / "checkpoints", self.out / BEST_AGENT_DIR):
                     shutil.rmtree(leftover, ignore_errors=True)
-            model = PPO(VLMPolicy, env, learning_rate=training["learning_rate"], n_steps=c.n_steps,
-                        batch_size=c.batch_size, n_epochs=c.n_epochs, gamma=c.gamma,
-                        gae_lambda=c.gae_lambda, clip_range=c.clip_range, ent_coef=c.ent_coef, vf_coef=c.vf_coef,
-                        # Data-parallel: the early stop is taken on the KL of all processes (below).
-                        target_kl=(c.target_kl or None) if not context.enabled else None,
-                        max_grad_norm=c.max_grad_norm,
-                        policy_kwargs=self.policy_kwargs(sft_dir),
+            model = PPO(VLMPolicy, env, **self.ppo_arguments(), policy_kwargs=self.policy_kwargs(sft_dir),
                         rollout_buffer_class=training.get("rollout_buffer_class"),
-                        tensorboard_log=str(self.out / "tb") if main else None,
-                        seed=c.seed + context.rank, device=self.device, verbose=0)
+                        tensorboard_log=str(self.out / "tb") if main else None, verbose=0)
         # --ppo-timesteps counts the env steps of every process; each makes its share.
         remaining = c.ppo_timesteps // context.world_size - model.num_timesteps
         callbacks = [VLMRolloutLogger(self.out / "curve.jsonl" if main else None, pool_processes=True),
@@ -483,17 +486,21 @@ class Pipeline:
         return results
 
     def _evaluate_sft(self, records: StageRecords, results: dict[str, EvalResult], sft_dir: str, budget: int) -> EvalResult:
+        records.begin("after SFT")
+        results["after SFT"] = self.evaluate_checkpoint(sft_dir, budget, "after SFT")
+        self._save_results(results)
+        return results["after SFT"]
+
+    def evaluate_checkpoint(self, sft_dir: str, budget: int, name: str = "after SFT") -> EvalResult:
+        """The held-out evaluation of an SFT checkpoint, played as the main job plays it."""
         from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
 
-        records.begin("after SFT")
         env_kwargs = self.config.step_limit()
         if is_alfworld(self.config.env_id):
             env_kwargs["game_files"] = next(iter(self.evaluation_games.values()))
         env = eval_env_factory(self.config.env_id, sft_dir, budget, self.config.prompt_style, env_kwargs)()
         policy = standalone_policy(sft_dir, env, device=self.device, **self.evaluation_kwargs(sft_dir))
-        results["after SFT"] = self.evaluate(policy, sft_dir, budget, "after SFT")[0]
-        self._save_results(results)
-        return results["after SFT"]
+        return self.evaluate(policy, sft_dir, budget, name)[0]
 
     def _finish(self, records: StageRecords, results: dict[str, EvalResult], model, sft_dir: str, budget: int,
                 start: float) -> list[EvalResult]:
