@@ -130,14 +130,10 @@ def save_random_qwen2_vl(directory: str | Path, seed: int = 0, image_size: int =
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
     )
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     sizes = sizes or QwenVLSizes(text_hidden=hidden, text_intermediate=2 * hidden)
     directory = Path(directory)
-    tokenizer = build_tiny_tokenizer(QWEN_SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                     chat_template=QWEN_CHAT_TEMPLATE, image_token="<|image_pad|>",
-                                     version=FIXTURE_VOCABULARY)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    tokenizer, ids = _qwen_tokenizer()
     head_dim = sizes.text_hidden // sizes.text_heads
     text = dict(vocab_size=sizes.vocab_size or len(tokenizer), hidden_size=sizes.text_hidden,
                 intermediate_size=sizes.text_intermediate, num_hidden_layers=sizes.text_layers,
@@ -166,8 +162,23 @@ def save_random_qwen2_vl(directory: str | Path, seed: int = 0, image_size: int =
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
     model = _random_model(model_class, config, seed, ids["<|im_end|>"], ids["<|endoftext|>"], device, dtype)
+    return _save_qwen(directory, model, tokenizer, image_size, patch=14)
+
+
+def _qwen_tokenizer():
+    """The tiny vocabulary with Qwen's special tokens and chat template, and those tokens' ids."""
+    tokenizer = build_tiny_tokenizer(QWEN_SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                     chat_template=QWEN_CHAT_TEMPLATE, image_token="<|image_pad|>",
+                                     version=FIXTURE_VOCABULARY)
+    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+
+
+def _save_qwen(directory: Path, model, tokenizer, image_size: int, patch: int) -> Path:
+    """A Qwen-VL model, its tokenizer and an image processor that sees every frame at ``image_size`` pixels square."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
     pixels = image_size * image_size
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2,
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=patch, merge_size=2,
                                                temporal_patch_size=2)
     model.save_pretrained(directory)
     image_processor.save_pretrained(directory)
@@ -228,13 +239,9 @@ def _save_random_idefics3_like(directory: str | Path, seed: int, image_size: int
 def save_random_qwen3_vl(directory: str | Path, seed: int = 0, image_size: int = 64, hidden: int = 64) -> Path:
     """A tiny random Qwen3-VL (DeepStack vision features, interleaved M-RoPE) with its processor."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     directory = Path(directory)
-    tokenizer = build_tiny_tokenizer(QWEN_SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                     chat_template=QWEN_CHAT_TEMPLATE, image_token="<|image_pad|>",
-                                     version=FIXTURE_VOCABULARY)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    tokenizer, ids = _qwen_tokenizer()
     heads, head_dim, patch = 2, hidden // 2, 16
     text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                 num_attention_heads=heads, num_key_value_heads=1, head_dim=head_dim, max_position_embeddings=32768,
@@ -248,13 +255,7 @@ def save_random_qwen3_vl(directory: str | Path, seed: int = 0, image_size: int =
                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
     model = _random_model(Qwen3VLForConditionalGeneration, config, seed, ids["<|im_end|>"], ids["<|endoftext|>"])
-    pixels = image_size * image_size
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=patch, merge_size=2,
-                                               temporal_patch_size=2)
-    model.save_pretrained(directory)
-    image_processor.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return _save_qwen(directory, model, tokenizer, image_size, patch=patch)
 
 
 def save_random_gemma3(directory: str | Path, seed: int = 0, image_size: int = 32, hidden: int = 64) -> Path:
