@@ -174,6 +174,7 @@ def test_pipeline_runs_end_to_end(finished_run):
     headers = [line.split("== ")[1].split(":")[0] for line in log.splitlines() if " == " in line]
     assert headers == ["demos", "sft", "after SFT", "ppo", "after PPO"]
     assert "held-out episodes (seeds from" in log and " after PPO | 3 " in log
+    assert "PPO made 16 env steps (--ppo-timesteps 16" in log
     from transformers.utils import logging as transformers_logging
 
     assert not transformers_logging.is_progress_bar_enabled()  # --no-progress silences the libraries' bars too
@@ -515,6 +516,11 @@ def test_a_config_file_sets_defaults_that_flags_override(tmp_path):
 def test_a_budget_that_is_not_whole_rollouts_warns_with_the_steps_made():
     with pytest.warns(UserWarning, match="PPO makes 256 env steps"):
         TrainConfig(ppo_timesteps=32)
+    from vlm_policy.training.baselines import baseline_steps
+
+    with pytest.warns(UserWarning, match="each baseline makes 512 env steps"):
+        assert baseline_steps(32) == 512
+    assert baseline_steps(1024) == 1024
 
 
 def test_the_top_level_help_answers_without_importing_torch():

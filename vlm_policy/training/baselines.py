@@ -3,6 +3,7 @@ legal-action masks, on ``action_mode="discrete"`` with the same env-step budget.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -23,14 +24,30 @@ class _ModelAgent:
         return int(action)
 
 
+#: Env steps of one rollout of either baseline (8 envs x 64 steps): SB3 trains whole rollouts.
+BASELINE_ROLLOUT = 8 * 64
+
+
+def baseline_steps(timesteps: int) -> int:
+    """The env steps each baseline makes for a budget of ``timesteps``: whole rollouts, with a warning when the
+    budget is not a whole number of them (SB3 finishes the rollout it is in)."""
+    made = -(-timesteps // BASELINE_ROLLOUT) * BASELINE_ROLLOUT
+    if made != timesteps:
+        warnings.warn(f"--timesteps {timesteps} is not a whole number of rollouts ({BASELINE_ROLLOUT} env steps: 8 envs "
+                      f"x 64 steps): each baseline makes {made} env steps", stacklevel=3)
+    return made
+
+
 def train_cnn_baselines(env_id: str, timesteps: int, eval_episodes: int, eval_seed: int, seed: int = 0,
                         image_size: int = 64, progress: bool = False) -> list[EvalResult]:
-    """Trains PPO(CnnPolicy) and MaskablePPO(CnnPolicy) for ``timesteps`` env steps each; evaluates both."""
+    """Trains PPO(CnnPolicy) and MaskablePPO(CnnPolicy) for ``timesteps`` env steps each (rounded up to whole
+    rollouts of :data:`BASELINE_ROLLOUT` env steps, with a warning); evaluates both."""
     from sb3_contrib import MaskablePPO
     from sb3_contrib.common.wrappers import ActionMasker
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
+    baseline_steps(timesteps)
     env_kwargs = {"action_mode": "discrete", "image_size": image_size}
     results = []
     plain = PPO("CnnPolicy", make_vec_env(env_id, n_envs=8, seed=seed, env_kwargs=env_kwargs), n_steps=64,

@@ -520,6 +520,8 @@ class Pipeline:
                     f"{self.config.eval_episodes} held-out episodes (seeds from {self.config.eval_seed})")
         self.say(f"\n{self.config.env_id}: {held_out}, greedy answers, {time.perf_counter() - start:.0f} s in all")
         self.say(format_table(TABLE_HEADER, [r.row() for r in rows]))
+        self.say(f"PPO made {model.num_timesteps * self.context.world_size} env steps "
+                 f"(--ppo-timesteps {self.config.ppo_timesteps}; it stops early at a check that wins every episode)")
         from vlm_policy.training.callbacks import BEST_AGENT_DIR, VALIDATION_RECORD, kept_best, read_validation
         from vlm_policy.training.plots import plot_episode_strip, plot_learning_curve
 
