@@ -50,7 +50,7 @@ TINY_CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TinyConfig:
-    """Sizes of the embedded model (about 4M parameters with the defaults)."""
+    """Sizes of the embedded model (3.3M parameters with the defaults)."""
 
     image_size: int = 64  # pixels of the square image the vision tower sees
     patch_size: int = 8  # -> 64 image tokens
