@@ -83,7 +83,7 @@ def plot_episode_strip(records: EpisodeRecord | Sequence[EpisodeRecord], out_pat
             axis.text(0.5, -0.04, caption, transform=axis.transAxes, ha="center", va="top", fontsize=7,
                       family="monospace")
         steps = len(record.answers)
-        shown = f", first {columns} of {steps} steps" if steps > columns else f", {steps} steps"
+        shown = f", first {columns} of {steps} steps" if steps > columns else f", {steps} step{'s' * (steps != 1)}"
         axes[row][0].set_ylabel(f"{'won' if record.success else 'not won'}{shown}", fontsize=10)
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
