@@ -532,3 +532,18 @@ def test_the_top_level_help_answers_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False"
     assert "usage: vlm-cards" in out and ":mod:" not in out and "``" not in out
+
+
+def test_the_log_tee_keeps_whole_lines_and_leaves_progress_bars_out(tmp_path, capsys):
+    from vlm_policy.training.run_record import LogTee
+
+    with LogTee(tmp_path / "train.log"):
+        print("SFT step 10: reach 40%")
+        print("half a ", end="")
+        print("line", flush=True)
+        print("\rSFT:  20%|██        | 30/150", end="")  # a bar's redraw: on the screen, not in the log
+        print("\x1b[2K 100% ━━━ 16/16")
+        print("last words", end="")
+    logged = [line.split(" ", 1)[1] for line in (tmp_path / "train.log").read_text().splitlines()]
+    assert logged == ["SFT step 10: reach 40%", "half a line", "last words"]
+    assert "30/150" in capsys.readouterr().out  # the screen still got everything

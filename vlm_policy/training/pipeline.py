@@ -22,9 +22,11 @@ per task type.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, fields
@@ -50,7 +52,7 @@ from vlm_policy.training.configs import (
     is_alfworld,
 )
 from vlm_policy.training.run_folder import FolderLock, RunRefused, remove_stale_partials
-from vlm_policy.training.run_record import TRAIN_LOG, run_record, write_run_record
+from vlm_policy.training.run_record import TRAIN_LOG, LogTee, run_record, write_run_record
 from vlm_policy.training.stages import StageRecords
 
 __all__ = ["Pipeline", "TrainConfig", "cosine_schedule", "latest_checkpoint"]
@@ -101,11 +103,12 @@ class Pipeline:
             disable_progress_bars()
 
     def say(self, text: str) -> None:
-        """Prints a line of the run's log and appends it to ``train.log`` in the run folder (rank 0 only)."""
+        """Prints a line of the run's log (rank 0 only); once the run's checks have passed, everything printed
+        also goes to ``train.log`` in the run folder (:class:`~vlm_policy.training.run_record.LogTee`)."""
         if not self.context.is_main:
             return
         print(text, flush=True)
-        if self.out.is_dir():
+        if not isinstance(sys.stdout, LogTee) and self.out.is_dir():  # a line before the log starts
             with (self.out / TRAIN_LOG).open("a") as log:
                 log.write(f"{time.strftime('%H:%M:%S')} {text}\n" if text.strip() else "\n")
 
@@ -444,8 +447,14 @@ class Pipeline:
     def _run_stages(self, resume: bool, overwrite: bool) -> list[EvalResult]:
         start = time.perf_counter()
         records = StageRecords(self.out, self.config)
-        c = self.config
         results = self.on_main(lambda: self._prepare(records, resume, overwrite))
+        # From here on the folder is this run's: what rank 0 prints goes to train.log too.
+        with LogTee(self.out / TRAIN_LOG) if self.context.is_main else contextlib.nullcontext():
+            return self._make_stages(records, results, resume, start)
+
+    def _make_stages(self, records: StageRecords, results: dict[str, EvalResult], resume: bool,
+                     start: float) -> list[EvalResult]:
+        c = self.config
         self.stage("demos", f"the oracle plays {c.demos} steps of {c.env_id} (kept when {self.out / 'demos'} has them)")
         demos = self.on_main(lambda: (records.begin("demos"), self.demonstrations())[1])
         budget = self.answer_budget(demos)

@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,51 @@ def write_run_record(folder: str | Path, record: dict[str, Any]) -> Path:
             earlier = [{"unreadable_record": path.read_text(errors="replace")}]
     atomic_write_text(path, json.dumps({**record, "earlier": earlier}, indent=2))
     return path
+
+
+class LogTee:
+    """While active (``with LogTee(path):``), what the process prints to standard output also goes, line by line
+    with the time of day, to ``path``: the stage headers and every message of the stages, SB3's callbacks
+    included. Progress bars are left out (they redraw with carriage returns or terminal control codes)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._stream = None
+        self._partial = ""
+        self._after_bar = False
+
+    def __enter__(self) -> LogTee:
+        self._stream = sys.stdout
+        sys.stdout = self
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._partial:
+            self._append([self._partial])
+            self._partial = ""
+        sys.stdout = self._stream
+
+    def write(self, text: str) -> int:
+        written = self._stream.write(text)
+        if "\r" in text or "\x1b" in text:  # a progress bar's redraw, not a line of the log
+            self._after_bar = True
+            return written
+        if self._after_bar and text.startswith("\n") and not self._partial:
+            text = text[1:]  # the end of the bar's line (print writes it apart)
+        self._after_bar = False
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        self._append(lines)
+        return written
+
+    def _append(self, lines: list[str]) -> None:
+        if lines:
+            stamp = time.strftime("%H:%M:%S")
+            with self.path.open("a") as log:
+                log.writelines(f"{stamp} {line}\n" if line.strip() else "\n" for line in lines)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding, ...: the real stream's
+        return getattr(self._stream, name)
