@@ -120,9 +120,9 @@ def lora_layers(model: nn.Module) -> list[nn.Module]:
     return [module for module in model.modules() if isinstance(module, LoraLayer)]
 
 
-def merge_refusal(model: nn.Module) -> str | None:
-    """Why the adapter of ``model`` cannot be merged exactly into its base weights (None: it can)."""
-    for layer in lora_layers(model):
+def merge_refusal(layers: Sequence[nn.Module]) -> str | None:
+    """Why these LoRA layers (:func:`lora_layers`) cannot be merged exactly into their base weights (None: they can)."""
+    for layer in layers:
         base = layer.get_base_layer()
         if not isinstance(base, nn.Linear) or not base.weight.is_floating_point():
             return (f"{type(base).__name__} base layers (a 4-bit or 8-bit base) cannot hold a merged adapter exactly; "
@@ -148,7 +148,7 @@ def lora_merged(model: nn.Module):
     if not layers:
         yield
         return
-    refusal = merge_refusal(model)
+    refusal = merge_refusal(layers)
     if refusal:
         raise ValueError(refusal)
     swapped: list[tuple[nn.Module, nn.Parameter]] = []

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vlm_policy.adapters import compute_autocast, lora_layers, lora_merged
+from vlm_policy.adapters import compute_autocast, lora_merged
 from vlm_policy.loading import VLMBundle
 from vlm_policy.logprobs import TokenMasks, banned_token_mask, process_logits, token_masks, weighted_sum
 from vlm_policy.prompting import answer_token_batch, build_inputs, forward_kwargs, with_answer
@@ -169,7 +169,7 @@ class TokenSequenceDistribution:
         inputs = build_inputs(self.bundle, list(images), list(prompts), device,
                               pad_to_multiple_of=PROMPT_LENGTH_MULTIPLE if self.compile_decoding else None)
         self.model.eval()
-        merged = lora_merged(self.model) if self.merge_adapter and lora_layers(self.model) else contextlib.nullcontext()
+        merged = lora_merged(self.model) if self.merge_adapter else contextlib.nullcontext()  # no adapter: no-op
         with neutral_generation_config(self.model, config), compute_autocast(device, self.compute_dtype), merged:
             output = self.model.generate(**inputs, generation_config=config,
                                          logits_processor=LogitsProcessorList([_OurDistribution()]))

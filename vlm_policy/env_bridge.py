@@ -19,7 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 from gym_vlm_cards.registration import importable_id
-from vlm_policy.logprobs import answer_ids
+from vlm_policy.logprobs import answer_text
 
 PROMPT_STYLES = ("cot", "action_only")
 DEFAULT_MAX_PROMPT_BYTES = 4096
@@ -200,8 +200,7 @@ class TokenActionWrapper(gym.Wrapper):
         tokens = np.asarray(action).reshape(-1)
         if tokens.shape[0] != self.max_new_tokens:
             raise ValueError(f"expected {self.max_new_tokens} token ids, got {tokens.shape[0]}")
-        ids = answer_ids(np.rint(tokens).astype(np.int64).tolist(), self.end_ids)
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return answer_text(self.tokenizer, np.rint(tokens).astype(np.int64).tolist(), self.end_ids)
 
     def reset(self, **kwargs: Any):
         image, info = self.env.reset(**kwargs)

@@ -204,10 +204,9 @@ def check_model_source(source: str) -> str:
         ) from None
 
 
-def _processor_for(path: str, family: str, model_type: str | None = None):
-    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+def _processor_for(path: str, family: str, model_type: str):
+    from transformers import AutoProcessor, AutoTokenizer
 
-    model_type = model_type or AutoConfig.from_pretrained(path, local_files_only=True).model_type
     # The stock Qwen and SmolVLM processors build a video processor, which needs torchvision (that
     # breaks the CPU torch build used here); images need none, so these are built without one.
     if family == "qwen2_vl":

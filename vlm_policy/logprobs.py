@@ -81,6 +81,11 @@ def answer_ids(tokens: Sequence[int], end_ids: Sequence[int]) -> list[int]:
     return ids
 
 
+def answer_text(tokenizer, tokens: Sequence[int], end_ids: Sequence[int]) -> str:
+    """The text of an answer's token ids, up to the first end token (what the env receives as the action)."""
+    return tokenizer.decode(answer_ids(tokens, end_ids), skip_special_tokens=True)
+
+
 def first_action_token(tokenizer, ids: Sequence[int]) -> int:
     """Index of the token holding the first character of the "action" key (len(ids) if none).
 

@@ -341,17 +341,14 @@ class VLMPolicy(ActorCriticPolicy):
         policy's temperature. The images are H x W x 3 uint8 arrays, best rendered at the size the policy was
         trained on (the env's ``image_size``), which is what the model learned to read.
         """
-        from vlm_policy.env_bridge import answer_ids
+        from vlm_policy.logprobs import answer_text
 
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         arrays = [np.asarray(image, dtype=np.uint8) for image in images]
         if any(a.ndim != 3 or a.shape[-1] != 3 for a in arrays):
             raise ValueError("answer() takes RGB images shaped (H, W, 3)")
         self.set_training_mode(False)
         tokens = self.answer_distribution.generate(arrays, list(prompts), self.device, deterministic)
-        tokenizer = self.bundle.tokenizer
-        return [tokenizer.decode(answer_ids(row, self.end_ids), skip_special_tokens=True) for row in tokens.tolist()]
+        return [answer_text(self.bundle.tokenizer, row, self.end_ids) for row in tokens.tolist()]
 
     def extract_features(self, obs, features_extractor=None):  # pragma: no cover - SB3 hook, unused here
         raise NotImplementedError("VLMPolicy reads images and prompts directly; it has no feature extractor")

@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 from gym_vlm_cards.evaluate import EvalResult, run_episodes
+from vlm_policy.training.configs import whole_rollouts
 
 
 class _ModelAgent:
@@ -31,7 +32,7 @@ BASELINE_ROLLOUT = 8 * 64
 def baseline_steps(timesteps: int) -> int:
     """The env steps each baseline makes for a budget of ``timesteps``: whole rollouts, with a warning when the
     budget is not a whole number of them (SB3 finishes the rollout it is in)."""
-    made = -(-timesteps // BASELINE_ROLLOUT) * BASELINE_ROLLOUT
+    made = whole_rollouts(timesteps, BASELINE_ROLLOUT)
     if made != timesteps:
         warnings.warn(f"--timesteps {timesteps} is not a whole number of rollouts ({BASELINE_ROLLOUT} env steps: 8 envs "
                       f"x 64 steps): each baseline makes {made} env steps", stacklevel=3)

@@ -208,6 +208,11 @@ class SFTConfig:
         return self.vision_warmup_steps
 
 
+def whole_rollouts(budget: int, rollout: int) -> int:
+    """The env steps SB3 makes for a budget of ``budget``: it finishes the rollout of ``rollout`` steps it is in."""
+    return -(-budget // rollout) * rollout
+
+
 @dataclass
 class PPOConfig:
     """PPO through SB3 (the paper's values where they carry over; the learning rate is the tiny model's)."""
@@ -270,8 +275,8 @@ class PPOConfig:
         if self.batch_size > rollout:
             raise ValueError(f"--batch-size {self.batch_size} is larger than a rollout "
                              f"(--n-envs x --n-steps = {rollout})")
-        if self.ppo_timesteps % rollout:
-            made = -(-self.ppo_timesteps // rollout) * rollout
+        made = whole_rollouts(self.ppo_timesteps, rollout)
+        if made != self.ppo_timesteps:
             warnings.warn(f"--ppo-timesteps {self.ppo_timesteps} is not a whole number of rollouts (--n-envs x --n-steps "
                           f"= {rollout} env steps each): PPO makes {made} env steps", stacklevel=1)
 

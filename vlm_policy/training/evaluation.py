@@ -107,9 +107,7 @@ def evaluate_vlm(
         raise ValueError("end_loops needs greedy answers: a sampled answer can leave a state met before")
     envs = [make_env() for _ in range(min(parallel, episodes))]
     # Episodes recorded step by step: the first (record_first), or the first few to find a won and a lost one.
-    recorded = 1 if record_first else 0
-    if examples is not None:
-        recorded = EXAMPLE_CANDIDATES
+    recorded = EXAMPLE_CANDIDATES if examples is not None else int(record_first)
     records = {index: EpisodeRecord() for index in range(min(recorded, episodes))}
     seen: dict[int, set] = {}  # each episode's states so far (with end_loops)
 

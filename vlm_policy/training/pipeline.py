@@ -52,7 +52,7 @@ from vlm_policy.training.configs import (
     is_alfworld,
 )
 from vlm_policy.training.run_folder import FolderLock, RunRefused, remove_stale_partials
-from vlm_policy.training.run_record import TRAIN_LOG, LogTee, run_record, write_run_record
+from vlm_policy.training.run_record import TRAIN_LOG, LogTee, append_log_lines, run_record, write_run_record
 from vlm_policy.training.stages import StageRecords
 
 __all__ = ["Pipeline", "TrainConfig", "cosine_schedule", "latest_checkpoint"]
@@ -109,8 +109,7 @@ class Pipeline:
             return
         print(text, flush=True)
         if not isinstance(sys.stdout, LogTee) and self.out.is_dir():  # a line before the log starts
-            with (self.out / TRAIN_LOG).open("a") as log:
-                log.write(f"{time.strftime('%H:%M:%S')} {text}\n" if text.strip() else "\n")
+            append_log_lines(self.out / TRAIN_LOG, text.split("\n"))
 
     def stage(self, name: str, what: str) -> None:
         """The header line of a stage: its name and what it will do."""
@@ -498,6 +497,7 @@ class Pipeline:
         records.begin("after SFT")
         results["after SFT"] = self.evaluate_checkpoint(sft_dir, budget, "after SFT")
         self._save_results(results)
+        self._log_evaluation(results["after SFT"], 0)
         return results["after SFT"]
 
     def evaluate_checkpoint(self, sft_dir: str, budget: int, name: str = "after SFT") -> EvalResult:
@@ -523,6 +523,7 @@ class Pipeline:
             records.begin("after PPO")
             results["after PPO"], record = self.evaluate(model.policy, sft_dir, budget, "after PPO", record=True)
             self._save_results(results)
+            self._log_evaluation(results["after PPO"], 1)
         rows = [results["after SFT"], results["after PPO"]]
         held_out = (f"the first {self.config.eval_episodes} games of {' and '.join(self.config.eval_splits)}"
                     if is_alfworld(self.config.env_id) else
@@ -586,14 +587,14 @@ class Pipeline:
 
     def _save_results(self, results: dict[str, EvalResult]) -> None:
         atomic_write_text(self.out / "results.json", json.dumps({k: asdict(v) for k, v in results.items()}, indent=2))
+
+    def _log_evaluation(self, result: EvalResult, step: int) -> None:
+        """A held-out evaluation in TensorBoard too, when it is made: step 0 the SFT model, step 1 the PPO agent."""
         from torch.utils.tensorboard import SummaryWriter
 
-        # Both held-out evaluations in TensorBoard too: step 0 is the SFT model, step 1 the PPO agent.
         with SummaryWriter(str(self.out / "tb" / "evaluation")) as writer:
-            for step, name in enumerate(("after SFT", "after PPO")):
-                if name in results:
-                    for key in ("success_rate", "mean_return", "invalid_rate"):
-                        writer.add_scalar(f"evaluation/{key}", getattr(results[name], key), step)
+            for key in ("success_rate", "mean_return", "invalid_rate"):
+                writer.add_scalar(f"evaluation/{key}", getattr(result, key), step)
 
 
 def _pooled(name: str, results: list[EvalResult]) -> EvalResult:

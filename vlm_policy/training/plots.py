@@ -60,12 +60,11 @@ def plot_learning_curve(curve_path: str | Path, out_path: str | Path, sft_succes
     return Path(out_path)
 
 
-def plot_episode_strip(records: EpisodeRecord | Sequence[EpisodeRecord], out_path: str | Path, title: str = "",
+def plot_episode_strip(records: Sequence[EpisodeRecord], out_path: str | Path, title: str = "",
                        max_frames: int = 12) -> Path:
     """Episodes step by step, one row each (the pipeline shows a won and a lost one): every frame the agent saw,
     enlarged with its pixels kept sharp, and the answer it wrote under it, wrapped (at most ``max_frames`` steps
     a row; a longer episode's row says how many steps it had)."""
-    records = [records] if isinstance(records, EpisodeRecord) else list(records)
     columns = max(1, min(max_frames, max(len(r.answers) for r in records)))
     figure, axes = plt.subplots(len(records), columns, figsize=(max(2.6 * columns, 6.0), 4.4 * len(records)),
                                 dpi=110, squeeze=False)

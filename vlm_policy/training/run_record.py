@@ -91,6 +91,14 @@ def write_run_record(folder: str | Path, record: dict[str, Any]) -> Path:
     return path
 
 
+def append_log_lines(path: str | Path, lines: list[str]) -> None:
+    """Appends ``lines`` to the log at ``path``, each after the time of day (blank lines stay blank)."""
+    if lines:
+        stamp = time.strftime("%H:%M:%S")
+        with Path(path).open("a") as log:
+            log.writelines(f"{stamp} {line}\n" if line.strip() else "\n" for line in lines)
+
+
 class LogTee:
     """While active (``with LogTee(path):``), what the process prints to standard output also goes, line by line
     with the time of day, to ``path``: the stage headers and every message of the stages, SB3's callbacks
@@ -127,10 +135,7 @@ class LogTee:
         return written
 
     def _append(self, lines: list[str]) -> None:
-        if lines:
-            stamp = time.strftime("%H:%M:%S")
-            with self.path.open("a") as log:
-                log.writelines(f"{stamp} {line}\n" if line.strip() else "\n" for line in lines)
+        append_log_lines(self.path, lines)
 
     def flush(self) -> None:
         self._stream.flush()
