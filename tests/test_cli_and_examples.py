@@ -78,10 +78,10 @@ def test_every_vlm_cards_command_prints_its_help(command, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["demos", "--out", "x", "--n", "-5"], "--n must be > 0"),
     (["eval", "--episodes", "-3"], "--episodes must be > 0"),
-    (["eval", "--batch", "0"], "--batch must be > 0 (or -1 for the default)"),
-    (["train", "--eval-batch", "0"], "--eval-batch must be > 0 (or -1 for the default)"),
-    (["sft", "--demos", "d", "--out", "o", "--sft-steps", "-5"], "--sft-steps must be > 0"),
-    (["sft", "--demos", "d", "--out", "o", "--sft-batch-size", "0"], "--sft-batch-size must be > 0"),
+    (["eval", "--batch", "0"], "--batch must be > 0 (or auto)"),
+    (["train", "--eval-batch", "0"], "--eval-batch must be > 0 (or auto)"),
+    (["sft", "--data", "d", "--out", "o", "--sft-steps", "-5"], "--sft-steps must be > 0"),
+    (["sft", "--data", "d", "--out", "o", "--sft-batch-size", "0"], "--sft-batch-size must be > 0"),
     (["train", "--n-envs", "0"], "--n-envs must be > 0"),
     (["train", "--gamma", "1.5"], "--gamma must be between 0 and 1"),
     (["train", "--batch-size", "512"], "larger than a rollout"),
@@ -161,6 +161,17 @@ def test_play_needs_a_model(capsys):
     assert "--model is needed" in capsys.readouterr().err
 
 
+def test_the_readme_quick_start_is_examples_quickstart():
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    readme = root.joinpath("README.md").read_text()
+    block = readme.split("## Fine-tuning a VLM with PPO", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    script = {line.strip() for line in root.joinpath("examples", "quickstart.py").read_text().splitlines()}
+    code = [line.strip() for line in block.splitlines() if line.strip() and not line.startswith("config = ")]
+    assert len(code) > 15 and [line for line in code if line not in script] == []
+
+
 @pytest.mark.slow
 def test_the_python_quickstart_runs_every_stage_with_tiny_settings(tmp_path, capsys):
     quickstart = load_script("examples/quickstart.py")
@@ -171,3 +182,4 @@ def test_the_python_quickstart_runs_every_stage_with_tiny_settings(tmp_path, cap
     assert before.episodes == after.episodes == 3
     assert "success after SFT" in capsys.readouterr().out
     assert (tmp_path / "run" / "sft").is_dir() and (tmp_path / "run" / "validation.jsonl").is_file()
+    assert (tmp_path / "run" / "agent.zip").is_file()

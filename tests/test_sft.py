@@ -192,3 +192,21 @@ def test_sft_checks_leave_training_exactly_as_without_them(tmp_path):
     checked_weights, plain = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("checked", "plain"))
     for key in plain:
         torch.testing.assert_close(checked_weights[key], plain[key], rtol=0, atol=0)
+
+
+def test_train_sft_is_run_sft_with_settings_by_name(tmp_path):
+    from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig
+    from vlm_policy.training.demos import read_demonstrations, write_demonstrations
+    from vlm_policy.training.sft import run_sft, train_sft
+
+    write_demonstrations("gym_cards/NumberLine-v0", 8, tmp_path / "demos", env_kwargs={"image_size": 64})
+    out = train_sft(tmp_path / "demos", tmp_path / "by_name", model="tiny", progress=False, device="cpu",
+                    sft_steps=2, sft_batch_size=4, vision_warmup_steps=1, micro_batch_size=2)
+    assert out == tmp_path / "by_name"
+    run_sft(read_demonstrations(tmp_path / "demos"), tmp_path / "groups",
+            sft=SFTConfig(sft_steps=2, sft_batch_size=4, vision_warmup_steps=1),
+            model=ModelConfig(micro_batch_size=2), common=CommonConfig(progress=False, device="cpu"))
+    for name in ("model.safetensors", "training.json"):
+        assert (tmp_path / "by_name" / name).read_bytes() == (tmp_path / "groups" / name).read_bytes()
+    with pytest.raises(TypeError, match="no setting sft_stop_reach"):
+        train_sft(tmp_path / "demos", tmp_path / "x", sft_steps=2, sft_stop_reach=0.5)

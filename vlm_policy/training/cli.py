@@ -5,7 +5,7 @@
     vlm-cards eval --model runs/numberline/sft --env gym_cards/NumberLine-v0 --episodes 200 --seed 100000
     vlm-cards play --model runs/numberline/ppo/final.zip --env gym_cards/NumberLine-v0 --record play.gif
     vlm-cards demos --env gym_cards/EZPoints-v0 --n 1000 --out demos/ezpoints
-    vlm-cards sft --demos demos/ezpoints --out checkpoints/ezpoints-sft
+    vlm-cards sft --data demos/ezpoints --out checkpoints/ezpoints-sft
     vlm-cards baseline --env gym_cards/NumberLine-v0 --timesteps 20000
 
 ALFWorld takes the data folder and a split (``$ALFWORLD_DATA`` and ``train`` when not given):
@@ -34,14 +34,16 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import ClassVar, Literal
 
 from gym_vlm_cards.evaluate import TABLE_HEADER, evaluate_agents, format_table
 from gym_vlm_cards.registration import resolve_env_id
 from vlm_policy.training.configs import (
     SFT_GROUPS,
     TRAIN_GROUPS,
+    SFTConfig,
     TrainConfig,
+    auto_to_rules,
     check_device,
     check_eval_batch,
     env_kwargs_for,
@@ -65,23 +67,25 @@ class ResumeOption:
 class SFTPaths:
     """Where SFT reads and writes."""
 
-    demos: str = field(metadata={"help": "directory or JSONL written by `vlm-cards demos`"})
+    data: str = field(metadata={"help": "the demonstrations: a directory or JSONL written by `vlm-cards demos`"})
     out: str = field(metadata={"help": "checkpoint directory to write"})
 
 
 @dataclass
 class EvalOptions:
+    auto_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "batch"})
+
     model: str = field(default="", metadata={"help": "SFT checkpoint directory, 'tiny', or a PPO agent .zip"})
     env: str = field(default="gym_cards/NumberLine-v0", metadata={"help": "task"})
     episodes: int = field(default=200, metadata={"help": "episodes, seeds --seed onwards"})
     seed: int = field(default=100_000, metadata={"help": "first episode's seed"})
     max_new_tokens: int = field(default=0, metadata={
-        "help": "longest answer for a checkpoint (0: enough for the task oracle's answers); an agent .zip uses its own"})
+        "help": "longest answer for a checkpoint (auto: enough for the task oracle's answers); an agent .zip uses its own"})
     prompt_style: Literal["cot", "action_only"] = field(default="cot", metadata={"help": "prompt with or without thoughts"})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu' or 'cuda'"})
     batch: int = field(default=-1, metadata={
         "help": "episodes played at once, one batched generate per step (lower it if a large model runs out of memory; "
-                "-1: 64 for the card tasks, 8 for ALFWorld)"})
+                "auto: 64 for the card tasks, 8 for ALFWorld)"})
     data_root: str = field(default="", metadata={"help": "ALFWorld: the data folder (empty: $ALFWORLD_DATA)"})
     split: str = field(default="", metadata={
         "help": "ALFWorld: the split whose first --episodes games are played once each, task types in turn "
@@ -90,6 +94,7 @@ class EvalOptions:
         "help": "play an agent .zip on another task than the one it was trained on (refused otherwise)"})
 
     def __post_init__(self) -> None:
+        auto_to_rules(self)
         self.env = resolve_env_id(self.env)
         check_device(self.device)
         if self.episodes < 1 or self.seed < 0:
@@ -110,6 +115,7 @@ class PlayOptions(EvalOptions):
     """Which agent plays which task, and where the GIF goes."""
 
     episodes: int = field(default=3, metadata={"help": "episodes, seeds --seed onwards"})
+    batch: int = field(default=1, init=False)  # one episode at a time, shown step by step
     record: str = field(default="", metadata={"help": "also write every step as a GIF here (e.g. play.gif)"})
 
     def __post_init__(self) -> None:
@@ -163,11 +169,19 @@ COMMANDS = {
     "demos": ((DemosOptions,), "write oracle demonstrations as chat-messages JSONL + PNGs"),
     "baseline": ((BaselineOptions,), "CNN + PPO and CNN + MaskablePPO on the discrete action space"),
 }
+#: Settings a command's groups hold that it does not take: `sft` has no validation episodes to stop on.
+NOT_TAKEN = {"sft": SFTConfig.validation_settings}
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def taken(command: str, group: type) -> list[str]:
+    """The settings of ``group`` that ``command`` reads (from the command line or a ``--config`` file)."""
+    return [item.name for item in fields(group) if item.init and item.name not in NOT_TAKEN.get(command, ())]
+
+
+def build_parser(command: str | None = None, show_all: bool = False) -> argparse.ArgumentParser:
     """The ``vlm-cards`` parser; with ``command`` only that subcommand gets its options (the others, listed for
-    the top-level help, stay empty), so that ``vlm-cards --help`` answers without importing transformers."""
+    the top-level help, stay empty), so that ``vlm-cards --help`` answers without importing transformers.
+    ``show_all`` puts the advanced settings in the help too. ``parser.subcommands`` maps names to subparsers."""
     parser = argparse.ArgumentParser(prog="vlm-cards", description=_plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
@@ -175,11 +189,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if command is None or name == command:
+            if any(_advanced(group) for group in groups):
+                sub.add_argument("--help-all", action="store_true", help=HELP_ALL)
             sub.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-            _add_options(sub, groups)
+            _add_options(sub, groups, show_all, NOT_TAKEN.get(name, frozenset()))
+    parser.subcommands = commands.choices
     return parser
 
 
+HELP_ALL = "show this help with the advanced settings too"
 CONFIG_HELP = ("settings from a JSON or YAML file, keys as in a run's config.json (env_id: ..., ppo_timesteps: ...); "
                "options given on the command line override it")
 
@@ -208,7 +226,8 @@ def read_config_file(path: str, known: set[str]) -> dict:
     return values
 
 
-def _add_options(sub: argparse.ArgumentParser, groups) -> None:
+def _add_options(sub: argparse.ArgumentParser, groups, show_all: bool = False,
+                 leave_out: frozenset[str] = frozenset()) -> None:
     from transformers import HfArgumentParser
 
     # HfArgumentParser adds one option per dataclass field (help from its metadata, bools as
@@ -217,11 +236,34 @@ def _add_options(sub: argparse.ArgumentParser, groups) -> None:
     for group in groups:
         section = sub.add_argument_group(_group_title(group))
         for action in HfArgumentParser(group, add_help=False)._actions:
+            if action.dest in leave_out:
+                continue
             # The usage line and help show the first spelling: a short alias (--env), else the dashed one.
             action.option_strings.sort(key=lambda spelling: (len(spelling) > 2 and "_" in spelling, len(spelling)))
+            if action.dest in getattr(group, "auto_settings", ()):
+                _take_auto(action)
             if isinstance(action, argparse._StoreFalseAction):  # --no-x shares --x's help: say it turns x off
                 action.help = f"turn off: {action.help}"
+            elif action.default is True and action.type is not None:
+                action.help = argparse.SUPPRESS  # --x of a setting on by default: --no-x is the one to show
+            if action.dest in _advanced(group) and not show_all:
+                action.help = argparse.SUPPRESS  # still read from the command line and --config files
             section._add_action(action)
+
+
+def _advanced(group: type) -> frozenset[str]:
+    return getattr(group, "advanced_settings", frozenset())
+
+
+def _take_auto(action: argparse.Action) -> None:
+    """Lets an option whose default is a rule read the word ``auto`` for it (also from ``--config`` files)."""
+    sentinel, read = action.default, action.type
+
+    def auto_or_value(text: str):
+        return sentinel if text == "auto" else read(text)
+
+    auto_or_value.__name__ = getattr(read, "__name__", "value")  # argparse names the type in its errors
+    action.type, action.default = auto_or_value, "auto"
 
 
 def cli_reference() -> str:
@@ -229,16 +271,21 @@ def cli_reference() -> str:
     (``python -m vlm_policy.training.cli_reference > docs/cli.md`` rewrites it; a test keeps it in sync)."""
     lines = ["# The `vlm-cards` command line", "",
              "Generated from the option dataclasses (`python -m vlm_policy.training.cli_reference > docs/cli.md`); "
-             "every command also takes `--config FILE`: " + CONFIG_HELP + ".", ""]
-    parser = build_parser()
-    for name, sub in parser._subparsers._group_actions[0].choices.items():
+             "every command also takes `--config FILE`: " + CONFIG_HELP + ". Settings marked (advanced) are left "
+             "out of `--help` (`--help-all` shows them) and are set the same way.", ""]
+    parser = build_parser(show_all=True)
+    for name, sub in parser.subcommands.items():
         lines += [f"## `vlm-cards {name}`", "", COMMANDS[name][1], ""]
+        advanced = set().union(*map(_advanced, COMMANDS[name][0]))
         for group in sub._action_groups[2:]:
             lines += [f"**{group.title}**", "", "| option | default | what it does |", "|---|---|---|"]
             for action in group._group_actions:
+                if action.help == argparse.SUPPRESS:
+                    continue  # --x of a setting that is on by default (its --no-x is listed)
                 default = "" if action.default in (None, argparse.SUPPRESS) else f"`{action.default!r}`"
                 spelling = " / ".join(f"`{s}`" for s in action.option_strings[:2] if "_" not in s[2:])
-                lines.append(f"| {spelling} | {default} | {(action.help or '').replace('|', '/')} |")
+                mark = " (advanced)" if action.dest in advanced else ""
+                lines.append(f"| {spelling}{mark} | {default} | {(action.help or '').replace('|', '/')} |")
             lines.append("")
     return "\n".join(lines)
 
@@ -258,25 +305,27 @@ def _group_title(group: type) -> str:
 def parse(argv: Sequence[str] | None = None) -> tuple[str, list]:
     """The command and its config groups, validated (a bad value exits with its message)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(next((word for word in argv if not word.startswith("-")), ""))
+    show_all = "--help-all" in argv
+    if show_all:
+        argv[argv.index("--help-all")] = "--help"
+    parser = build_parser(next((word for word in argv if not word.startswith("-")), ""), show_all)
     args = parser.parse_args(argv)
     groups, _ = COMMANDS[args.command]
     try:
         if args.config:
             # The file's values become the defaults, then the command line is read again over them.
-            known = {item.name for group in groups for item in fields(group) if item.init}
+            known = {name for group in groups for name in taken(args.command, group)}
             values = read_config_file(args.config, known)
-            subcommand = parser._subparsers._group_actions[0].choices[args.command]
-            subcommand.set_defaults(**values)
+            parser.subcommands[args.command].set_defaults(**values)
             args = parser.parse_args(argv)
-        return args.command, _into_groups(groups, args)
+        return args.command, _into_groups(args.command, groups, args)
     except (ValueError, OSError) as error:
         parser.error(str(error))
 
 
-def _into_groups(groups, args: argparse.Namespace) -> list:
+def _into_groups(command: str, groups, args: argparse.Namespace) -> list:
     """One dataclass per group, from the parsed options (each group's __post_init__ validates it)."""
-    return [group(**{item.name: getattr(args, item.name) for item in fields(group) if item.init}) for group in groups]
+    return [group(**{name: getattr(args, name) for name in taken(command, group)}) for group in groups]
 
 
 def _train(groups: list) -> int:
@@ -301,7 +350,7 @@ def _sft(groups: list) -> int:
     from vlm_policy.training.sft import run_sft
 
     common, model, sft, paths = groups
-    out = run_sft(read_demonstrations(paths.demos), paths.out, sft=sft, model=model, common=common)
+    out = run_sft(read_demonstrations(paths.data), paths.out, sft=sft, model=model, common=common)
     from vlm_policy.distributed import current
 
     if current().is_main:

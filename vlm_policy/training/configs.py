@@ -5,14 +5,18 @@ Each setting is named once, with one default, whichever command reads it: ``vlm-
 :class:`PPOConfig`; ``vlm-cards sft`` the common, model and SFT groups. Values are checked in
 ``__post_init__`` with a message that names the flag. The defaults are the embedded tiny model's on
 the CPU (how they were chosen: ``docs/results.md``); the paper's 7B settings are in ``examples/``.
+
+A group's ``advanced_settings`` are left out of ``--help`` (``--help-all`` and docs/cli.md show them) and
+are set the same way as the others, on the command line or in a ``--config`` file. Its ``auto_settings``
+have a rule for a default (stated in the help) and take the word ``auto`` for it.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, ClassVar, Literal
 
 from gym_vlm_cards.registration import FALLBACK_STEP_LIMIT, registered_step_limit, resolve_env_id
 from vlm_policy import defaults
@@ -88,6 +92,13 @@ def _check(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str,
             raise ValueError(f"{_flag(name)} must be between 0 and 1, got {value}")
 
 
+def auto_to_rules(config: Any) -> None:
+    """Replaces the word ``auto`` in ``config``'s ``auto_settings`` by the field's default, which stands for the rule."""
+    for item in fields(config):
+        if item.name in getattr(config, "auto_settings", ()) and getattr(config, item.name) == "auto":
+            setattr(config, item.name, item.default)
+
+
 def check_device(device: str, flag: str = "--device") -> None:
     """'auto', 'cpu', 'cuda' or 'cuda:N', else a ValueError naming ``flag``."""
     kind, _, index = device.partition(":")
@@ -105,7 +116,7 @@ def eval_batch_for(env_id: str, eval_batch: int) -> int:
 
 def check_eval_batch(eval_batch: int, flag: str) -> None:
     if eval_batch < 1 and eval_batch != -1:
-        raise ValueError(f"{flag} must be > 0 (or -1 for the default), got {eval_batch}")
+        raise ValueError(f"{flag} must be > 0 (or auto), got {eval_batch}")
 
 
 @dataclass
@@ -127,6 +138,9 @@ class CommonConfig:
 @dataclass
 class ModelConfig:
     """Which model, in which precision, and how its activations are kept."""
+
+    #: Left out of ``--help`` (see the module's docstring).
+    advanced_settings: ClassVar[frozenset[str]] = frozenset({"gradient_checkpointing"})
 
     model: str = field(default=TINY, metadata=_help("'tiny' (the embedded model) or a checkpoint path / cache id"))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata=_help(
@@ -157,20 +171,29 @@ class ModelConfig:
 class SFTConfig:
     """Supervised fine-tuning on the demonstrations (and the tiny model's vision warm-up)."""
 
+    #: Left out of ``--help`` (see the module's docstring).
+    advanced_settings: ClassVar[frozenset[str]] = frozenset({
+        "sft_batch_size", "sft_lora_r", "vision_warmup_steps", "sft_stop_success", "sft_check_every",
+        "sft_check_episodes"})
+    #: Defaults that are rules, written ``auto`` (see the module's docstring).
+    auto_settings: ClassVar[frozenset[str]] = frozenset({
+        "sft_learning_rate", "sft_lora_r", "vision_warmup_steps", "sft_stop_reach"})
+    #: The stop checks' settings: they play validation episodes, which only the main job has.
+    validation_settings: ClassVar[frozenset[str]] = frozenset({
+        "sft_stop_success", "sft_stop_reach", "sft_check_every", "sft_check_episodes"})
+
     sft_steps: int = field(default=150, metadata=_help("SFT optimizer steps"))
     sft_batch_size: int = field(default=16, metadata=_help("examples per SFT step"))
     sft_learning_rate: float | None = field(default=None, metadata=_help(
-        "SFT learning rate, cosine decay to a tenth (None: 1e-3 for the tiny model, 2e-5 for a checkpoint)"))
+        "SFT learning rate, cosine decay to a tenth (auto: 1e-3 for the tiny model, 2e-5 for a checkpoint)"))
     sft_lora_r: int | None = field(default=None, metadata=_help(
-        f"SFT LoRA rank, 0 for every weight (None: 0 for the tiny model, {defaults.CHECKPOINT_LORA_RANK} for a checkpoint)"))
-    sft_train_vision: bool = field(default=False, metadata=_help(
-        "let SFT update the vision tower (after the warm-up it is kept, so SFT cannot collapse it)"))
+        f"SFT LoRA rank, 0 for every weight (auto: 0 for the tiny model, {defaults.CHECKPOINT_LORA_RANK} for a checkpoint)"))
     vision_warmup_steps: int = field(default=-1, metadata=_help(
-        "steps teaching a random vision tower the demos' states before SFT (-1: 150 tiny, 0 checkpoints)"))
+        "steps teaching a random vision tower the demos' states before SFT (auto: 150 tiny, 0 checkpoints)"))
     sft_stop_success: float = field(default=0.0, metadata=_help(
         "stop SFT once greedy answers win this share of the validation episodes (0: never)"))
     sft_stop_reach: float = field(default=-1.0, metadata=_help(
-        "stop SFT once the oracle's answer is within sampling's reach on this share of frames (-1: auto)"))
+        "stop SFT once the oracle's answer is within sampling's reach on this share of frames (auto: 0.7, off on ALFWorld)"))
     sft_check_every: int = field(default=10, metadata=_help("SFT steps between two stop checks"))
     sft_check_episodes: int = field(default=64, metadata=_help(
         "validation episodes per SFT stop check (seeds from 200,000)"))
@@ -179,13 +202,14 @@ class SFTConfig:
         self.validate_sft()
 
     def validate_sft(self) -> None:
+        auto_to_rules(self)
         _check(self, positive=("sft_steps", "sft_batch_size", "sft_learning_rate", "sft_check_every",
                                "sft_check_episodes"),
                non_negative=("sft_lora_r",), unit_interval=("sft_stop_success",))
         if self.sft_stop_reach != -1 and not 0 <= self.sft_stop_reach <= 1:
-            raise ValueError(f"--sft-stop-reach must be between 0 and 1 (or -1 for the default), got {self.sft_stop_reach}")
+            raise ValueError(f"--sft-stop-reach must be between 0 and 1 (or auto), got {self.sft_stop_reach}")
         if self.vision_warmup_steps < -1:
-            raise ValueError(f"--vision-warmup-steps must be >= 0 (or -1 for the default), got {self.vision_warmup_steps}")
+            raise ValueError(f"--vision-warmup-steps must be >= 0 (or auto), got {self.vision_warmup_steps}")
 
     def stop_reach(self) -> float:
         """``--sft-stop-reach`` with its default (-1) resolved: off here, as SFT alone has no validation episodes
@@ -217,6 +241,15 @@ def whole_rollouts(budget: int, rollout: int) -> int:
 class PPOConfig:
     """PPO through SB3 (the paper's values where they carry over; the learning rate is the tiny model's)."""
 
+    #: Left out of ``--help`` (see the module's docstring).
+    advanced_settings: ClassVar[frozenset[str]] = frozenset({
+        "learning_rate_end", "clip_range", "target_kl", "gamma", "gae_lambda", "max_grad_norm", "ent_coef",
+        "vf_coef", "value_lr_scale", "value_gradients_to_model", "ppo_check_every", "ppo_check_episodes",
+        "ppo_keep_best", "keep_checkpoints"})
+    #: Defaults that are rules, written ``auto`` (see the module's docstring).
+    auto_settings: ClassVar[frozenset[str]] = frozenset({
+        "learning_rate", "learning_rate_end", "lora_r", "ppo_check_every"})
+
     ppo_timesteps: int = field(default=8192, metadata=_help(
         "env steps of PPO at the most: --ppo-stop-success usually ends it earlier (paper: 15,000)"))
     n_envs: int = field(default=8, metadata=_help("parallel envs (one batched generate per step)"))
@@ -225,11 +258,12 @@ class PPOConfig:
     n_epochs: int = field(default=4, metadata=_help(
         "PPO epochs per update, at most: --target-kl stops an update earlier (paper: 4)"))
     learning_rate: float | None = field(default=None, metadata=_help(
-        "PPO learning rate at the start (None: 2.5e-5 for the tiny model, 1e-5 for a checkpoint)"))
+        "PPO learning rate at the start (auto: 2.5e-5 for the tiny model, 1e-5 for a checkpoint)"))
     learning_rate_end: float | None = field(default=None, metadata=_help(
-        "final learning rate of a cosine from --learning-rate (None: constant at --learning-rate)"))
+        "final learning rate of a cosine from --learning-rate (auto: constant at --learning-rate)"))
     clip_range: float = field(default=0.2, metadata=_help("PPO clip (paper: 0.1)"))
-    target_kl: float = field(default=0.1, metadata=_help("stop an update's epochs past this approx KL (0: never)"))
+    target_kl: float = field(default=0.1, metadata=_help(
+        "stop an update's epochs past this approx KL (0: never)"))
     gamma: float = field(default=0.9, metadata=_help("discount (paper: 0.9)"))
     gae_lambda: float = field(default=0.95, metadata=_help("GAE lambda (paper: 0.95)"))
     max_grad_norm: float = field(default=0.5, metadata=_help("gradient clip (paper: 0.01 for 7B)"))
@@ -238,15 +272,16 @@ class PPOConfig:
     temperature: float = field(default=defaults.TEMPERATURE, metadata=_help("sampling temperature during PPO (paper: 0.2)"))
     cot_weight: float = field(default=defaults.COT_WEIGHT, metadata=_help("lambda: weight of the thought tokens' log-prob"))
     lora_r: int | None = field(default=None, metadata=_help(
-        f"PPO LoRA rank, 0 for every weight (None: 0 for the tiny model, {defaults.CHECKPOINT_LORA_RANK} for a checkpoint)"))
+        f"PPO LoRA rank, 0 for every weight (auto: 0 for the tiny model, {defaults.CHECKPOINT_LORA_RANK} for a checkpoint)"))
     train_vision: bool = field(default=defaults.TRAIN_VISION, metadata=_help("let PPO update the vision tower too"))
-    value_lr_scale: float = field(default=defaults.VALUE_LR_SCALE, metadata=_help("value head learning-rate multiplier"))
+    value_lr_scale: float = field(default=defaults.VALUE_LR_SCALE, metadata=_help(
+        "value head learning-rate multiplier"))
     kl_coef: float = field(default=defaults.KL_COEF, metadata=_help(
         "weight of the KL penalty towards the SFT checkpoint (0: none, as in the paper)"))
     value_gradients_to_model: bool = field(default=defaults.VALUE_GRADIENTS_TO_MODEL, metadata=_help(
         "let the value loss train the VLM too (the paper's shared trunk)"))
     ppo_check_every: int = field(default=-1, metadata=_help(
-        "PPO updates between greedy validation checks (0: none; -1: 2, none on ALFWorld)"))
+        "PPO updates between greedy validation checks (0: none; auto: 2, none on ALFWorld)"))
     ppo_check_episodes: int = field(default=64, metadata=_help("validation episodes per PPO check"))
     ppo_stop_success: float = field(default=1.0, metadata=_help(
         "stop PPO at a check whose greedy answers win this share of validation (0: never)"))
@@ -259,6 +294,7 @@ class PPOConfig:
         self.validate_ppo()
 
     def validate_ppo(self) -> None:
+        auto_to_rules(self)
         if self.learning_rate_end is None:  # resolved here, so that records and config.json hold the rate used
             self.learning_rate_end = self.learning_rate  # (still None while the rate waits for the model)
         _check(self, positive=("ppo_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "learning_rate",
@@ -268,7 +304,7 @@ class PPOConfig:
                              "lora_r", "value_lr_scale", "kl_coef", "keep_checkpoints"),
                unit_interval=("gamma", "gae_lambda", "ppo_stop_success"))
         if self.ppo_check_every < -1:
-            raise ValueError(f"--ppo-check-every must be >= 0 (or -1 for the default), got {self.ppo_check_every}")
+            raise ValueError(f"--ppo-check-every must be >= 0 (or auto), got {self.ppo_check_every}")
         if self.ppo_check_episodes < 1:
             raise ValueError(f"--ppo-check-episodes must be at least 1, got {self.ppo_check_episodes}")
         rollout = self.n_envs * self.n_steps
@@ -285,17 +321,22 @@ class PPOConfig:
 class RunConfig:
     """What the main job learns, where it writes, and how it is evaluated."""
 
+    #: Left out of ``--help`` (see the module's docstring).
+    advanced_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "eval_seed", "eval_splits"})
+    #: Defaults that are rules, written ``auto`` (see the module's docstring).
+    auto_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "eval_batch", "max_episode_steps"})
+
     env_id: str = field(default="gym_cards/NumberLine-v0", metadata=_help("task to learn", aliases=["--env"]))
     out_dir: str = field(default="runs/numberline", metadata=_help("where every stage writes"))
     prompt_style: Literal["cot", "action_only"] = field(default="cot", metadata=_help(
         "'cot' (thoughts then action) or 'action_only'"))
     demos: int = field(default=400, metadata=_help("oracle steps recorded for SFT"))
     max_new_tokens: int = field(default=0, metadata=_help(
-        "longest answer in tokens (0: the longest demonstration's, at least 40; paper: 256)"))
+        "longest answer in tokens (auto: the longest demonstration's, at least 40; paper: 256)"))
     eval_episodes: int = field(default=200, metadata=_help("held-out episodes for the before/after table"))
     eval_seed: int = field(default=100_000, metadata=_help("first held-out seed (far from training seeds)"))
     eval_batch: int = field(default=-1, metadata=_help(
-        "episodes an evaluation plays at once; lower it if memory runs out (-1: 64, 8 on ALFWorld)"))
+        "episodes an evaluation plays at once; lower it if memory runs out (auto: 64, 8 on ALFWorld)"))
     data_root: str = field(default="", metadata=_help(
         "ALFWorld data folder (empty: $ALFWORLD_DATA, else ~/.cache/alfworld)"))
     split: str = field(default="", metadata=_help(
@@ -303,12 +344,13 @@ class RunConfig:
     eval_splits: list[str] = field(default_factory=lambda: list(ALFWORLD_EVAL_SPLITS), metadata=_help(
         "ALFWorld: the splits evaluated after SFT and after PPO"))
     max_episode_steps: int = field(default=0, metadata=_help(
-        "step limit of every episode (0: the task's registered limit, else 50)"))
+        "step limit of every episode (auto: the task's registered limit, else 50)"))
 
     def __post_init__(self) -> None:
         self.validate_run()
 
     def validate_run(self) -> None:
+        auto_to_rules(self)
         self.env_id = resolve_env_id(self.env_id)
         _check(self, positive=("demos", "eval_episodes"), non_negative=("max_new_tokens", "eval_seed", "max_episode_steps"))
         check_eval_batch(self.eval_batch, "--eval-batch")
@@ -344,7 +386,14 @@ class RunConfig:
 class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
     """Every setting of ``vlm-cards train`` (the union of the groups above), flat: ``config.sft_steps``."""
 
+    advanced_settings: ClassVar[frozenset[str]] = frozenset().union(
+        ModelConfig.advanced_settings, SFTConfig.advanced_settings, PPOConfig.advanced_settings,
+        RunConfig.advanced_settings)
+    auto_settings: ClassVar[frozenset[str]] = frozenset().union(
+        SFTConfig.auto_settings, PPOConfig.auto_settings, RunConfig.auto_settings)
+
     def __post_init__(self) -> None:
+        auto_to_rules(self)
         # resolved once, by the rules VLMPolicy and `vlm-cards sft` use too: records and config.json hold the values used
         sft_rate, ppo_rate = defaults.learning_rates_for(self.model)
         if self.sft_learning_rate is None:

@@ -2,7 +2,16 @@
 
 The prompt is encoded exactly as the policy encodes it during PPO and the answer's token ids are
 appended after it, so what SFT teaches is what PPO later scores. The result is a checkpoint
-directory that ``VLMPolicy(model=PATH)`` / ``load_vlm(PATH)`` loads.
+directory that ``VLMPolicy(model=PATH)`` / ``load_vlm(PATH)`` loads::
+
+    from vlm_policy.training.demos import write_demonstrations
+    from vlm_policy.training.sft import train_sft
+
+    write_demonstrations("gym_cards/NumberLine-v0", 400, "demos/numberline")
+    checkpoint = train_sft("demos/numberline", "sft/numberline", model="tiny", sft_steps=150)
+
+:func:`train_sft` takes settings by name; :func:`run_sft` takes the config groups (and the validation
+checks the main job stops SFT with).
 """
 
 from __future__ import annotations
@@ -78,6 +87,32 @@ def answer_loss(bundle: VLMBundle, examples: Sequence[Example], device: torch.de
     return (losses * mask).sum(), mask.sum()
 
 
+def train_sft(demos: str | Path | Sequence[Example], out_dir: str | Path, model: str = "tiny", *,
+              seed: int = 0, device: str = "auto", progress: bool = True, **settings) -> Path:
+    """Fine-tunes ``model`` on demonstrations and returns the checkpoint directory (``out_dir``).
+
+    :param demos: a folder or JSONL written by ``vlm-cards demos`` / :func:`~vlm_policy.training.demos.write_demonstrations`,
+        or the examples themselves.
+    :param model: ``"tiny"`` or a checkpoint path.
+    :param settings: any of :class:`SFTConfig`'s (``sft_steps``, ``sft_batch_size``, ``sft_learning_rate``,
+        ``sft_lora_r``, ``vision_warmup_steps``) and :class:`ModelConfig`'s (``dtype``, ``micro_batch_size``,
+        ``gradient_checkpointing``) by name; what is left out takes ``vlm-cards sft``'s default.
+    """
+    from vlm_policy.training.demos import read_demonstrations
+
+    sft_names = {name for name in SFTConfig.__dataclass_fields__ if name not in SFTConfig.validation_settings}
+    model_names = set(ModelConfig.__dataclass_fields__) - {"model"}
+    unknown = sorted(set(settings) - sft_names - model_names)
+    if unknown:
+        raise TypeError(f"train_sft() takes no setting {', '.join(unknown)}; "
+                        f"it takes {', '.join(sorted(sft_names | model_names))}")
+    examples = read_demonstrations(demos) if isinstance(demos, (str, Path)) else list(demos)
+    return run_sft(examples, out_dir,
+                   sft=SFTConfig(**{name: value for name, value in settings.items() if name in sft_names}),
+                   model=ModelConfig(model=model, **{name: value for name, value in settings.items() if name in model_names}),
+                   common=CommonConfig(seed=seed, device=device, progress=progress))
+
+
 def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | None = None,
             model: ModelConfig | None = None, common: CommonConfig | None = None,
             validation: Callable[[VLMBundle, Sequence[str]], dict[str, float]] | None = None,
@@ -131,7 +166,8 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         vision_warmup(bundle, examples, warmup_steps, sft.sft_learning_rate, sft.sft_batch_size, common.seed, device,
                       common.progress and context.is_main, compute_dtype=compute_dtype)
         distributed.broadcast_module(bundle.model)  # identical already; made certain before SFT
-    trained = prepare_for_training(bundle.model, lora_r=sft.sft_lora_r, train_vision=sft.sft_train_vision,
+    # The vision tower stays as the warm-up left it: SFT's updates to it can collapse it.
+    trained = prepare_for_training(bundle.model, lora_r=sft.sft_lora_r, train_vision=False,
                                    gradient_checkpointing=model.checkpointing_for(model.model))
     trained.train()
     bundle = VLMBundle(model=trained, processor=bundle.processor, source=bundle.source, family=bundle.family)
@@ -149,58 +185,60 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(Path(tensorboard_dir) / "sft"))
-    for step in steps:
-        # Every process draws the same batch and keeps its own rows (all of them alone).
-        batch = drawer.draw(sft.sft_batch_size)[context.rank::context.world_size]
-        optimizer.zero_grad()
-        loss_sum, total_tokens = 0.0, 0
-        for start in range(0, len(batch), chunk):
-            chunk_sum, chunk_tokens = answer_loss(bundle, batch[start:start + chunk], device, compute_dtype)
-            if not torch.isfinite(chunk_sum):
-                raise FloatingPointError("SFT loss is NaN/inf; lower --sft-learning-rate")
-            chunk_sum.backward()
-            loss_sum, total_tokens = loss_sum + chunk_sum.item(), total_tokens + int(chunk_tokens)
-        if context.enabled:
-            distributed.sum_gradients(trainable)
-            loss_sum, total_tokens = distributed.sum_across([loss_sum, total_tokens])
-        # The summed gradients over the whole batch's tokens: the mean loss's gradient, as one unsplit step.
-        for parameter in trainable:
-            if parameter.grad is not None:
-                parameter.grad /= total_tokens
-        step_loss = loss_sum / total_tokens
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(step_loss)
-        steps.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        done = step + 1
-        if writer is not None:
-            writer.add_scalar("sft/loss", step_loss, done)
-            writer.add_scalar("sft/learning_rate", schedule.get_last_lr()[0], done)
-        if targets and done % sft.sft_check_every == 0 and done < sft.sft_steps:
-            trained.eval()
-            measures = None
-            if context.is_main:
-                # A check (which loads a policy, and seeds) leaves SFT's own draws exactly as they would have been.
-                with global_rngs_restored():
-                    measures = validation(bundle, list(targets))
-            measures = distributed.broadcast_object(measures)
-            trained.train()
-            checks.append({"step": done, **measures})
+    try:
+        for step in steps:
+            # Every process draws the same batch and keeps its own rows (all of them alone).
+            batch = drawer.draw(sft.sft_batch_size)[context.rank::context.world_size]
+            optimizer.zero_grad()
+            loss_sum, total_tokens = 0.0, 0
+            for start in range(0, len(batch), chunk):
+                chunk_sum, chunk_tokens = answer_loss(bundle, batch[start:start + chunk], device, compute_dtype)
+                if not torch.isfinite(chunk_sum):
+                    raise FloatingPointError("SFT loss is NaN/inf; lower --sft-learning-rate")
+                chunk_sum.backward()
+                loss_sum, total_tokens = loss_sum + chunk_sum.item(), total_tokens + int(chunk_tokens)
+            if context.enabled:
+                distributed.sum_gradients(trainable)
+                loss_sum, total_tokens = distributed.sum_across([loss_sum, total_tokens])
+            # The summed gradients over the whole batch's tokens: the mean loss's gradient, as one unsplit step.
+            for parameter in trainable:
+                if parameter.grad is not None:
+                    parameter.grad /= total_tokens
+            step_loss = loss_sum / total_tokens
+            torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(step_loss)
+            steps.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            done = step + 1
             if writer is not None:
-                for name, value in measures.items():
-                    writer.add_scalar(f"sft/check_{name}", value, done)
-            if context.is_main:
-                steps.write(f"SFT step {done}: {describe_measures(measures)}")
-            if all(measures[name] >= target for name, target in targets.items()):
+                writer.add_scalar("sft/loss", step_loss, done)
+                writer.add_scalar("sft/learning_rate", schedule.get_last_lr()[0], done)
+            if targets and done % sft.sft_check_every == 0 and done < sft.sft_steps:
+                trained.eval()
+                measures = None
                 if context.is_main:
-                    reached = ", ".join(f"{measures[name]:.1%} >= --sft-stop-{name} {target}"
-                                        for name, target in targets.items())
-                    steps.write(f"SFT stops at step {done}: {reached}")
-                break
-    steps.close()
-    if writer is not None:
-        writer.close()
+                    # A check (which loads a policy, and seeds) leaves SFT's own draws exactly as they would have been.
+                    with global_rngs_restored():
+                        measures = validation(bundle, list(targets))
+                measures = distributed.broadcast_object(measures)
+                trained.train()
+                checks.append({"step": done, **measures})
+                if writer is not None:
+                    for name, value in measures.items():
+                        writer.add_scalar(f"sft/check_{name}", value, done)
+                if context.is_main:
+                    steps.write(f"SFT step {done}: {describe_measures(measures)}")
+                if all(measures[name] >= target for name, target in targets.items()):
+                    if context.is_main:
+                        reached = ", ".join(f"{measures[name]:.1%} >= --sft-stop-{name} {target}"
+                                            for name, target in targets.items())
+                        steps.write(f"SFT stops at step {done}: {reached}")
+                    break
+    finally:  # the bar and the TensorBoard file closed whatever stops SFT
+        steps.close()
+        if writer is not None:
+            writer.close()
     trained.eval()
     metadata = {"sft": asdict(sft), "model": asdict(model), "seed": common.seed,
                 "final_loss": float(np.mean(losses[-20:])), "steps_done": len(losses)}

@@ -44,7 +44,7 @@ SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_st
 #: Settings that stage records of earlier versions hold and this version no longer has, with the value
 #: this version runs as (a record holding that value still matches; one holding another does not).
 SETTINGS_REMOVED = {"normalize_advantage": True, "lora_alpha": 0, "sft_lora_alpha": 0, "rollout_logprobs": "auto",
-                    "warmup_labels": "auto"}
+                    "warmup_labels": "auto", "sft_train_vision": False}
 
 
 class SettingsChanged(RunRefused):
