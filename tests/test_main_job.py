@@ -116,7 +116,7 @@ def test_settings_added_later_are_recorded_only_when_set():
     assert stage_settings(TrainConfig())["sft"] != stage_settings(TrainConfig(sft_stop_reach=0.9))["sft"]
     checked = stage_settings(TrainConfig())["ppo"]  # the checks are on by default for the card tasks
     assert (checked["ppo_check_every"], checked["ppo_check_episodes"], checked["ppo_keep_best"],
-            checked["ppo_stop_success"]) == (-1, 64, True, 1.0)
+            checked["ppo_stop_success"]) == (2, 64, True, 1.0)  # the rule's value, not the word for it
     assert checked["sft"]["balance_states"] == "auto"
     alfworld = stage_settings(TrainConfig(env_id="alfworld/ALFWorld-v0", sft_stop_reach=0.0))["ppo"]
     assert "ppo_check_every" not in alfworld  # off by default on ALFWorld, and so is the reach stop
@@ -128,6 +128,34 @@ def test_settings_added_later_are_recorded_only_when_set():
     chosen = stage_settings(TrainConfig(sft_stop_success=0.7, learning_rate=1e-5))
     assert chosen["sft"]["sft_stop_success"] == 0.7 and chosen["sft"]["sft_check_episodes"] == 64
     assert chosen["ppo"]["learning_rate_end"] == 1e-5 and chosen["ppo"]["sft"] == chosen["sft"]
+
+
+def test_a_config_holds_every_rule_resolved_and_old_records_of_the_rules_still_match(tmp_path):
+    from dataclasses import asdict
+
+    from vlm_policy.training.stages import StageRecords
+
+    config = TrainConfig()
+    assert (config.vision_warmup_steps, config.sft_stop_reach, config.ppo_check_every, config.eval_batch,
+            config.lora_r, config.learning_rate) == (150, 0.7, 2, 64, 0, 2.5e-5)
+    assert TrainConfig(**asdict(config)) == config  # config.json replays as it is
+    alfworld = TrainConfig(env_id="alfworld/ALFWorld-v0")
+    assert (alfworld.sft_stop_reach, alfworld.ppo_check_every, alfworld.eval_batch) == (0.0, 0, 8)
+    assert TrainConfig(model=str(tmp_path)).vision_warmup_steps == 0
+    # A folder an earlier version made recorded the rules as -1: it matches a run that leaves them to the rules.
+    records = StageRecords(tmp_path, config)
+    old_sft = {**records.wanted["sft"], "vision_warmup_steps": -1}
+    old_ppo = {**records.wanted["ppo"], "ppo_check_every": -1, "sft": old_sft}
+    assert records_differ(records, "sft", old_sft) == [] and records_differ(records, "ppo", old_ppo) == []
+    chosen = StageRecords(tmp_path, TrainConfig(vision_warmup_steps=20, ppo_check_every=4))
+    assert records_differ(chosen, "sft", old_sft) == ["vision_warmup_steps: -1 -> 20"]
+    assert records_differ(chosen, "ppo", old_ppo) == ["ppo_check_every: -1 -> 4", "vision_warmup_steps: -1 -> 20"]
+
+
+def records_differ(records, stage: str, old: dict) -> list[str]:
+    from vlm_policy.training.stages import differences
+
+    return differences(old, records.wanted[stage], by_rule=records.by_rule)
 
 
 def test_the_sft_stop_checks_leave_the_model_as_it_was(tmp_path):

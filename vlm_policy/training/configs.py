@@ -106,6 +106,16 @@ def check_device(device: str, flag: str = "--device") -> None:
         raise ValueError(f"{flag} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+def warmup_steps_rule(model: str) -> int:
+    """``--vision-warmup-steps auto``: only the tiny model's random vision tower needs a warm-up."""
+    return 150 if is_tiny(model) else 0
+
+
+def ppo_check_every_rule(env_id: str) -> int:
+    """``--ppo-check-every auto``: every second update, none on ALFWorld (each check would load its games)."""
+    return 0 if is_alfworld(env_id) else 2
+
+
 def eval_batch_for(env_id: str, eval_batch: int) -> int:
     """Episodes an evaluation steps together: ``eval_batch``, or for -1 64 on the card tasks and 8 on ALFWorld
     (each of its envs holds a loaded game)."""
@@ -211,6 +221,13 @@ class SFTConfig:
         if self.vision_warmup_steps < -1:
             raise ValueError(f"--vision-warmup-steps must be >= 0 (or auto), got {self.vision_warmup_steps}")
 
+    def rules_resolved(self) -> dict[str, Any]:
+        """The task- and model-dependent settings, each by its rule where it was left to it (``auto``): what this
+        config holds once made, so that ``config.json`` and the stage records hold the values used. The answer
+        length (``max_new_tokens`` 0) is the one rule left to the run: it measures the demonstrations."""
+        return {"vision_warmup_steps": self.warmup_steps_for(self.model), "sft_stop_reach": self.stop_reach(),
+                "ppo_check_every": self.ppo_checks_every(), "eval_batch": self.episodes_at_once()}
+
     def stop_reach(self) -> float:
         """``--sft-stop-reach`` with its default (-1) resolved: off here, as SFT alone has no validation episodes
         (:class:`TrainConfig` resolves it for the main job)."""
@@ -227,9 +244,7 @@ class SFTConfig:
 
     def warmup_steps_for(self, model: str) -> int:
         """The warm-up's steps for ``model``: only the tiny model's random vision tower needs one."""
-        if self.vision_warmup_steps == -1:
-            return 150 if is_tiny(model) else 0
-        return self.vision_warmup_steps
+        return warmup_steps_rule(model) if self.vision_warmup_steps == -1 else self.vision_warmup_steps
 
 
 def whole_rollouts(budget: int, rollout: int) -> int:
@@ -407,6 +422,8 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
         self.validate_ppo()
         self.lora_r = defaults.lora_rank_for(self.model, self.lora_r)
         self.sft_lora_r = defaults.lora_rank_for(self.model, self.sft_lora_r)
+        for name, value in self.rules_resolved().items():
+            setattr(self, name, value)
         validated = max(self.sft_check_episodes if self.stop_targets() else 0,
                         self.ppo_check_episodes if self.ppo_checks_every() else 0)
         if validated and (self.eval_seed < VALIDATION_SEED + validated
@@ -414,6 +431,13 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
             raise ValueError(f"the test episodes (--eval-seed {self.eval_seed}, --eval-episodes {self.eval_episodes}) "
                              f"overlap the validation seeds of the SFT and PPO checks ({VALIDATION_SEED} onwards): test "
                              "on other seeds: the held-out results would otherwise be chosen on themselves")
+
+    def rules_resolved(self) -> dict[str, Any]:
+        """The task- and model-dependent settings, each by its rule where it was left to it (``auto``): what this
+        config holds once made, so that ``config.json`` and the stage records hold the values used. The answer
+        length (``max_new_tokens`` 0) is the one rule left to the run: it measures the demonstrations."""
+        return {"vision_warmup_steps": self.warmup_steps_for(self.model), "sft_stop_reach": self.stop_reach(),
+                "ppo_check_every": self.ppo_checks_every(), "eval_batch": self.episodes_at_once()}
 
     def stop_reach(self) -> float:
         """``--sft-stop-reach`` with its default (-1) resolved: :data:`DEFAULT_STOP_REACH` for the card tasks;
@@ -424,9 +448,7 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
 
     def ppo_checks_every(self) -> int:
         """PPO updates between two greedy validation checks (0: none), ``--ppo-check-every -1`` resolved."""
-        if self.ppo_check_every == -1:
-            return 0 if is_alfworld(self.env_id) else 2
-        return self.ppo_check_every
+        return ppo_check_every_rule(self.env_id) if self.ppo_check_every == -1 else self.ppo_check_every
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from vlm_policy.checkpoints import atomic_write_text, remove_path
-from vlm_policy.training.configs import PPOConfig, SFTConfig, TrainConfig, is_alfworld
+from vlm_policy.training.configs import (
+    PPOConfig,
+    SFTConfig,
+    TrainConfig,
+    is_alfworld,
+    ppo_check_every_rule,
+    warmup_steps_rule,
+)
 from vlm_policy.training.run_folder import RunRefused
 
 STAGES = ("demos", "sft", "after SFT", "ppo", "after PPO")
@@ -41,6 +48,11 @@ SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_st
                         "ppo_stop_success": 0.0}
 
 
+#: Settings whose rule earlier versions recorded as this word (-1) where this version records the value
+#: the rule gives: such a record matches a run that leaves the setting to its rule.
+SETTINGS_RECORDED_AS_RULES = {"vision_warmup_steps": -1, "ppo_check_every": -1}
+
+
 #: Settings that stage records of earlier versions hold and this version no longer has, with the value
 #: this version runs as (a record holding that value still matches; one holding another does not).
 SETTINGS_REMOVED = {"normalize_advantage": True, "lora_alpha": 0, "sft_lora_alpha": 0, "rollout_logprobs": "auto",
@@ -54,7 +66,6 @@ class SettingsChanged(RunRefused):
 def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     """Each stage's record: the settings its outputs depend on, upstream stages' records nested."""
     values = asdict(config)
-    values["sft_stop_reach"] = config.stop_reach()  # the default (-1) recorded as the stop it makes
 
     # Settings added after run folders were first recorded are left out while they change nothing, so
     # that folders made before them still match; the SFT checks' own settings matter only with the stop on.
@@ -83,8 +94,9 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
             "ppo": ppo, "after PPO": {"ppo": ppo, **evaluation}}
 
 
-def differences(recorded: Any, wanted: Any, prefix: str = "") -> list[str]:
-    """``name: old -> new`` for every setting that differs between two records."""
+def differences(recorded: Any, wanted: Any, prefix: str = "", by_rule: dict[str, Any] | None = None) -> list[str]:
+    """``name: old -> new`` for every setting that differs between two records; ``by_rule``: the values this
+    run's rules give (:data:`SETTINGS_RECORDED_AS_RULES`)."""
     if isinstance(recorded, dict) and isinstance(wanted, dict):
         found: list[str] = []
         for key in sorted(set(recorded) | set(wanted)):
@@ -92,7 +104,10 @@ def differences(recorded: Any, wanted: Any, prefix: str = "") -> list[str]:
                 continue  # an upstream record: reported at its own stage
             if key not in wanted and key in SETTINGS_REMOVED and recorded[key] == SETTINGS_REMOVED[key]:
                 continue
-            found += differences(recorded.get(key, "<unset>"), wanted.get(key, "<unset>"), key)
+            if (key in wanted and recorded.get(key) == SETTINGS_RECORDED_AS_RULES.get(key, "<none>")
+                    and by_rule is not None and wanted[key] == by_rule.get(key)):
+                continue
+            found += differences(recorded.get(key, "<unset>"), wanted.get(key, "<unset>"), key, by_rule)
         return found
     return [] if recorded == wanted else [f"{prefix}: {recorded!r} -> {wanted!r}"]
 
@@ -103,6 +118,9 @@ class StageRecords:
     def __init__(self, out: Path, config: TrainConfig) -> None:
         self.out = out
         self.wanted = stage_settings(config)
+        # What this version's rules give for this task and model (an earlier version's -1 recorded the rule).
+        self.by_rule = {"vision_warmup_steps": warmup_steps_rule(config.model),
+                        "ppo_check_every": ppo_check_every_rule(config.env_id)}
 
     def path(self, stage: str) -> Path:
         return self.out / "stages" / f"{stage.replace(' ', '_')}.json"
@@ -165,7 +183,7 @@ class StageRecords:
             if not self._has_output(stage, results):
                 continue  # nothing made: the record of a stage that failed before its output binds nothing
             if path.is_file():
-                found = differences(self.recorded(stage), self.wanted[stage])
+                found = differences(self.recorded(stage), self.wanted[stage], by_rule=self.by_rule)
             else:
                 found = ["no settings record: made by an older version of this package"]
             if found:
