@@ -593,3 +593,17 @@ def test_the_log_tee_keeps_whole_lines_and_leaves_progress_bars_out(tmp_path, ca
     logged = [line.split(" ", 1)[1] for line in (tmp_path / "train.log").read_text().splitlines()]
     assert logged == ["SFT step 10: reach 40%", "half a line", "last words"]
     assert "30/150" in capsys.readouterr().out  # the screen still got everything
+
+
+def test_a_log_tee_writing_to_its_own_standard_output_writes_each_line_once(tmp_path):
+    import subprocess
+    import sys
+
+    # As under `vlm-cards sweep`, whose runs' standard output is their train.log.
+    log = tmp_path / "train.log"
+    code = ("from vlm_policy.training.run_record import LogTee\n"
+            f"with LogTee({str(log)!r}):\n    print('SFT step 10')\n    print('PPO update 1')\n")
+    with open(log, "a") as stream:
+        subprocess.run([sys.executable, "-c", code], stdout=stream, check=True)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 and lines[0].endswith(" SFT step 10") and lines[1].endswith(" PPO update 1")

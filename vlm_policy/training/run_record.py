@@ -99,6 +99,15 @@ def append_log_lines(path: str | Path, lines: list[str]) -> None:
             log.writelines(f"{stamp} {line}\n" if line.strip() else "\n" for line in lines)
 
 
+def _is_file(stream, path: Path) -> bool:
+    """Whether ``stream`` writes into the file at ``path``."""
+    try:
+        opened, named = os.fstat(stream.fileno()), os.stat(path)
+    except (OSError, AttributeError, ValueError):  # no file behind the stream, or none at the path yet
+        return False
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+
+
 class LogTee:
     """While active (``with LogTee(path):``), what the process prints to standard output also goes, line by line
     with the time of day, to ``path``: the stage headers and every message of the stages, SB3's callbacks
@@ -112,6 +121,8 @@ class LogTee:
 
     def __enter__(self) -> LogTee:
         self._stream = sys.stdout
+        # Under `vlm-cards sweep` standard output is this log file already: only the timed lines go to it.
+        self._echo = not _is_file(self._stream, self.path)
         sys.stdout = self
         return self
 
@@ -122,7 +133,7 @@ class LogTee:
         sys.stdout = self._stream
 
     def write(self, text: str) -> int:
-        written = self._stream.write(text)
+        written = self._stream.write(text) if self._echo else len(text)
         if "\r" in text or "\x1b" in text:  # a progress bar's redraw, not a line of the log
             self._after_bar = True
             return written
