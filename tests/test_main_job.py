@@ -580,6 +580,28 @@ def test_the_top_level_help_answers_without_importing_torch():
     assert "usage: vlm-cards" in out and ":mod:" not in out and "``" not in out
 
 
+def test_train_help_answers_without_importing_transformers_with_transformers_own_parser():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vlm_policy.training import cli\ntry:\n    cli.main(['train', '--help'])\n"
+            "except SystemExit:\n    pass\nprint('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False" and "--ppo-timesteps" in out
+    # The module loaded on its own is transformers' parser: the same options, types and defaults.
+    from transformers import HfArgumentParser
+
+    from vlm_policy.training.configs import PPOConfig
+
+    def described(parser_class) -> list[tuple]:
+        return [(tuple(a.option_strings), a.default, getattr(a.type, "__name__", a.type), a.choices)
+                for a in parser_class(PPOConfig)._actions]
+
+    alone = cli.standalone_hf_argument_parser()
+    assert alone is not None and alone is not HfArgumentParser
+    assert described(alone) == described(HfArgumentParser)
+
+
 def test_the_log_tee_keeps_whole_lines_and_leaves_progress_bars_out(tmp_path, capsys):
     from vlm_policy.training.run_record import LogTee
 

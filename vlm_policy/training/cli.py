@@ -226,9 +226,42 @@ def read_config_file(path: str, known: set[str]) -> dict:
     return values
 
 
+def hf_argument_parser() -> type:
+    """transformers' ``HfArgumentParser``, without importing transformers where that can be avoided.
+
+    Importing the package runs its ``__init__`` (about 1.4 s here, most of ``vlm-cards train --help``),
+    while the module ``transformers/hf_argparser.py`` itself needs only the standard library and yaml: it is
+    loaded on its own from the installed package, and imported the usual way where that fails."""
+    if "transformers" not in sys.modules:
+        alone = standalone_hf_argument_parser()
+        if alone is not None:
+            return alone
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser
+
+
+def standalone_hf_argument_parser() -> type | None:
+    """``HfArgumentParser`` from the installed ``transformers/hf_argparser.py`` loaded as a module of its own
+    (the package's ``__init__`` not run); None where it cannot be (a version whose module needs the package)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers")  # finds the package without running its __init__
+    if spec is None or not spec.origin:
+        return None
+    source = os.path.join(os.path.dirname(spec.origin), "hf_argparser.py")
+    alone = importlib.util.spec_from_file_location("vlm_cards_hf_argparser", source)
+    try:
+        module = importlib.util.module_from_spec(alone)
+        alone.loader.exec_module(module)
+        return module.HfArgumentParser
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
 def _add_options(sub: argparse.ArgumentParser, groups, show_all: bool = False,
                  leave_out: frozenset[str] = frozenset()) -> None:
-    from transformers import HfArgumentParser
+    HfArgumentParser = hf_argument_parser()  # noqa: N806 (the class, under its own name)
 
     # HfArgumentParser adds one option per dataclass field (help from its metadata, bools as
     # --x / --no-x); each dataclass's options are copied into an argument group of this subcommand,
