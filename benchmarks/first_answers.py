@@ -123,7 +123,7 @@ def main() -> None:
         from vlm_policy.training.configs import TrainConfig
         from vlm_policy.training.pipeline import Pipeline
 
-        budget = Pipeline(TrainConfig(**config)).answer_budget(run / "demos" / "demos.jsonl")
+        budget = Pipeline(TrainConfig(**config)).demos.answer_budget(run / "demos" / "demos.jsonl")
         make = eval_env_factory(config["env_id"], sft, budget, config["prompt_style"])
     agents = {"after SFT": standalone_policy(sft, make(), device="cpu")}
     if agent.is_file():

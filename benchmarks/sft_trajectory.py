@@ -22,15 +22,15 @@ def main(argv: list[str] | None = None) -> Path:
     from vlm_policy.training.cli import parse
     from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig, TrainConfig
     from vlm_policy.training.demos import read_demonstrations
-    from vlm_policy.training.pipeline import Pipeline, _group
+    from vlm_policy.training.pipeline import Pipeline
     from vlm_policy.training.sft import describe_measures, run_sft
 
     _, groups = parse(["train", *(sys.argv[1:] if argv is None else argv)])
     config = TrainConfig.from_groups(*groups[:-1])
     pipeline = Pipeline(config)
     out = Path(config.out_dir)
-    demos = pipeline.demonstrations()
-    measure = pipeline.validation(pipeline.answer_budget(demos))
+    demos = pipeline.demos.make()
+    measure = pipeline.sft.validation(pipeline.demos.answer_budget(demos))
     log = out / "trajectory.jsonl"
     log.unlink(missing_ok=True)
     step = 0
@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> Path:
         return {name: 0.0 for name in names}  # never stops: the whole trajectory is measured
 
     # A success target no check returns makes SFT check at every --sft-check-every steps and never stop.
-    sft = replace(_group(SFTConfig, config), sft_stop_success=1.0, sft_stop_reach=0.0)
-    run_sft(read_demonstrations(demos), out / "sft", sft=sft, model=_group(ModelConfig, config),
-            common=_group(CommonConfig, config), validation=record)
+    sft = replace(config.group(SFTConfig), sft_stop_success=1.0, sft_stop_reach=0.0)
+    run_sft(read_demonstrations(demos), out / "sft", sft=sft, model=config.group(ModelConfig),
+            common=config.group(CommonConfig), validation=record)
     print(f"wrote {log}")
     return log
 

@@ -3,8 +3,8 @@
     python examples/quickstart.py        # NumberLine with the tiny model on the CPU, a few minutes
 
 It is the README's quick start (a test keeps the two the same) and prints the held-out success rate after
-SFT and after PPO. ``Pipeline`` lends its stages one by one
-(each is skipped when ``out_dir`` already holds it); PPO is SB3's own, with a greedy validation check
+SFT and after PPO. ``Pipeline`` lends its stages one by one (``vlm_policy.training.stages``; each is skipped
+when ``out_dir`` already holds it); PPO is SB3's own, with a greedy validation check
 every second update that stops training once the agent wins every validation episode.
 """
 
@@ -18,21 +18,21 @@ from vlm_policy.training.pipeline import Pipeline, TrainConfig
 def main(**settings):
     # The README's quick start, with room for other settings (the test runs it with tiny budgets).
     config = TrainConfig(**{"env_id": "gym_cards/NumberLine-v0", "model": "tiny", "out_dir": "runs/quickstart", **settings})
-    steps = Pipeline(config)
-    demos = steps.demonstrations()                      # the oracle plays, frames and answers recorded
-    budget = steps.answer_budget(demos)                 # the longest answer, in tokens
-    sft_dir = steps.sft(demos, budget)                  # supervised fine-tuning, stopped by its checks
-    before = steps.evaluate_checkpoint(sft_dir, budget)
+    run = Pipeline(config)                               # its stages: run.demos, .sft, .ppo, .evaluation
+    demos = run.demos.make()                            # the oracle plays, frames and answers recorded
+    budget = run.demos.answer_budget(demos)             # the longest answer, in tokens
+    sft_dir = run.sft.make(demos, budget)               # supervised fine-tuning, stopped by its checks
+    before = run.evaluation.checkpoint(sft_dir, budget)
 
     env = make_vlm_vec_env(config.env_id, n_envs=config.n_envs, model=sft_dir, seed=config.seed + 1,
                            max_new_tokens=budget, env_kwargs=config.env_kwargs())
-    model = PPO(VLMPolicy, env, **steps.ppo_arguments(), policy_kwargs=steps.policy_kwargs(sft_dir))
-    check = GreedyValidationCallback(steps.ppo_validation(sft_dir, budget), steps.out / "validation.jsonl",
+    model = PPO(VLMPolicy, env, **run.ppo.arguments(), policy_kwargs=run.ppo.policy_kwargs(sft_dir))
+    check = GreedyValidationCallback(run.ppo.validation(sft_dir, budget), run.out / "validation.jsonl",
                                      every=2, callback_after_check=StopOnValidationSuccess(1.0))
     model.learn(config.ppo_timesteps, callback=check)
-    after = steps.evaluate(model.policy, sft_dir, budget, "after PPO")[0]
+    after = run.evaluation.evaluate(model.policy, sft_dir, budget, "after PPO")[0]
     print(f"success after SFT {before.success_rate:.1%}, after PPO {after.success_rate:.1%}")
-    model.save(steps.out / "agent")                     # PPO.load("runs/quickstart/agent", env=env)
+    model.save(run.out / "agent")                       # PPO.load("runs/quickstart/agent", env=env)
     return before, after
 
 

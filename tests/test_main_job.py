@@ -10,6 +10,7 @@ from vlm_policy.training import cli
 from vlm_policy.training.configs import TRAIN_GROUPS
 from vlm_policy.training.demos import answer_token_budget, read_answers, read_demonstrations, write_demonstrations
 from vlm_policy.training.pipeline import Pipeline, TrainConfig, cosine_schedule, latest_checkpoint
+from vlm_policy.training.stages import Evaluation, ProximalPolicyOptimization
 
 
 def _digest(directory: Path) -> str:
@@ -57,16 +58,16 @@ def test_pipeline_sizes_the_answer_budget_from_the_demonstrations(tmp_path):
     config = _micro_config(tmp_path / "p24", env_id="gym_cards/Points24-v0", demos=40, max_new_tokens=0)
     pipeline = Pipeline(config)
     assert not (tmp_path / "p24").exists()  # making a pipeline writes nothing
-    demos = pipeline.demonstrations()
+    demos = pipeline.demos.make()
     longest = max(len(tokenizer(a, add_special_tokens=False).input_ids) for a in read_answers(demos))
     assert longest > 40  # Points24's answers do not fit the old fixed default
-    budget = pipeline.answer_budget(demos)
+    budget = pipeline.demos.answer_budget(demos)
     assert longest < budget <= longest + 8 and budget % 8 == 0
     numberline = Pipeline(_micro_config(tmp_path / "nl", max_new_tokens=0))
-    assert numberline.answer_budget(numberline.demonstrations()) == 40
+    assert numberline.demos.answer_budget(numberline.demos.make()) == 40
     too_short = Pipeline(_micro_config(tmp_path / "p24", env_id="gym_cards/Points24-v0", demos=40, max_new_tokens=40))
     with pytest.raises(ValueError, match=f"longest demonstration answer \\({longest} tokens\\)"):
-        too_short.answer_budget(demos)
+        too_short.demos.answer_budget(demos)
 
 
 def test_cosine_schedule_runs_from_start_to_end():
@@ -86,7 +87,7 @@ def test_the_learning_rate_is_constant_unless_an_end_is_given():
 
 
 def test_a_record_holding_a_removed_setting_matches_only_at_the_value_this_version_runs_as():
-    from vlm_policy.training.stages import differences, stage_settings
+    from vlm_policy.training.stage_records import differences, stage_settings
 
     wanted = stage_settings(TrainConfig())["ppo"]
     assert differences({**wanted, "normalize_advantage": True}, wanted) == []
@@ -94,7 +95,7 @@ def test_a_record_holding_a_removed_setting_matches_only_at_the_value_this_versi
 
 
 def test_settings_added_later_are_recorded_only_when_set():
-    from vlm_policy.training.stages import stage_settings
+    from vlm_policy.training.stage_records import stage_settings
 
     # Run folders made before these settings, with them off, still match.
     default = stage_settings(TrainConfig(sft_stop_reach=0.0, ppo_check_every=0))
@@ -133,7 +134,7 @@ def test_settings_added_later_are_recorded_only_when_set():
 def test_a_config_holds_every_rule_resolved_and_old_records_of_the_rules_still_match(tmp_path):
     from dataclasses import asdict
 
-    from vlm_policy.training.stages import StageRecords
+    from vlm_policy.training.stage_records import StageRecords
 
     config = TrainConfig()
     assert (config.vision_warmup_steps, config.sft_stop_reach, config.ppo_check_every, config.eval_batch,
@@ -153,7 +154,7 @@ def test_a_config_holds_every_rule_resolved_and_old_records_of_the_rules_still_m
 
 
 def records_differ(records, stage: str, old: dict) -> list[str]:
-    from vlm_policy.training.stages import differences
+    from vlm_policy.training.stage_records import differences
 
     return differences(old, records.wanted[stage], by_rule=records.by_rule)
 
@@ -164,7 +165,7 @@ def test_the_sft_stop_checks_leave_the_model_as_it_was(tmp_path):
     pipeline = Pipeline(_micro_config(tmp_path / "run", sft_stop_success=0.5, sft_check_episodes=2))
     bundle = load_vlm("tiny", seed=0)
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-    measures = pipeline.validation(24)(bundle, ["success", "reach"])
+    measures = pipeline.sft.validation(24)(bundle, ["success", "reach"])
     assert measures["success"] in (0.0, 0.5, 1.0)  # 2 episodes
     assert measures["reach"] == 0.0  # a random model writes no oracle answer with 1% probability
     after = bundle.model.state_dict()
@@ -249,7 +250,7 @@ def test_an_earlier_better_check_is_the_agent_handed_over(finished_run, tmp_path
     run = tmp_path / "run"
     shutil.copytree(finished_run[0], run)
     scores = iter([0.5, 1.0, 0.5])  # the SFT model, after update 1, after update 2 (the last)
-    monkeypatch.setattr(Pipeline, "ppo_validation", lambda self, sft_dir, budget: lambda policy: next(scores))
+    monkeypatch.setattr(ProximalPolicyOptimization, "validation", lambda self, sft_dir, budget: lambda policy: next(scores))
     Pipeline(_micro_config(run, ppo_check_every=1)).run(overwrite=True)
     assert "PPO's agent is the one checked at 8 env steps: greedy answers win 100.0%" in capsys.readouterr().out
     final = _policy_weights(run / "ppo" / "final.zip")
@@ -263,7 +264,7 @@ def test_ppo_stops_at_a_check_that_wins_the_stop_success(finished_run, tmp_path,
     run = tmp_path / "run"
     shutil.copytree(finished_run[0], run)
     scores = iter([0.5, 1.0, 0.5])  # the SFT model, after update 1 (the stop), never after update 2
-    monkeypatch.setattr(Pipeline, "ppo_validation", lambda self, sft_dir, budget: lambda policy: next(scores))
+    monkeypatch.setattr(ProximalPolicyOptimization, "validation", lambda self, sft_dir, budget: lambda policy: next(scores))
     Pipeline(_micro_config(run, ppo_check_every=1, ppo_stop_success=1.0)).run(overwrite=True)
     out = capsys.readouterr().out
     assert "PPO stops at 8 env steps: greedy answers win 100.0%" in out
@@ -298,7 +299,7 @@ def test_an_interrupted_run_resumes_without_redoing_work(finished_run, tmp_path,
 
 @pytest.mark.slow
 def test_changed_settings_stop_the_run_before_anything_is_touched(finished_run, tmp_path):
-    from vlm_policy.training.stages import SettingsChanged
+    from vlm_policy.training.stage_records import SettingsChanged
 
     run = tmp_path / "run"
     shutil.copytree(finished_run[0], run)
@@ -435,8 +436,8 @@ def test_a_torn_final_agent_is_not_taken_as_done(finished_run, tmp_path, capsys,
     final = run / "ppo" / "final.zip"
     final.write_bytes(final.read_bytes()[:300])
     evaluated = []
-    original = Pipeline.evaluate
-    monkeypatch.setattr(Pipeline, "evaluate", lambda self, *a, **k: evaluated.append(a[-1]) or original(self, *a, **k))
+    original = Evaluation.evaluate
+    monkeypatch.setattr(Evaluation, "evaluate", lambda self, *a, **k: evaluated.append(a[-1]) or original(self, *a, **k))
     rows = Pipeline(_micro_config(run)).run(resume=True)
     assert "is not whole" in capsys.readouterr().out
     assert read_agent_data(final)["num_timesteps"] == 16
@@ -466,7 +467,7 @@ def _files(folder: Path) -> dict:
 @pytest.mark.slow
 def test_resume_with_a_larger_budget_continues_ppo(finished_run, tmp_path, capsys):
     from vlm_policy.agents import read_agent_data
-    from vlm_policy.training.stages import SettingsChanged
+    from vlm_policy.training.stage_records import SettingsChanged
 
     run = tmp_path / "run"
     shutil.copytree(finished_run[0], run)
@@ -504,7 +505,7 @@ def test_ppo_with_a_vlm_policy_and_no_policy_kwargs_trains_what_the_main_job_tra
     from vlm_policy.defaults import CHECKPOINT_LORA_RANK, lora_rank_for
 
     pipeline = Pipeline(TrainConfig(out_dir=str(tmp_path), device="cpu"))
-    main_job = pipeline.policy_kwargs("tiny")
+    main_job = pipeline.ppo.policy_kwargs("tiny")
     env = make_vlm_vec_env("gym_cards/NumberLine-v0", n_envs=1, model="tiny", max_new_tokens=12)
     policy = PPO(VLMPolicy, env, n_steps=4, batch_size=4, device="cpu").policy  # only the model is named
     compared = ("temperature", "cot_weight", "lora_r", "train_vision", "value_lr_scale", "value_gradients_to_model",

@@ -184,7 +184,7 @@ def test_a_demonstration_set_is_whole_or_absent(tmp_path, monkeypatch):
 
 def test_a_stage_that_failed_before_its_output_binds_no_setting(tmp_path):
     from vlm_policy.training.configs import TrainConfig
-    from vlm_policy.training.stages import StageRecords
+    from vlm_policy.training.stage_records import StageRecords
 
     out = tmp_path / "run"
     failed = StageRecords(out, TrainConfig(out_dir=str(out), seed=5))

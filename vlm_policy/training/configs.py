@@ -16,11 +16,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from gym_vlm_cards.registration import FALLBACK_STEP_LIMIT, registered_step_limit, resolve_env_id
 from vlm_policy import defaults
 from vlm_policy.loading import TINY, is_tiny
+
+G = TypeVar("G")
 
 #: The first seed of the validation episodes SFT's stop checks use (the test seeds start at 100,000).
 VALIDATION_SEED = 200_000
@@ -452,6 +454,10 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def group(self, cls: type[G]) -> G:
+        """The settings of one group (e.g. ``config.group(SFTConfig)``), taken from this config."""
+        return cls(**{item.name: getattr(self, item.name) for item in fields(cls)})
 
     @classmethod
     def from_groups(cls, *groups: Any) -> TrainConfig:

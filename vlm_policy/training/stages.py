@@ -1,226 +1,593 @@
-"""What each stage of the main job depends on, recorded so that a stage is reused only when it matches.
+"""The stages of the main job as small objects: demonstrations, SFT, PPO, evaluation and the report.
 
-Every stage writes a record of its settings into ``out_dir/stages/<stage>.json`` *before* it starts;
-each record nests the records of the stages it builds on, so a change anywhere upstream shows
-downstream too. A later run with the same ``--out-dir`` compares its own settings with the records
-before touching anything: a stage whose record differs (or whose outputs exist with no record, as
-written by an older version) stops the run with the differing settings named, unless ``--overwrite``
-asks to redo it and every stage after it.
+Each stage takes the :class:`Job` (the config, the run folder, the device and the processes) and makes its
+output with one call; :class:`~vlm_policy.training.pipeline.Pipeline` orders them, records their settings
+and skips what is done. They can also be called one by one (``examples/quickstart.py``)::
+
+    job = Job(TrainConfig(env_id="gym_cards/NumberLine-v0"))
+    demos = Demonstrations(job).make()                    # out_dir/demos/demos.jsonl
+    budget = Demonstrations(job).answer_budget(demos)
+    sft_dir = SupervisedFineTuning(job).make(demos, budget)
+    before = Evaluation(job).checkpoint(sft_dir, budget)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
-from dataclasses import asdict, fields
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from vlm_policy.checkpoints import atomic_write_text, remove_path
+from gym_vlm_cards.evaluate import TABLE_HEADER, EvalResult, format_table
+from gym_vlm_cards.registration import registered_id
+from vlm_policy import distributed
+from vlm_policy.agents import checkpoint_problem
+from vlm_policy.checkpoints import SFT_METADATA_FILE, atomic_path, atomic_write_text
+from vlm_policy.env_bridge import frame_kwargs
+from vlm_policy.loading import load_processor, resolve_device
+from vlm_policy.optim import cosine_schedule
 from vlm_policy.training.configs import (
-    PPOConfig,
+    REACH_PROBABILITY,
+    VALIDATION_SEED,
+    CommonConfig,
+    ModelConfig,
     SFTConfig,
     TrainConfig,
     is_alfworld,
-    ppo_check_every_rule,
-    warmup_steps_rule,
 )
-from vlm_policy.training.run_folder import RunRefused
+from vlm_policy.training.run_record import TRAIN_LOG, LogTee, append_log_lines
 
-STAGES = ("demos", "sft", "after SFT", "ppo", "after PPO")
-#: The stages each stage is made from.
-UPSTREAM = {"demos": (), "sft": ("demos",), "after SFT": ("sft",), "ppo": ("sft",), "after PPO": ("ppo",)}
+T = TypeVar("T")
 
 
-def downstream(stage: str) -> list[str]:
-    """``stage`` and every stage made from it, in run order."""
-    found = {stage}
-    for later in STAGES:
-        if any(up in found for up in UPSTREAM[later]):
-            found.add(later)
-    return [s for s in STAGES if s in found]
-#: Settings that change how a stage runs but not what it produces (``eval_batch``: how many episodes
-#: step together; each episode's greedy answers do not depend on it, the same results measured at 8 and 64).
-NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device", "eval_batch"}
+class Job:
+    """What every stage of one run shares: the resolved config, the run folder, the device and the
+    processes (under torchrun every process runs every stage; rank 0 alone writes what is not training)."""
 
-#: Settings added to a stage after run folders had recorded it, with the value that leaves it as it was.
-SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_stop_reach": 0.0,
-                        "ppo_stop_success": 0.0}
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.out = Path(config.out_dir)
+        self.context = distributed.current()
+        self.device = distributed.device_for(self.context, str(resolve_device(config.device)))
+        if not config.progress:  # --no-progress silences the libraries' bars too (loading and writing weights)
+            from huggingface_hub.utils import disable_progress_bars
+            from transformers.utils import logging as transformers_logging
 
+            transformers_logging.disable_progress_bar()
+            disable_progress_bars()
 
-#: Settings whose rule earlier versions recorded as this word (-1) where this version records the value
-#: the rule gives: such a record matches a run that leaves the setting to its rule.
-SETTINGS_RECORDED_AS_RULES = {"vision_warmup_steps": -1, "ppo_check_every": -1}
+    def say(self, text: str) -> None:
+        """Prints a line of the run's log (rank 0 only); once the run's checks have passed, everything printed
+        also goes to ``train.log`` in the run folder (:class:`~vlm_policy.training.run_record.LogTee`)."""
+        if not self.context.is_main:
+            return
+        print(text, flush=True)
+        if not isinstance(sys.stdout, LogTee) and self.out.is_dir():  # a line before the log starts
+            append_log_lines(self.out / TRAIN_LOG, text.split("\n"))
 
+    def header(self, name: str, what: str) -> None:
+        """The header line of a stage: its name and what it will do."""
+        self.say(f"== {name}: {what}")
 
-#: Settings that stage records of earlier versions hold and this version no longer has, with the value
-#: this version runs as (a record holding that value still matches; one holding another does not).
-SETTINGS_REMOVED = {"normalize_advantage": True, "lora_alpha": 0, "sft_lora_alpha": 0, "rollout_logprobs": "auto",
-                    "warmup_labels": "auto", "sft_train_vision": False}
+    def on_main(self, work: Callable[[], T]) -> T:
+        """``work()`` run by rank 0 alone; every process returns its result or raises its error."""
+        if not self.context.enabled:
+            return work()
+        outcome: tuple[str, Any] = ("ok", None)
+        if self.context.is_main:
+            try:
+                outcome = ("ok", work())
+            except Exception as error:  # handed to every process, which all raise it
+                outcome = ("error", error)
+        outcome = distributed.broadcast_object(outcome)
+        if outcome[0] == "error":
+            raise outcome[1]
+        return outcome[1]
 
+    def evaluation_kwargs(self) -> dict[str, Any]:
+        """The policy settings an evaluation takes (those of PPO's policy that bear on greedy answers)."""
+        c = self.config
+        return {"temperature": c.temperature, "cot_weight": c.cot_weight, "lora_r": c.lora_r,
+                "micro_batch_size": c.micro_batch, "dtype": c.dtype, "seed": c.seed}
 
-class SettingsChanged(RunRefused):
-    """An output directory holds stages made with other settings than this run's."""
+    def play_validation(self, policy, make_env: Callable[[], Any], episodes: int) -> float:
+        """The share of ``episodes`` validation episodes (seeds from :data:`VALIDATION_SEED`) that ``policy``'s
+        greedy answers win, ``--eval-batch`` of them stepping together in one batched generate. An episode
+        whose state comes back is lost there and then (``end_loops``): played out, it would loop to its limit."""
+        from vlm_policy.training.evaluation import evaluate_vlm
 
-
-def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
-    """Each stage's record: the settings its outputs depend on, upstream stages' records nested."""
-    values = asdict(config)
-
-    # Settings added after run folders were first recorded are left out while they change nothing, so
-    # that folders made before them still match; the SFT checks' own settings matter only with the stop on.
-    unset = {name for name, off in SETTINGS_ADDED_LATER.items() if values[name] == off}
-    if not config.stop_targets():  # SFT makes every step, as before the stops existed
-        unset |= {"sft_check_every", "sft_check_episodes"}
-    if not config.ppo_checks_every():  # PPO hands over its last update's agent, as before the checks existed
-        unset |= {"ppo_check_every", "ppo_check_episodes", "ppo_keep_best", "ppo_stop_success"}
-
-    def pick(names) -> dict[str, Any]:
-        return {name: values[name] for name in names if name not in NOT_RESULT_SETTINGS and name not in unset}
-
-    # ALFWorld's data settings are recorded for ALFWorld only (the card tasks' records stay as they were).
-    alfworld = is_alfworld(config.env_id)
-    demos = pick(("env_id", "demos", "seed", "prompt_style", "model", "max_episode_steps")  # every stage's step limit
-                 + (("data_root", "split") if alfworld else ()))
-    sft = {"demos": demos, **pick([f.name for f in fields(SFTConfig)] + ["dtype", "gradient_checkpointing"]),
-           # The draw SFT now always makes, recorded so that folders made before it (with the plain draw, and
-           # no such entry) are not taken for this version's.
-           "balance_states": "auto"}
-    if values["sft_stop_reach"]:  # the reach is measured at PPO's sampling temperature
-        sft["temperature"] = values["temperature"]
-    evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens") + (("eval_splits",) if alfworld else ()))
-    ppo = {"sft": sft, **pick([f.name for f in fields(PPOConfig)] + ["max_new_tokens", "micro_batch_size"])}
-    return {"demos": demos, "sft": sft, "after SFT": {"sft": sft, "temperature": values["temperature"], **evaluation},
-            "ppo": ppo, "after PPO": {"ppo": ppo, **evaluation}}
-
-
-def differences(recorded: Any, wanted: Any, prefix: str = "", by_rule: dict[str, Any] | None = None) -> list[str]:
-    """``name: old -> new`` for every setting that differs between two records; ``by_rule``: the values this
-    run's rules give (:data:`SETTINGS_RECORDED_AS_RULES`)."""
-    if isinstance(recorded, dict) and isinstance(wanted, dict):
-        found: list[str] = []
-        for key in sorted(set(recorded) | set(wanted)):
-            if key in ("demos", "sft", "ppo") and prefix:
-                continue  # an upstream record: reported at its own stage
-            if key not in wanted and key in SETTINGS_REMOVED and recorded[key] == SETTINGS_REMOVED[key]:
-                continue
-            if (key in wanted and recorded.get(key) == SETTINGS_RECORDED_AS_RULES.get(key, "<none>")
-                    and by_rule is not None and wanted[key] == by_rule.get(key)):
-                continue
-            found += differences(recorded.get(key, "<unset>"), wanted.get(key, "<unset>"), key, by_rule)
-        return found
-    return [] if recorded == wanted else [f"{prefix}: {recorded!r} -> {wanted!r}"]
+        result, _ = evaluate_vlm(policy, make_env, episodes, VALIDATION_SEED, parallel=self.config.episodes_at_once(),
+                                 name="validation", end_loops=True)
+        return result.success_rate
 
 
-class StageRecords:
-    """The stage records of one output directory, and the outputs each stage owns."""
+class Demonstrations:
+    """The oracle plays ``--demos`` steps; its frames and answers become ``out_dir/demos`` (kept when whole)."""
 
-    def __init__(self, out: Path, config: TrainConfig) -> None:
-        self.out = out
-        self.wanted = stage_settings(config)
-        # What this version's rules give for this task and model (an earlier version's -1 recorded the rule).
-        self.by_rule = {"vision_warmup_steps": warmup_steps_rule(config.model),
-                        "ppo_check_every": ppo_check_every_rule(config.env_id)}
+    name = "demos"
 
-    def path(self, stage: str) -> Path:
-        return self.out / "stages" / f"{stage.replace(' ', '_')}.json"
+    def __init__(self, job: Job) -> None:
+        self.job = job
 
-    def outputs(self, stage: str) -> list[Path]:
-        return {
-            "demos": [self.out / "demos"],
-            "sft": [self.out / "sft"],
-            # A row of results.json; for ALFWorld also the outcomes of each game, and of random and oracle on them.
-            "after SFT": [self.out / "episodes" / f"{name}.jsonl" for name in ("after_SFT", "random", "oracle")],
-            "ppo": [self.out / "ppo", self.out / "curve.jsonl", self.out / "tb"],
-            "after PPO": [self.out / "learning_curve.png", self.out / "episode_strip.png",
-                          self.out / "episodes" / "after_PPO.jsonl", self.out / "alfworld_table.md"],
-        }[stage]
+    def describe(self) -> str:
+        c = self.job.config
+        return f"the oracle plays {c.demos} steps of {c.env_id} (kept when {self.job.out / 'demos'} has them)"
 
-    def _has_output(self, stage: str, results: dict) -> bool:
-        if stage in ("after SFT", "after PPO"):
-            return stage in results
-        return any(path.exists() for path in self.outputs(stage))
+    def make(self) -> Path:
+        """The demonstrations file (chat-messages JSONL beside its PNG frames)."""
+        from vlm_policy.training.demos import DEMOS_FILE, set_size, write_demonstrations
 
-    def recorded(self, stage: str) -> dict[str, Any]:
-        """A stage's record; a one-line error naming the file when it is not one this package wrote."""
-        path = self.path(stage)
+        c, folder = self.job.config, self.job.out / "demos"
+        if set_size(folder) == c.demos:
+            return folder / DEMOS_FILE
+        env_kwargs = frame_kwargs(c.env_id, load_processor(c.model), c.env_kwargs())
+        return write_demonstrations(c.env_id, c.demos, folder, seed=c.seed, chain_of_thought=c.prompt_style == "cot",
+                                    env_kwargs=env_kwargs)
+
+    def answer_budget(self, demos: Path) -> int:
+        """The answer budget: ``--max-new-tokens``, or (auto) one that fits every demonstration answer.
+
+        A configured budget shorter than a demonstration answer is an error: SFT would teach answers
+        that generation can never finish.
+        """
+        from vlm_policy.training.demos import answer_token_budget, longest_answer_tokens, read_answers
+
+        asked = self.job.config.max_new_tokens
+        longest = longest_answer_tokens(read_answers(demos), load_processor(self.job.config.model).tokenizer)
+        if asked == 0:
+            return answer_token_budget(longest)
+        if asked < longest:
+            raise ValueError(f"--max-new-tokens {asked} is shorter than the longest demonstration answer ({longest} "
+                             f"tokens): use at least {longest}, or auto to size it from the demonstrations")
+        return asked
+
+
+class SupervisedFineTuning:
+    """Fine-tunes the model on the demonstrations into ``out_dir/sft``, stopped by its validation checks."""
+
+    name = "sft"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def describe(self) -> str:
+        c = self.job.config
+        stop = f", stopped once a check's reach is {c.stop_reach():.0%}" if c.stop_reach() else ""
+        return f"fine-tunes {c.model} on them for up to {c.sft_steps} steps{stop}"
+
+    def make(self, demos: Path, budget: int = 0) -> str:
+        """The SFT checkpoint's folder (absolute: PPO's agent records it and must load from anywhere)."""
+        from vlm_policy.training.demos import read_demonstrations
+        from vlm_policy.training.sft import run_sft
+
+        directory = (self.job.out / "sft").resolve()
+        if (directory / SFT_METADATA_FILE).is_file():
+            return str(directory)
+        c = self.job.config
+        validate = self.validation(budget or Demonstrations(self.job).answer_budget(demos)) if c.stop_targets() else None
+        sft = c.group(SFTConfig).with_stops_resolved(c.stop_reach())
+        return str(run_sft(read_demonstrations(demos), directory, sft=sft, model=c.group(ModelConfig),
+                           common=c.group(CommonConfig), validation=validate, tensorboard_dir=self.job.out / "tb"))
+
+    def validation(self, budget: int) -> Callable[[Any, list[str]], dict[str, float]]:
+        """SFT's stop check: ``check(bundle, names)`` measures the model being trained on the
+        ``--sft-check-episodes`` validation episodes (seeds from :data:`VALIDATION_SEED`, never the test seeds).
+
+        * ``"success"``: the share of the episodes that greedy answers win. The model is copied and saved to
+          a temporary folder so that it is played exactly as the "after SFT" evaluation plays a checkpoint (a
+          copy: saving merges LoRA weights, which must stay apart in training).
+        * ``"reach"``: the share of the frames of the oracle's play of those episodes on which sampling at
+          PPO's ``--temperature`` writes the oracle's whole answer with a probability of at least
+          :data:`REACH_PROBABILITY`. Scored on the model in memory (no copy): teacher-forced forwards only.
+        """
+        c, device = self.job.config, self.job.device
+        frames: list = []
+
+        def reach(bundle) -> float:
+            from vlm_policy.distribution import TokenSequenceDistribution
+            from vlm_policy.loading import resolve_dtype
+            from vlm_policy.training.demos import oracle_episode_examples
+
+            if not frames:  # the same frames at every check: made once
+                env_kwargs = frame_kwargs(c.env_id, bundle.processor, c.env_kwargs())
+                frames.extend(oracle_episode_examples(c.env_id, c.sft_check_episodes, VALIDATION_SEED,
+                                                      c.prompt_style == "cot", env_kwargs))
+            distribution = TokenSequenceDistribution.for_bundle(bundle, c.temperature, budget, c.micro_batch,
+                                                                resolve_dtype(c.dtype, device))
+            log_probs = distribution.answer_log_probs([f.image for f in frames], [f.prompt for f in frames],
+                                                      [f.answer for f in frames], device)
+            return float((log_probs >= math.log(REACH_PROBABILITY)).mean())
+
+        measures = {"success": self.validation_success(budget), "reach": reach}
+        return lambda bundle, names: {name: measures[name](bundle) for name in names}
+
+    def validation_success(self, budget: int) -> Callable[[Any], float]:
+        """The share of the validation episodes that greedy answers of a model being trained win (see
+        :meth:`validation`)."""
+        import copy
+        import dataclasses
+        import tempfile
+
+        from vlm_policy.checkpoints import save_sft_checkpoint
+        from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
+
+        job, c = self.job, self.job.config
+
+        def check(bundle) -> float:
+            with tempfile.TemporaryDirectory(prefix="sft-check-") as folder:
+                snapshot = save_sft_checkpoint(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)),
+                                               Path(folder) / "sft", {})
+                make_env = eval_env_factory(c.env_id, str(snapshot), budget, c.prompt_style, c.env_kwargs())
+                policy = standalone_policy(str(snapshot), make_env(), device=job.device,
+                                           **job.evaluation_kwargs())
+                return job.play_validation(policy, make_env, c.sft_check_episodes)
+
+        return check
+
+
+class Evaluation:
+    """The held-out evaluations (greedy answers on the test seeds, or ALFWorld's evaluation games), their
+    ``results.json`` rows, TensorBoard entries and, on ALFWorld, each game's outcome."""
+
+    name = "evaluation"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def evaluate(self, policy, model: str, budget: int, name: str, record: bool = False):
+        """The held-out evaluation's result and, with ``record``, the episodes the strip shows: a won and a lost
+        one where the first episodes have both (ALFWorld: the first game)."""
+        from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm
+
+        c = self.job.config
+        if is_alfworld(c.env_id):
+            result, first = self._evaluate_games(policy, model, budget, name, record)
+            return result, [first] if first is not None else None
+        make_env = eval_env_factory(c.env_id, model, budget, c.prompt_style, c.step_limit())
+        examples = {} if record else None
+        result, _ = evaluate_vlm(policy, make_env, c.eval_episodes, c.eval_seed, parallel=c.episodes_at_once(),
+                                 name=name, progress=c.progress, examples=examples)
+        return result, [examples[won] for won in (True, False) if won in examples] if record else None
+
+    def checkpoint(self, sft_dir: str, budget: int, name: str = "after SFT") -> EvalResult:
+        """The held-out evaluation of an SFT checkpoint, played as the main job plays it."""
+        from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
+
+        c = self.job.config
+        env_kwargs = c.step_limit()
+        if is_alfworld(c.env_id):
+            env_kwargs["game_files"] = next(iter(self.games.values()))
+        env = eval_env_factory(c.env_id, sft_dir, budget, c.prompt_style, env_kwargs)()
+        policy = standalone_policy(sft_dir, env, device=self.job.device, **self.job.evaluation_kwargs())
+        return self.evaluate(policy, sft_dir, budget, name)[0]
+
+    @cached_property
+    def games(self) -> dict[str, list[str]]:
+        """ALFWorld: the games each evaluation split plays (the first --eval-episodes, task types in turn);
+        found once per run (it reads every game's ``traj_data.json``)."""
+        from alfworld_bridge.evaluation import evaluation_games
+
+        c = self.job.config
+        return {split: [str(g) for g in evaluation_games(c.data_root or None, split, c.eval_episodes)]
+                for split in c.eval_splits}
+
+    def _evaluate_games(self, policy, model: str, budget: int, name: str, record: bool):
+        """ALFWorld: every evaluation game once per split; the outcomes go to ``episodes/<name>.jsonl``."""
+        from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm_on_games
+
+        c = self.job.config
+        results, first_record, outcomes = [], None, {}
+        for split, games in self.games.items():
+            make_env = eval_env_factory(c.env_id, model, budget, c.prompt_style,
+                                        env_kwargs={"game_files": games, **c.step_limit()})
+            result, episode_record, outcomes[split] = evaluate_vlm_on_games(
+                policy, make_env, len(games), c.eval_seed, name=f"{name} {split}", parallel=c.episodes_at_once(),
+                record_first=record and first_record is None, progress=c.progress)
+            results.append(result)
+            first_record = first_record or episode_record
+        self.write_outcomes(name, outcomes)
+        return _pooled(name, results), first_record
+
+    def episodes_file(self, name: str) -> Path:
+        return self.job.out / "episodes" / f"{name.replace(' ', '_')}.jsonl"
+
+    def write_outcomes(self, name: str, by_split: dict[str, list]) -> None:
+        """``episodes/<name>.jsonl``: each game's outcome, with its split."""
+        path = self.episodes_file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({"split": split, **o.to_dict()}) for split, outcomes in by_split.items() for o in outcomes]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+
+    # ------------------------------------------------------------ results.json and TensorBoard
+    def cached_results(self) -> dict[str, EvalResult]:
+        """The rows of ``results.json`` (empty when there is none)."""
+        path = self.job.out / "results.json"
+        if not path.is_file():
+            return {}
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise SettingsChanged(f"{path} is not a stage record ({type(error).__name__}: {error}); remove it and "
-                                  "rerun with --overwrite to redo that stage, or choose a fresh --out-dir") from None
-        if not isinstance(record, dict):
-            raise SettingsChanged(f"{path} is not a stage record (not a JSON object); remove it and rerun with "
-                                  "--overwrite to redo that stage, or choose a fresh --out-dir")
-        return record
+            return {name: EvalResult(**row) for name, row in json.loads(path.read_text()).items()}
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path} is not a results table this package wrote ({error}); move it away or "
+                             "choose a fresh --out-dir") from None
 
-    def _extends_ppo(self, changed: dict[str, list[str]]) -> bool:
-        """Whether the only change is a larger ``--ppo-timesteps`` (a PPO stage that ``--resume`` continues)."""
-        if not changed or set(changed) - {"ppo", "after PPO"}:
-            return False
-        old = {stage: self.recorded(stage) for stage in changed if self.path(stage).is_file()}
-        if len(old) != len(changed) or "ppo" not in old:
-            return False
-        wanted = self.wanted["ppo"]
+    def save_results(self, results: dict[str, EvalResult]) -> None:
+        atomic_write_text(self.job.out / "results.json",
+                          json.dumps({k: asdict(v) for k, v in results.items()}, indent=2))
 
-        def grown(record: Any) -> bool:
-            return (isinstance(record, dict) and isinstance(record.get("ppo_timesteps"), int)
-                    and record["ppo_timesteps"] < wanted["ppo_timesteps"]
-                    and {**record, "ppo_timesteps": wanted["ppo_timesteps"]} == wanted)
+    def log(self, result: EvalResult, step: int) -> None:
+        """A held-out evaluation in TensorBoard too, when it is made: step 0 the SFT model, step 1 the PPO agent."""
+        from torch.utils.tensorboard import SummaryWriter
 
-        after = old.get("after PPO")
-        return grown(old["ppo"]) and (after is None or grown(after.get("ppo")) and
-                                      {**after, "ppo": wanted} == self.wanted["after PPO"])
+        with SummaryWriter(str(self.job.out / "tb" / "evaluation")) as writer:
+            for key in ("success_rate", "mean_return", "invalid_rate"):
+                writer.add_scalar(f"evaluation/{key}", getattr(result, key), step)
 
-    def check(self, results: dict, overwrite: bool, resume: bool = False) -> list[str]:
-        """Stops (``SettingsChanged``, every difference named) if stages were made with other
-        settings; with ``overwrite`` deletes them and the stages made from them instead, and returns
-        the stages deleted. With ``resume`` a larger ``--ppo-timesteps`` alone continues PPO: its final
-        agent and the stages after it are removed (its checkpoints and records stay)."""
-        changed: dict[str, list[str]] = {}
-        for stage in STAGES:
-            path = self.path(stage)
-            if not self._has_output(stage, results):
-                continue  # nothing made: the record of a stage that failed before its output binds nothing
-            if path.is_file():
-                found = differences(self.recorded(stage), self.wanted[stage], by_rule=self.by_rule)
-            else:
-                found = ["no settings record: made by an older version of this package"]
-            if found:
-                changed[stage] = found
-        if not changed:
-            return []
-        if resume and not overwrite and self._extends_ppo(changed):
-            self.remove(["after PPO"], results)
-            for output in (self.out / "ppo" / "final.zip", self.out / "ppo" / "adapter"):
-                remove_path(output)
-            return ["ppo", "after PPO"]
-        if not overwrite:
-            # An upstream change shows in every stage made from it: each difference is named once.
-            seen: set[str] = set()
-            for stage in list(changed):
-                changed[stage] = [d for d in changed[stage] if d not in seen]
-                seen.update(changed[stage])
-                if not changed[stage]:
-                    del changed[stage]
-            listing = "; ".join(f"{stage}: {', '.join(found)}" for stage, found in changed.items())
-            raise SettingsChanged(
-                f"{self.out} holds stages made with other settings ({listing}); rerun with the same settings, "
-                "pass --overwrite to redo those stages (and the ones made from them), or choose a fresh --out-dir")
-        redo = [stage for stage in STAGES if any(stage in downstream(c) for c in changed)]
-        self.remove(redo, results)
-        return redo
+    def alfworld_table(self) -> None:
+        """Random admissible command and oracle on the same games, then a per-task-type table per split."""
+        from alfworld_bridge.evaluation import AGENT_LABELS, Outcome, per_type_table, play_agents
 
-    def remove(self, stages, results: dict) -> None:
-        for stage in stages:
-            self.path(stage).unlink(missing_ok=True)
-            results.pop(stage, None)
-            for output in self.outputs(stage):
-                if output.is_dir():
-                    shutil.rmtree(output)
-                else:
-                    output.unlink(missing_ok=True)
+        c = self.job.config
+        for name in AGENT_LABELS:
+            if not self.episodes_file(name).is_file():
+                self.write_outcomes(name, {split: play_agents(
+                    [name], files, seed=c.eval_seed, progress=c.progress, env_id=c.env_id, tag=split,
+                    **c.step_limit())[name] for split, files in self.games.items()})
+        names = {**{label: name for name, label in AGENT_LABELS.items()}, "after SFT": "after SFT",
+                 "after PPO": "after PPO"}
+        outcomes = {label: [json.loads(line) for line in self.episodes_file(name).read_text().splitlines()]
+                    for label, name in names.items()}
+        sections = []
+        for split in self.games:
+            rows = {label: [Outcome(**{k: v for k, v in o.items() if k != "split"}) for o in found if o["split"] == split]
+                    for label, found in outcomes.items()}
+            sections.append(f"### {split}\n\n{per_type_table(rows)}\n")
+        text = (f"{c.env_id} ({c.model}), success % / mean goal-condition %, "
+                f"{c.env_kwargs().get('split')} demonstrations and PPO\n\n" + "\n".join(sections))
+        atomic_write_text(self.job.out / "alfworld_table.md", text)
+        self.job.say(text)
 
-    def begin(self, stage: str) -> None:
-        """Records the settings a stage is about to be made with."""
-        atomic_write_text(self.path(stage), json.dumps(self.wanted[stage], indent=2))
+
+class ProximalPolicyOptimization:
+    """SB3's ``PPO(VLMPolicy, env)`` from the SFT checkpoint, with the run's callbacks (checkpoints, rollout
+    curve, greedy validation checks, best-agent keeping, the stop on validation success); its agent is
+    ``out_dir/ppo/final.zip``."""
+
+    name = "ppo"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        #: Whether the latest :meth:`make` loaded a finished run's whole final agent instead of training one.
+        self.agent_reused = False
+
+    def describe(self) -> str:
+        c = self.job.config
+        checks = f", a greedy check every {c.ppo_checks_every()} updates" if c.ppo_checks_every() else ""
+        return f"{c.ppo_timesteps} env steps of PPO in {c.n_envs} envs x {c.n_steps} steps a rollout{checks}"
+
+    def arguments(self) -> dict[str, Any]:
+        """SB3 ``PPO``'s own arguments as the main job sets them (``PPO(VLMPolicy, env, **this, policy_kwargs=...)``)."""
+        c, context = self.job.config, self.job.context
+        return {"learning_rate": cosine_schedule(c.learning_rate, c.learning_rate_end), "n_steps": c.n_steps,
+                "batch_size": c.batch_size, "n_epochs": c.n_epochs, "gamma": c.gamma, "gae_lambda": c.gae_lambda,
+                "clip_range": c.clip_range, "ent_coef": c.ent_coef, "vf_coef": c.vf_coef,
+                # Data-parallel: the early stop is taken on the KL of all processes (distributed.py).
+                "target_kl": (c.target_kl or None) if not context.enabled else None,
+                "max_grad_norm": c.max_grad_norm, "seed": c.seed + context.rank, "device": self.job.device}
+
+    def policy_kwargs(self, model: str) -> dict[str, Any]:
+        """VLMPolicy's settings for PPO from ``model`` (``PPO(VLMPolicy, env, policy_kwargs=this)``)."""
+        c = self.job.config
+        return {"model": model, "temperature": c.temperature, "cot_weight": c.cot_weight, "lora_r": c.lora_r,
+                "train_vision": c.train_vision, "value_lr_scale": c.value_lr_scale,
+                "value_gradients_to_model": c.value_gradients_to_model, "kl_coef": c.kl_coef,
+                "gradient_checkpointing": c.checkpointing_for(c.model), "micro_batch_size": c.micro_batch,
+                "compute_entropy": c.ent_coef > 0, "dtype": c.dtype,
+                "device": self.job.device, "seed": c.seed, "env_id": registered_id(c.env_id)}
+
+    def validation(self, sft_dir: str, budget: int) -> Callable[[Any], float]:
+        """PPO's check: the share of ``--ppo-check-episodes`` validation episodes (seeds from
+        :data:`VALIDATION_SEED`) that a policy's greedy answers win, played as "after PPO" plays its agent."""
+        from vlm_policy.training.evaluation import eval_env_factory
+
+        c = self.job.config
+        make_env = eval_env_factory(c.env_id, sft_dir, budget, c.prompt_style, c.env_kwargs())
+        return lambda policy: self.job.play_validation(policy, make_env, c.ppo_check_episodes)
+
+    def make(self, sft_dir: str, budget: int, resume: bool):
+        """The trained PPO model (SB3's), from ``--resume``'s newest whole checkpoint where asked."""
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.callbacks import CallbackList
+
+        from vlm_policy.agents import embed_base, load_agent
+        from vlm_policy.checkpoints import saves_whole_model
+        from vlm_policy.env_bridge import make_vlm_vec_env
+        from vlm_policy.policy import VLMPolicy
+        from vlm_policy.training.callbacks import (
+            BEST_AGENT_DIR,
+            VALIDATION_RECORD,
+            GreedyValidationCallback,
+            HyperparameterLogger,
+            KeepBestAgent,
+            StopOnValidationSuccess,
+            UpdateCheckpointCallback,
+            VLMRolloutLogger,
+            checkpoint_steps,
+            keep_points_up_to,
+        )
+
+        job, c = self.job, self.job.config
+        context, out = job.context, job.out
+        main = context.is_main
+        final = out / "ppo" / "final.zip"
+        # Each process plays its own envs: rank r's episodes are seeded apart from every other rank's.
+        subprocesses = None
+        if is_alfworld(c.env_id) and c.n_envs > 1:  # a reset loads a game (~1 s): the envs step side by side
+            from stable_baselines3.common.vec_env import SubprocVecEnv
+
+            subprocesses = SubprocVecEnv
+        env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1 + 100_000 * context.rank,
+                               max_new_tokens=budget, prompt_style=c.prompt_style, env_kwargs=c.env_kwargs(),
+                               vec_env_cls=subprocesses)
+        # Agents are read without unpickling (load_agent); training state comes from the config.
+        schedule = cosine_schedule(c.learning_rate, c.learning_rate_end)
+        training = {"learning_rate": schedule, "clip_range": c.clip_range}
+        if context.enabled:  # the early stop is agreed across processes through this buffer (distributed.py)
+            training["rollout_buffer_class"] = distributed.AgreedStopRolloutBuffer
+        self.agent_reused = job.on_main(lambda: _final_is_whole(final))
+        if self.agent_reused:
+            return load_agent(final, env, device=job.device, **training)
+        checkpoint = job.on_main(lambda: latest_checkpoint(out / "ppo" / "checkpoints")) if resume else None
+        if checkpoint is not None:
+            if main:
+                job.say(f"resuming PPO from {checkpoint}")
+                keep_points_up_to(out / "curve.jsonl", checkpoint_steps(checkpoint))  # the rest are made again
+            model = load_agent(checkpoint, env, device=job.device, **training)
+        else:
+            if main:  # a fresh start (nothing saved, or --overwrite): nothing of an earlier attempt is kept
+                for leftover in (out / "curve.jsonl", out / VALIDATION_RECORD):
+                    leftover.unlink(missing_ok=True)
+                for leftover in (out / "ppo" / "checkpoints", out / BEST_AGENT_DIR):
+                    shutil.rmtree(leftover, ignore_errors=True)
+            model = PPO(VLMPolicy, env, **self.arguments(), policy_kwargs=self.policy_kwargs(sft_dir),
+                        rollout_buffer_class=training.get("rollout_buffer_class"),
+                        tensorboard_log=str(out / "tb") if main else None, verbose=0)
+        # --ppo-timesteps counts the env steps of every process; each makes its share.
+        remaining = c.ppo_timesteps // context.world_size - model.num_timesteps
+        callbacks = [VLMRolloutLogger(out / "curve.jsonl" if main else None, pool_processes=True),
+                     HyperparameterLogger(c.to_dict())]
+        if main:
+            callbacks.insert(0, UpdateCheckpointCallback(out / "ppo" / "checkpoints", keep=c.keep_checkpoints,
+                                                         steps_scale=context.world_size))
+        checks_every = c.ppo_checks_every()
+        if checks_every:
+            after_check = ([KeepBestAgent(out / BEST_AGENT_DIR)] if main and c.ppo_keep_best else []) + (
+                [StopOnValidationSuccess(c.ppo_stop_success)] if c.ppo_stop_success else [])
+            callbacks.append(GreedyValidationCallback(
+                self.validation(sft_dir, budget), out / VALIDATION_RECORD if main else None,
+                every=checks_every, steps_scale=context.world_size,
+                callback_after_check=CallbackList(after_check) if after_check else None))
+        if remaining > 0:
+            with distributed.data_parallel(model, c.target_kl):
+                model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=checkpoint is None,
+                            tb_log_name="ppo", progress_bar=c.progress and main)
+        if checks_every and c.ppo_keep_best:
+            self._hand_over_best(model)
+        if context.enabled:
+            distributed.check_same_weights(model.policy, "PPO weights")
+        if main:
+            with atomic_path(out / "ppo" / "adapter") as temporary:
+                model.policy.save_pretrained(temporary)
+            with atomic_path(final) as temporary:  # last: its presence marks the stage as done
+                model.save(temporary)
+                if saves_whole_model(model.policy):  # then the zip loads without the SFT directory too
+                    embed_base(temporary, sft_dir)
+        distributed.barrier()
+        return model
+
+    def _hand_over_best(self, model) -> None:
+        """Loads the agent of the best PPO check (``ppo/best/``) into ``model``, every process the same file;
+        when it is not the last update's, says so (the last update's agent stays in ``ppo/checkpoints/``)."""
+        from vlm_policy.training.callbacks import BEST_AGENT_DIR, BEST_AGENT_FILE, VALIDATION_RECORD, kept_best, read_validation
+
+        job = self.job
+        steps = model.num_timesteps * job.context.world_size
+        best_dir = job.out / BEST_AGENT_DIR
+        # Rank 0 wrote the folder before it reads it here, and the others hear of it only through this broadcast.
+        kept = job.on_main(lambda: kept_best(best_dir))
+        if kept is None:
+            return
+        # Loaded even when it was checked at this step count: after a resume it may be the interrupted
+        # attempt's agent, and the agent handed over is always the one its check scored.
+        model.set_parameters(str(best_dir / BEST_AGENT_FILE), exact_match=True, device=job.device)
+        if not job.context.is_main:
+            return
+        checks = read_validation(job.out / VALIDATION_RECORD)
+        # A run stopped by --ppo-stop-success ends one env step past its last check, the same agent's.
+        last_check = checks[-1]["timesteps"] if checks else steps
+        if kept["timesteps"] != last_check:
+            after = f", the last update's {checks[-1]['success_rate']:.1%}" if checks else ""
+            start = " (the starting SFT model)" if kept["timesteps"] == 0 else ""
+            job.say(f"PPO's agent is the one checked at {kept['timesteps']} env steps{start}: greedy answers win "
+                    f"{kept['success_rate']:.1%} of the validation episodes{after}")
+
+
+class Report:
+    """The before/after table, ``learning_curve.png``, ``episode_strip.png`` and, on ALFWorld, the per-task-type
+    table."""
+
+    name = "report"
+
+    def __init__(self, job: Job, evaluation: Evaluation) -> None:
+        self.job = job
+        self.evaluation = evaluation
+
+    def make(self, rows: list[EvalResult], ppo_steps: int, record: list | None, seconds: float) -> None:
+        """``rows``: after SFT and after PPO; ``record``: the episodes the strip shows (None: the strip of an
+        evaluation that was reused stands)."""
+        from vlm_policy.training.callbacks import BEST_AGENT_DIR, VALIDATION_RECORD, kept_best, read_validation
+        from vlm_policy.training.plots import plot_episode_strip, plot_learning_curve
+
+        job, c, out = self.job, self.job.config, self.job.out
+        held_out = (f"the first {c.eval_episodes} games of {' and '.join(c.eval_splits)}" if is_alfworld(c.env_id)
+                    else f"{c.eval_episodes} held-out episodes (seeds from {c.eval_seed})")
+        job.say(f"\n{c.env_id}: {held_out}, greedy answers, {seconds:.0f} s in all")
+        job.say(format_table(TABLE_HEADER, [r.row() for r in rows]))
+        job.say(f"PPO made {ppo_steps} env steps (--ppo-timesteps {c.ppo_timesteps}; it stops early at a check that "
+                "wins every episode)")
+        # Only a run that kept a best agent has one here: other PPO settings redo the stage, folder and all.
+        kept = kept_best(out / BEST_AGENT_DIR)
+        plot_learning_curve(out / "curve.jsonl", out / "learning_curve.png", sft_success=rows[0].success_rate,
+                            title=c.env_id, ppo_success=rows[1].success_rate,
+                            validation=read_validation(out / VALIDATION_RECORD),
+                            chosen_steps=kept["timesteps"] if kept else None)
+        written = [out / "learning_curve.png"]
+        if record:
+            plot_episode_strip(record, out / "episode_strip.png", title=f"{c.env_id} after PPO")
+            written.append(out / "episode_strip.png")
+        job.say(f"wrote {' and '.join(map(str, written))}")
+        if is_alfworld(c.env_id):
+            self.evaluation.alfworld_table()
+
+
+def _pooled(name: str, results: list[EvalResult]) -> EvalResult:
+    """One result over several evaluations' episodes (each weighted by its number of episodes)."""
+    episodes = sum(r.episodes for r in results)
+    steps = sum(r.mean_length * r.episodes for r in results)
+
+    def mean(attribute: str) -> float:
+        return sum(getattr(r, attribute) * r.episodes for r in results) / episodes
+
+    invalid = sum(r.invalid_rate * r.mean_length * r.episodes for r in results) / max(steps, 1)
+    return EvalResult(name=name, episodes=episodes, success_rate=mean("success_rate"), mean_return=mean("mean_return"),
+                      invalid_rate=invalid, mean_length=steps / episodes)
+
+
+def _final_is_whole(final: Path) -> bool:
+    """Whether PPO's final agent is there and whole; a torn one (a crash of an older version, or
+    damage since) is removed, and PPO runs again."""
+    if not final.is_file():
+        return False
+    problem = checkpoint_problem(final)
+    if problem is None:
+        return True
+    print(f"{final} is not whole ({problem}); PPO runs again")
+    final.unlink()
+    return False
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The SB3 checkpoint with the most timesteps in ``directory`` that is whole, or None; a torn or
+    unreadable newer one is skipped, and said so."""
+    from vlm_policy.training.callbacks import saved_checkpoints
+
+    for path in reversed(saved_checkpoints(directory)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        print(f"skipping checkpoint {path}: {problem}")
+    return None

@@ -1,0 +1,226 @@
+"""What each stage of the main job depends on, recorded so that a stage is reused only when it matches.
+
+Every stage writes a record of its settings into ``out_dir/stages/<stage>.json`` *before* it starts;
+each record nests the records of the stages it builds on, so a change anywhere upstream shows
+downstream too. A later run with the same ``--out-dir`` compares its own settings with the records
+before touching anything: a stage whose record differs (or whose outputs exist with no record, as
+written by an older version) stops the run with the differing settings named, unless ``--overwrite``
+asks to redo it and every stage after it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from vlm_policy.checkpoints import atomic_write_text, remove_path
+from vlm_policy.training.configs import (
+    PPOConfig,
+    SFTConfig,
+    TrainConfig,
+    is_alfworld,
+    ppo_check_every_rule,
+    warmup_steps_rule,
+)
+from vlm_policy.training.run_folder import RunRefused
+
+STAGES = ("demos", "sft", "after SFT", "ppo", "after PPO")
+#: The stages each stage is made from.
+UPSTREAM = {"demos": (), "sft": ("demos",), "after SFT": ("sft",), "ppo": ("sft",), "after PPO": ("ppo",)}
+
+
+def downstream(stage: str) -> list[str]:
+    """``stage`` and every stage made from it, in run order."""
+    found = {stage}
+    for later in STAGES:
+        if any(up in found for up in UPSTREAM[later]):
+            found.add(later)
+    return [s for s in STAGES if s in found]
+#: Settings that change how a stage runs but not what it produces (``eval_batch``: how many episodes
+#: step together; each episode's greedy answers do not depend on it, the same results measured at 8 and 64).
+NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device", "eval_batch"}
+
+#: Settings added to a stage after run folders had recorded it, with the value that leaves it as it was.
+SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_stop_reach": 0.0,
+                        "ppo_stop_success": 0.0}
+
+
+#: Settings whose rule earlier versions recorded as this word (-1) where this version records the value
+#: the rule gives: such a record matches a run that leaves the setting to its rule.
+SETTINGS_RECORDED_AS_RULES = {"vision_warmup_steps": -1, "ppo_check_every": -1}
+
+
+#: Settings that stage records of earlier versions hold and this version no longer has, with the value
+#: this version runs as (a record holding that value still matches; one holding another does not).
+SETTINGS_REMOVED = {"normalize_advantage": True, "lora_alpha": 0, "sft_lora_alpha": 0, "rollout_logprobs": "auto",
+                    "warmup_labels": "auto", "sft_train_vision": False}
+
+
+class SettingsChanged(RunRefused):
+    """An output directory holds stages made with other settings than this run's."""
+
+
+def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Each stage's record: the settings its outputs depend on, upstream stages' records nested."""
+    values = asdict(config)
+
+    # Settings added after run folders were first recorded are left out while they change nothing, so
+    # that folders made before them still match; the SFT checks' own settings matter only with the stop on.
+    unset = {name for name, off in SETTINGS_ADDED_LATER.items() if values[name] == off}
+    if not config.stop_targets():  # SFT makes every step, as before the stops existed
+        unset |= {"sft_check_every", "sft_check_episodes"}
+    if not config.ppo_checks_every():  # PPO hands over its last update's agent, as before the checks existed
+        unset |= {"ppo_check_every", "ppo_check_episodes", "ppo_keep_best", "ppo_stop_success"}
+
+    def pick(names) -> dict[str, Any]:
+        return {name: values[name] for name in names if name not in NOT_RESULT_SETTINGS and name not in unset}
+
+    # ALFWorld's data settings are recorded for ALFWorld only (the card tasks' records stay as they were).
+    alfworld = is_alfworld(config.env_id)
+    demos = pick(("env_id", "demos", "seed", "prompt_style", "model", "max_episode_steps")  # every stage's step limit
+                 + (("data_root", "split") if alfworld else ()))
+    sft = {"demos": demos, **pick([f.name for f in fields(SFTConfig)] + ["dtype", "gradient_checkpointing"]),
+           # The draw SFT now always makes, recorded so that folders made before it (with the plain draw, and
+           # no such entry) are not taken for this version's.
+           "balance_states": "auto"}
+    if values["sft_stop_reach"]:  # the reach is measured at PPO's sampling temperature
+        sft["temperature"] = values["temperature"]
+    evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens") + (("eval_splits",) if alfworld else ()))
+    ppo = {"sft": sft, **pick([f.name for f in fields(PPOConfig)] + ["max_new_tokens", "micro_batch_size"])}
+    return {"demos": demos, "sft": sft, "after SFT": {"sft": sft, "temperature": values["temperature"], **evaluation},
+            "ppo": ppo, "after PPO": {"ppo": ppo, **evaluation}}
+
+
+def differences(recorded: Any, wanted: Any, prefix: str = "", by_rule: dict[str, Any] | None = None) -> list[str]:
+    """``name: old -> new`` for every setting that differs between two records; ``by_rule``: the values this
+    run's rules give (:data:`SETTINGS_RECORDED_AS_RULES`)."""
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        found: list[str] = []
+        for key in sorted(set(recorded) | set(wanted)):
+            if key in ("demos", "sft", "ppo") and prefix:
+                continue  # an upstream record: reported at its own stage
+            if key not in wanted and key in SETTINGS_REMOVED and recorded[key] == SETTINGS_REMOVED[key]:
+                continue
+            if (key in wanted and recorded.get(key) == SETTINGS_RECORDED_AS_RULES.get(key, "<none>")
+                    and by_rule is not None and wanted[key] == by_rule.get(key)):
+                continue
+            found += differences(recorded.get(key, "<unset>"), wanted.get(key, "<unset>"), key, by_rule)
+        return found
+    return [] if recorded == wanted else [f"{prefix}: {recorded!r} -> {wanted!r}"]
+
+
+class StageRecords:
+    """The stage records of one output directory, and the outputs each stage owns."""
+
+    def __init__(self, out: Path, config: TrainConfig) -> None:
+        self.out = out
+        self.wanted = stage_settings(config)
+        # What this version's rules give for this task and model (an earlier version's -1 recorded the rule).
+        self.by_rule = {"vision_warmup_steps": warmup_steps_rule(config.model),
+                        "ppo_check_every": ppo_check_every_rule(config.env_id)}
+
+    def path(self, stage: str) -> Path:
+        return self.out / "stages" / f"{stage.replace(' ', '_')}.json"
+
+    def outputs(self, stage: str) -> list[Path]:
+        return {
+            "demos": [self.out / "demos"],
+            "sft": [self.out / "sft"],
+            # A row of results.json; for ALFWorld also the outcomes of each game, and of random and oracle on them.
+            "after SFT": [self.out / "episodes" / f"{name}.jsonl" for name in ("after_SFT", "random", "oracle")],
+            "ppo": [self.out / "ppo", self.out / "curve.jsonl", self.out / "tb"],
+            "after PPO": [self.out / "learning_curve.png", self.out / "episode_strip.png",
+                          self.out / "episodes" / "after_PPO.jsonl", self.out / "alfworld_table.md"],
+        }[stage]
+
+    def _has_output(self, stage: str, results: dict) -> bool:
+        if stage in ("after SFT", "after PPO"):
+            return stage in results
+        return any(path.exists() for path in self.outputs(stage))
+
+    def recorded(self, stage: str) -> dict[str, Any]:
+        """A stage's record; a one-line error naming the file when it is not one this package wrote."""
+        path = self.path(stage)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise SettingsChanged(f"{path} is not a stage record ({type(error).__name__}: {error}); remove it and "
+                                  "rerun with --overwrite to redo that stage, or choose a fresh --out-dir") from None
+        if not isinstance(record, dict):
+            raise SettingsChanged(f"{path} is not a stage record (not a JSON object); remove it and rerun with "
+                                  "--overwrite to redo that stage, or choose a fresh --out-dir")
+        return record
+
+    def _extends_ppo(self, changed: dict[str, list[str]]) -> bool:
+        """Whether the only change is a larger ``--ppo-timesteps`` (a PPO stage that ``--resume`` continues)."""
+        if not changed or set(changed) - {"ppo", "after PPO"}:
+            return False
+        old = {stage: self.recorded(stage) for stage in changed if self.path(stage).is_file()}
+        if len(old) != len(changed) or "ppo" not in old:
+            return False
+        wanted = self.wanted["ppo"]
+
+        def grown(record: Any) -> bool:
+            return (isinstance(record, dict) and isinstance(record.get("ppo_timesteps"), int)
+                    and record["ppo_timesteps"] < wanted["ppo_timesteps"]
+                    and {**record, "ppo_timesteps": wanted["ppo_timesteps"]} == wanted)
+
+        after = old.get("after PPO")
+        return grown(old["ppo"]) and (after is None or grown(after.get("ppo")) and
+                                      {**after, "ppo": wanted} == self.wanted["after PPO"])
+
+    def check(self, results: dict, overwrite: bool, resume: bool = False) -> list[str]:
+        """Stops (``SettingsChanged``, every difference named) if stages were made with other
+        settings; with ``overwrite`` deletes them and the stages made from them instead, and returns
+        the stages deleted. With ``resume`` a larger ``--ppo-timesteps`` alone continues PPO: its final
+        agent and the stages after it are removed (its checkpoints and records stay)."""
+        changed: dict[str, list[str]] = {}
+        for stage in STAGES:
+            path = self.path(stage)
+            if not self._has_output(stage, results):
+                continue  # nothing made: the record of a stage that failed before its output binds nothing
+            if path.is_file():
+                found = differences(self.recorded(stage), self.wanted[stage], by_rule=self.by_rule)
+            else:
+                found = ["no settings record: made by an older version of this package"]
+            if found:
+                changed[stage] = found
+        if not changed:
+            return []
+        if resume and not overwrite and self._extends_ppo(changed):
+            self.remove(["after PPO"], results)
+            for output in (self.out / "ppo" / "final.zip", self.out / "ppo" / "adapter"):
+                remove_path(output)
+            return ["ppo", "after PPO"]
+        if not overwrite:
+            # An upstream change shows in every stage made from it: each difference is named once.
+            seen: set[str] = set()
+            for stage in list(changed):
+                changed[stage] = [d for d in changed[stage] if d not in seen]
+                seen.update(changed[stage])
+                if not changed[stage]:
+                    del changed[stage]
+            listing = "; ".join(f"{stage}: {', '.join(found)}" for stage, found in changed.items())
+            raise SettingsChanged(
+                f"{self.out} holds stages made with other settings ({listing}); rerun with the same settings, "
+                "pass --overwrite to redo those stages (and the ones made from them), or choose a fresh --out-dir")
+        redo = [stage for stage in STAGES if any(stage in downstream(c) for c in changed)]
+        self.remove(redo, results)
+        return redo
+
+    def remove(self, stages, results: dict) -> None:
+        for stage in stages:
+            self.path(stage).unlink(missing_ok=True)
+            results.pop(stage, None)
+            for output in self.outputs(stage):
+                if output.is_dir():
+                    shutil.rmtree(output)
+                else:
+                    output.unlink(missing_ok=True)
+
+    def begin(self, stage: str) -> None:
+        """Records the settings a stage is about to be made with."""
+        atomic_write_text(self.path(stage), json.dumps(self.wanted[stage], indent=2))
