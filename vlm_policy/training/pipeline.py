@@ -101,18 +101,21 @@ class Pipeline:
     def _make_stages(self, records: StageRecords, results: dict[str, EvalResult], resume: bool,
                      start: float) -> list[EvalResult]:
         job, on_main = self.job, self.job.on_main
-        job.header("demos", self.demos.describe())
-        demos = on_main(lambda: (records.begin("demos"), self.demos.make())[1])
+
+        def begin(stage) -> None:  # its record first (rank 0), then its header line
+            on_main(lambda: records.begin(stage.name))
+            job.header(stage.name, stage.describe())
+
+        begin(self.demos)
+        demos = on_main(self.demos.make)
         budget = self.demos.answer_budget(demos)
-        on_main(lambda: records.begin("sft"))
-        job.header("sft", self.sft.describe())
+        begin(self.sft)
         sft_dir = self.sft.make(demos, budget)
         if "after SFT" not in results:
             job.header("after SFT", "the SFT model plays the test seeds with greedy answers")
             results["after SFT"] = on_main(lambda: self._evaluate("after SFT", records, results,
                                                                   lambda: self.evaluation.checkpoint(sft_dir, budget)))
-        on_main(lambda: records.begin("ppo"))
-        job.header("ppo", self.ppo.describe())
+        begin(self.ppo)
         model = self.ppo.make(sft_dir, budget, resume)
         job.header("after PPO", "the PPO agent plays the same test seeds; then the table and the plots")
         return on_main(lambda: self._finish(records, results, model, sft_dir, budget, start))

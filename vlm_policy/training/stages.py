@@ -106,13 +106,24 @@ class Job:
         return result.success_rate
 
 
-class Demonstrations:
-    """The oracle plays ``--demos`` steps; its frames and answers become ``out_dir/demos`` (kept when whole)."""
+class Stage:
+    """A stage of the main job: its ``name`` (that of its record in ``out_dir/stages``) and the :class:`Job`
+    it works for; ``make(...)`` returns its output."""
 
-    name = "demos"
+    name = ""
 
     def __init__(self, job: Job) -> None:
         self.job = job
+
+    def describe(self) -> str:
+        """What the stage will do, for its header line in the log."""
+        return self.name
+
+
+class Demonstrations(Stage):
+    """The oracle plays ``--demos`` steps; its frames and answers become ``out_dir/demos`` (kept when whole)."""
+
+    name = "demos"
 
     def describe(self) -> str:
         c = self.job.config
@@ -147,13 +158,10 @@ class Demonstrations:
         return asked
 
 
-class SupervisedFineTuning:
+class SupervisedFineTuning(Stage):
     """Fine-tunes the model on the demonstrations into ``out_dir/sft``, stopped by its validation checks."""
 
     name = "sft"
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
 
     def describe(self) -> str:
         c = self.job.config
@@ -230,14 +238,11 @@ class SupervisedFineTuning:
         return check
 
 
-class Evaluation:
+class Evaluation(Stage):
     """The held-out evaluations (greedy answers on the test seeds, or ALFWorld's evaluation games), their
     ``results.json`` rows, TensorBoard entries and, on ALFWorld, each game's outcome."""
 
     name = "evaluation"
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
 
     def evaluate(self, policy, model: str, budget: int, name: str, record: bool = False):
         """The held-out evaluation's result and, with ``record``, the episodes the strip shows: a won and a lost
@@ -352,7 +357,7 @@ class Evaluation:
         self.job.say(text)
 
 
-class ProximalPolicyOptimization:
+class ProximalPolicyOptimization(Stage):
     """SB3's ``PPO(VLMPolicy, env)`` from the SFT checkpoint, with the run's callbacks (checkpoints, rollout
     curve, greedy validation checks, best-agent keeping, the stop on validation success); its agent is
     ``out_dir/ppo/final.zip``."""
@@ -360,7 +365,7 @@ class ProximalPolicyOptimization:
     name = "ppo"
 
     def __init__(self, job: Job) -> None:
-        self.job = job
+        super().__init__(job)
         #: Whether the latest :meth:`make` loaded a finished run's whole final agent instead of training one.
         self.agent_reused = False
 
@@ -516,14 +521,14 @@ class ProximalPolicyOptimization:
                     f"{kept['success_rate']:.1%} of the validation episodes{after}")
 
 
-class Report:
+class Report(Stage):
     """The before/after table, ``learning_curve.png``, ``episode_strip.png`` and, on ALFWorld, the per-task-type
     table."""
 
     name = "report"
 
     def __init__(self, job: Job, evaluation: Evaluation) -> None:
-        self.job = job
+        super().__init__(job)
         self.evaluation = evaluation
 
     def make(self, rows: list[EvalResult], ppo_steps: int, record: list | None, seconds: float) -> None:
