@@ -223,13 +223,6 @@ class SFTConfig:
         if self.vision_warmup_steps < -1:
             raise ValueError(f"--vision-warmup-steps must be >= 0 (or auto), got {self.vision_warmup_steps}")
 
-    def rules_resolved(self) -> dict[str, Any]:
-        """The task- and model-dependent settings, each by its rule where it was left to it (``auto``): what this
-        config holds once made, so that ``config.json`` and the stage records hold the values used. The answer
-        length (``max_new_tokens`` 0) is the one rule left to the run: it measures the demonstrations."""
-        return {"vision_warmup_steps": self.warmup_steps_for(self.model), "sft_stop_reach": self.stop_reach(),
-                "ppo_check_every": self.ppo_checks_every(), "eval_batch": self.episodes_at_once()}
-
     def stop_reach(self) -> float:
         """``--sft-stop-reach`` with its default (-1) resolved: off here, as SFT alone has no validation episodes
         (:class:`TrainConfig` resolves it for the main job)."""
