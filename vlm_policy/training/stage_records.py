@@ -39,6 +39,8 @@ def downstream(stage: str) -> list[str]:
         if any(up in found for up in UPSTREAM[later]):
             found.add(later)
     return [s for s in STAGES if s in found]
+
+
 #: Settings that change how a stage runs but not what it produces (``eval_batch``: how many episodes
 #: step together; each episode's greedy answers do not depend on it, the same results measured at 8 and 64).
 NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device", "eval_batch"}
