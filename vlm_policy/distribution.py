@@ -20,6 +20,9 @@ both the rollout and the update score with it.
   KV cache with its decoding step compiled by ``torch.compile`` (transformers' own mechanism);
   prompts are left-padded to a multiple of :data:`PROMPT_LENGTH_MULTIPLE` tokens so that the cache
   and the compiled graph see a few lengths only.
+* **Legal actions.** Given each row's legal actions (``legal=``), generation and scoring apply the same
+  per-position masks (:mod:`vlm_policy.legal_actions`): inside the answer's action value only tokens that
+  continue or close a legal action, so the constrained answers are still sampled from the scored distribution.
 * **Lean log-probabilities.** The sampled tokens' log-probabilities are ``logit - logsumexp`` (one
   float32 copy of the logits kept for the backward pass, not the three of ``log_softmax`` + entropy);
   the entropy is computed only when asked for.
@@ -37,6 +40,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vlm_policy.adapters import compute_autocast, lora_merged
+from vlm_policy.legal_actions import LegalActionMasks
 from vlm_policy.loading import VLMBundle
 from vlm_policy.logprobs import TokenMasks, banned_token_mask, process_logits, token_masks, weighted_sum
 from vlm_policy.prompting import answer_token_batch, build_inputs, forward_kwargs, with_answer
@@ -92,6 +96,7 @@ class TokenSequenceDistribution:
         self.compute_dtype = compute_dtype
         self.merge_adapter = bool(merge_adapter)
         self.compile_decoding = bool(compile_decoding)
+        self._legal_masks: LegalActionMasks | None = None
 
     @classmethod
     def for_bundle(cls, bundle: VLMBundle, temperature: float, max_new_tokens: int, micro_batch_size: int | None = None,
@@ -125,6 +130,17 @@ class TokenSequenceDistribution:
             self._banned_by_device[device] = self.banned.to(device)
         return self._banned_by_device[device]
 
+    def legal_masks(self) -> LegalActionMasks:
+        """The tokenizer's legal-action masks (its token pieces are found on first use)."""
+        if self._legal_masks is None:
+            vocab_size = self.banned.shape[0]
+            self._legal_masks = LegalActionMasks.for_tokenizer(self.bundle.tokenizer, vocab_size)
+        return self._legal_masks
+
+    def _constrained(self, scores: torch.Tensor, tokens: torch.Tensor, legal) -> torch.Tensor:
+        """``scores`` (batch, positions, vocab) with each position's legal-action mask (none without ``legal``)."""
+        return scores if legal is None else self.legal_masks().apply(scores, tokens, legal, self.max_new_tokens)
+
     def _pad_id(self) -> int:
         pad = self.bundle.tokenizer.pad_token_id
         return int(pad) if pad is not None else self.end_ids[0]
@@ -135,28 +151,38 @@ class TokenSequenceDistribution:
     # for 8 answers of 64 tokens in two micro-batches of 4).
     @torch.no_grad()
     def generate(self, images: Sequence[np.ndarray], prompts: Sequence[str], device: torch.device,
-                 deterministic: bool = False) -> torch.Tensor:
-        """One answer's token ids per (image, prompt), padded with the end token (no scores)."""
-        return self._generate(images, prompts, device, deterministic, need_scores=False)[0]
+                 deterministic: bool = False, legal: Sequence[Sequence[str]] | None = None) -> torch.Tensor:
+        """One answer's token ids per (image, prompt), padded with the end token (no scores); with ``legal``
+        (each row's legal actions) the action values name one of them."""
+        return self._generate(images, prompts, device, deterministic, need_scores=False, legal=legal)[0]
 
     @torch.no_grad()
     def sample(self, images: Sequence[np.ndarray], prompts: Sequence[str], device: torch.device,
-               deterministic: bool = False) -> ScoredAnswers:
+               deterministic: bool = False, legal: Sequence[Sequence[str]] | None = None) -> ScoredAnswers:
         """Generates one answer per (image, prompt), scored with the generation's own logits."""
-        tokens, scores, prompt_hidden = self._generate(images, prompts, device, deterministic, need_scores=True)
+        tokens, scores, prompt_hidden = self._generate(images, prompts, device, deterministic, need_scores=True,
+                                                       legal=legal)
         masks = token_masks(self.bundle.tokenizer, tokens, self.end_ids)
         per_token = _valid_only(_chosen_log_probs(scores, tokens), masks)
         return ScoredAnswers(tokens, per_token, None, masks, prompt_hidden)
 
-    def _generate(self, images, prompts, device, deterministic: bool, need_scores: bool):
+    def _generate(self, images, prompts, device, deterministic: bool, need_scores: bool, legal=None):
         from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
         temperature = 0.0 if deterministic else self.temperature
         banned = self.banned_on(device)
+        inputs = build_inputs(self.bundle, list(images), list(prompts), device,
+                              pad_to_multiple_of=PROMPT_LENGTH_MULTIPLE if self.compile_decoding else None)
+        prompt_length = inputs["input_ids"].shape[1]
+        masks = self.legal_masks() if legal is not None else None
+        budget = self.max_new_tokens
 
         class _OurDistribution(LogitsProcessor):
             def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-                return process_logits(scores, temperature, banned)
+                scores = process_logits(scores, temperature, banned)
+                if masks is not None:  # the same masks as scoring's, from the answer so far
+                    scores = masks.apply_step(scores, input_ids[:, prompt_length:], legal, budget)
+                return scores
 
         config = GenerationConfig(
             # Every other knob stays None (off): the processor below is the whole distribution.
@@ -166,8 +192,6 @@ class TokenSequenceDistribution:
             return_dict_in_generate=True, output_logits=need_scores, output_hidden_states=need_scores,
             **self._compile_settings(device),
         )
-        inputs = build_inputs(self.bundle, list(images), list(prompts), device,
-                              pad_to_multiple_of=PROMPT_LENGTH_MULTIPLE if self.compile_decoding else None)
         self.model.eval()
         merged = lora_merged(self.model) if self.merge_adapter else contextlib.nullcontext()  # no adapter: no-op
         with neutral_generation_config(self.model, config), compute_autocast(device, self.compute_dtype), merged:
@@ -181,7 +205,7 @@ class TokenSequenceDistribution:
         logits = torch.stack(output.logits, dim=1)
         if logits.shape[1] < self.max_new_tokens:  # every answer ended early: pad the scores (masked anyway)
             logits = torch.cat([logits, logits[:, -1:].expand(-1, self.max_new_tokens - logits.shape[1], -1)], dim=1)
-        scores = process_logits(logits, temperature, banned)
+        scores = self._constrained(process_logits(logits, temperature, banned), tokens, legal)
         return tokens, scores, self.value_features(output.hidden_states[0][-1], inputs["input_ids"])
 
     def _compile_settings(self, device: torch.device) -> dict:
@@ -202,7 +226,8 @@ class TokenSequenceDistribution:
 
     # ------------------------------------------------------------------ scoring
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[str], tokens: torch.Tensor, device: torch.device,
-              with_entropy: bool = True, model: nn.Module | None = None) -> ScoredAnswers:
+              with_entropy: bool = True, model: nn.Module | None = None,
+              legal: Sequence[Sequence[str]] | None = None) -> ScoredAnswers:
         """Teacher-forced log-probabilities (and entropies) of ``tokens`` as answers to the prompts.
 
         With ``micro_batch_size`` set and gradients on, each chunk's forward is checkpointed: its
@@ -218,11 +243,12 @@ class TokenSequenceDistribution:
         for rows in self._chunks(len(prompts)):
             inputs = build_inputs(self.bundle, list(images[rows]), list(prompts[rows]), device)
             chunk_tokens, valid = tokens[rows, :length], masks.valid[rows, :length].to(device)
+            chunk_legal = None if legal is None else list(legal[rows])
             if checkpointed:
                 parts.append(checkpoint(self._score_chunk, model, inputs, chunk_tokens, valid, with_entropy,
-                                        use_reentrant=False))
+                                        chunk_legal, use_reentrant=False))
             else:
-                parts.append(self._score_chunk(model, inputs, chunk_tokens, valid, with_entropy))
+                parts.append(self._score_chunk(model, inputs, chunk_tokens, valid, with_entropy, chunk_legal))
         padding = (0, tokens.shape[1] - length)
         per_token = nn.functional.pad(torch.cat([p[0] for p in parts]), padding)
         entropy = nn.functional.pad(torch.cat([p[1] for p in parts]), padding) if with_entropy else None
@@ -259,12 +285,13 @@ class TokenSequenceDistribution:
         return torch.cat(parts)
 
     def _score_chunk(self, model: nn.Module, inputs: dict[str, torch.Tensor], tokens: torch.Tensor, valid: torch.Tensor,
-                     with_entropy: bool):
+                     with_entropy: bool, legal=None):
         with compute_autocast(tokens.device, self.compute_dtype):
             outputs = model(**with_answer(inputs, tokens, self.bundle.family), output_hidden_states=True,
                             logits_to_keep=tokens.shape[1] + 1, use_cache=False)
         # Position P-1+j of the logits predicts answer token j.
         scores = process_logits(outputs.logits[:, :-1], self.temperature, self.banned_on(tokens.device))
+        scores = self._constrained(scores, tokens, legal)
         per_token = _chosen_log_probs(scores, tokens).masked_fill(~valid, 0.0)
         entropy = _entropy(scores).masked_fill(~valid, 0.0) if with_entropy else torch.zeros(())
         return per_token, entropy, self.value_features(outputs.hidden_states[-1], inputs["input_ids"])

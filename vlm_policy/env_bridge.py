@@ -112,6 +112,10 @@ def input_overhead(processor, image_shape: tuple[int, int]) -> int:
     return int(processor(text=[text], images=[image], return_tensors="pt")["input_ids"].shape[1])
 
 
+#: The observation key of the legal actions (:mod:`vlm_policy.legal_actions`), with legal-action decoding.
+LEGAL_ACTIONS_KEY = "legal_actions"
+
+
 def decode_prompt(buffer: np.ndarray) -> str:
     data = np.asarray(buffer).astype(np.uint8).tobytes()
     return data.rstrip(b"\x00").decode("utf-8", errors="replace")
@@ -133,6 +137,8 @@ class TokenActionWrapper(gym.Wrapper):
         max_prompt_bytes: room for the prompt in the observation.
         max_prompt_tokens: the most tokens the prompt may take (the model's context less the image,
             the chat markers and the answer); None: no limit.
+        max_legal_bytes: room for the legal actions (``env.unwrapped.available_actions()``, a JSON list) in
+            the observation's ``legal_actions`` key, for legal-action decoding; 0: no such key.
 
     A prompt longer than either limit is cut by :func:`fit_prompt` (lines from the end of its middle
     part), never silently: a warning gives the count the first time and whenever more lines are cut
@@ -149,6 +155,7 @@ class TokenActionWrapper(gym.Wrapper):
         max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
         end_ids: tuple[int, ...] | None = None,
         max_prompt_tokens: int | None = None,
+        max_legal_bytes: int = 0,
     ) -> None:
         super().__init__(env)
         if prompt_style not in PROMPT_STYLES:
@@ -170,13 +177,18 @@ class TokenActionWrapper(gym.Wrapper):
         self.prompts_cut = self.lines_cut = self._most_cut = 0
         self.end_ids = end_ids or end_token_ids(tokenizer)
         fingerprint = tokenizer_fingerprint(tokenizer)
-        self.observation_space = spaces.Dict(
-            {
-                "image": image_space,
-                "prompt": spaces.Box(0, 255, (self.max_prompt_bytes,), dtype=np.uint8),
-                "tokenizer": spaces.Box(fingerprint, fingerprint, (1,), dtype=np.int64),
-            }
-        )
+        self.max_legal_bytes = int(max_legal_bytes)
+        if self.max_legal_bytes and not hasattr(env.unwrapped, "available_actions"):
+            raise ValueError(f"legal-action decoding needs an env with available_actions(), which "
+                             f"{type(env.unwrapped).__name__} has not")
+        observed = {
+            "image": image_space,
+            "prompt": spaces.Box(0, 255, (self.max_prompt_bytes,), dtype=np.uint8),
+            "tokenizer": spaces.Box(fingerprint, fingerprint, (1,), dtype=np.int64),
+        }
+        if self.max_legal_bytes:
+            observed[LEGAL_ACTIONS_KEY] = spaces.Box(0, 255, (self.max_legal_bytes,), dtype=np.uint8)
+        self.observation_space = spaces.Dict(observed)
         self.action_space = spaces.MultiDiscrete([len(tokenizer)] * self.max_new_tokens)
         self._fingerprint = np.array([fingerprint], dtype=np.int64)
 
@@ -193,7 +205,14 @@ class TokenActionWrapper(gym.Wrapper):
                 warnings.warn(f"a prompt of {self.unwrapped.spec.id if self.unwrapped.spec else 'the env'} was too long "
                               f"for the model ({self.max_prompt_bytes} bytes / {self.max_prompt_tokens} tokens): {cut} "
                               f"lines cut ({self.prompts_cut} prompts cut so far)", stacklevel=2)
-        return {"image": image, "prompt": encode_prompt(text, self.max_prompt_bytes), "tokenizer": self._fingerprint}
+        observation = {"image": image, "prompt": encode_prompt(text, self.max_prompt_bytes),
+                       "tokenizer": self._fingerprint}
+        if self.max_legal_bytes:
+            from vlm_policy.legal_actions import encode_legal_actions
+
+            observation[LEGAL_ACTIONS_KEY] = encode_legal_actions(self.env.unwrapped.available_actions(),
+                                                                  self.max_legal_bytes)
+        return observation
 
     def decode(self, action: Any) -> str:
         """The text of a token-id action, up to the first end token."""
@@ -226,7 +245,8 @@ def frame_kwargs(env_id: str, processor, env_kwargs: dict[str, Any] | None = Non
 
 
 def wrapper_for(model: str, max_new_tokens: int, prompt_style: str = "cot",
-                max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES) -> tuple[Callable[[gym.Env], TokenActionWrapper], Any]:
+                max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
+                max_legal_bytes: int = 0) -> tuple[Callable[[gym.Env], TokenActionWrapper], Any]:
     """A function wrapping an env for ``model`` (its tokenizer, its end tokens), and the model's processor."""
     from vlm_policy.loading import context_length, generation_end_ids, load_processor
 
@@ -243,7 +263,7 @@ def wrapper_for(model: str, max_new_tokens: int, prompt_style: str = "cot",
                 overheads[shape] = input_overhead(processor, shape)
             max_prompt_tokens = context - overheads[shape] - max_new_tokens
         return TokenActionWrapper(env, processor.tokenizer, max_new_tokens, prompt_style, max_prompt_bytes, end_ids,
-                                  max_prompt_tokens)
+                                  max_prompt_tokens, max_legal_bytes)
 
     return wrap, processor
 
@@ -259,16 +279,23 @@ def make_vlm_vec_env(
     max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
     vec_env_cls: Any = None,
     monitor_dir: str | None = None,
+    constrain_actions: bool = False,
+    max_legal_bytes: int | None = None,
 ):
     """A vectorised env for ``PPO(VLMPolicy, env)``: each copy wrapped in Monitor and TokenActionWrapper.
 
     ``model`` names the model whose tokenizer decodes the actions (the same string as the policy's
     ``model``); the frames are rendered at the model's image size unless ``env_kwargs`` sets
-    ``image_size``. Episode ``i`` of env ``k`` is reproducible from ``seed``.
+    ``image_size``. Episode ``i`` of env ``k`` is reproducible from ``seed``. With ``constrain_actions`` the
+    observations also carry each step's legal actions (in ``max_legal_bytes``, by default
+    :data:`~vlm_policy.legal_actions.DEFAULT_MAX_LEGAL_BYTES`) for ``VLMPolicy(constrain_actions=True)``.
     """
     from stable_baselines3.common.env_util import make_vec_env
 
-    wrap, processor = wrapper_for(model, max_new_tokens, prompt_style, max_prompt_bytes)
+    from vlm_policy.legal_actions import DEFAULT_MAX_LEGAL_BYTES
+
+    legal_bytes = (max_legal_bytes or DEFAULT_MAX_LEGAL_BYTES) if constrain_actions else 0
+    wrap, processor = wrapper_for(model, max_new_tokens, prompt_style, max_prompt_bytes, legal_bytes)
     if isinstance(env_id, str):
         env_kwargs = frame_kwargs(env_id, processor, env_kwargs)
         env_id = importable_id(env_id)

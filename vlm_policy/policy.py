@@ -26,7 +26,8 @@ from torch import nn
 from vlm_policy import checkpoints, defaults
 from vlm_policy.adapters import lora_alpha_for, prepare_for_training, set_lora_alpha
 from vlm_policy.distribution import TokenSequenceDistribution
-from vlm_policy.env_bridge import decode_prompt, tokenizer_fingerprint
+from vlm_policy.env_bridge import LEGAL_ACTIONS_KEY, decode_prompt, tokenizer_fingerprint
+from vlm_policy.legal_actions import decode_legal_actions
 from vlm_policy.loading import TINY, VLMBundle, is_tiny, load_vlm, resolve_device, resolve_dtype, tiny_source_for_vocab
 from vlm_policy.optim import ScaledLRAdamW
 from vlm_policy.reference import KLReference, carrying_loss_term
@@ -101,6 +102,9 @@ class VLMPolicy(ActorCriticPolicy):
         rollouts pay the compilation; the same tokens as eager decoding in float32).
     :param compute_entropy: compute the answers' entropy in ``evaluate_actions`` (needed for an entropy
         bonus, ``ent_coef > 0``; without it SB3 uses ``-log_prob`` in its entropy term and log).
+    :param constrain_actions: legal-action decoding (:mod:`vlm_policy.legal_actions`): inside an answer's action
+        value only tokens that continue or close one of the observation's legal actions are sampled, and the
+        update scores with the same masks (the env must carry them: ``make_vlm_vec_env(constrain_actions=True)``).
     :param dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"float32"``, ``"bfloat16"``: the compute dtype;
         optimised weights are float32 whatever it is.
     :param load_in_4bit: load the base weights in 4 bits with bitsandbytes (CUDA only).
@@ -135,6 +139,7 @@ class VLMPolicy(ActorCriticPolicy):
         merge_for_rollouts: bool | None = None,
         rollout_compile: bool = False,
         compute_entropy: bool = True,
+        constrain_actions: bool = False,
         dtype: str = "auto",
         load_in_4bit: bool = False,
         device: str = "auto",
@@ -144,7 +149,7 @@ class VLMPolicy(ActorCriticPolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         **unused: Any,
     ) -> None:
-        _check_spaces(observation_space, action_space)
+        _check_spaces(observation_space, action_space, constrain_actions)
         given = {"temperature": temperature, "lora_r": lora_r, "train_vision": train_vision,
                  "value_lr_scale": value_lr_scale, "value_gradients_to_model": value_gradients_to_model,
                  "kl_coef": kl_coef}
@@ -193,6 +198,7 @@ class VLMPolicy(ActorCriticPolicy):
         self.merge_for_rollouts = (not load_in_4bit) if merge_for_rollouts is None else bool(merge_for_rollouts)
         self.rollout_compile = bool(rollout_compile)
         self.compute_entropy = bool(compute_entropy)
+        self.constrain_actions = bool(constrain_actions)
         self.dtype_name = dtype
         self.load_in_4bit = bool(load_in_4bit)
         self.load_device = resolve_device(device)
@@ -275,7 +281,8 @@ class VLMPolicy(ActorCriticPolicy):
             value_gradients_to_model=self.value_gradients_to_model, kl_coef=self.kl_coef,
             gradient_checkpointing=self.gradient_checkpointing, micro_batch_size=self.micro_batch_size,
             rollout_logprobs=self.rollout_logprobs, merge_for_rollouts=self.merge_for_rollouts,
-            rollout_compile=self.rollout_compile, compute_entropy=self.compute_entropy, dtype=self.dtype_name,
+            rollout_compile=self.rollout_compile, compute_entropy=self.compute_entropy,
+            constrain_actions=self.constrain_actions, dtype=self.dtype_name,
             load_in_4bit=self.load_in_4bit, seed=self.seed,
         )
         for key in _SB3_ARGUMENTS_IGNORED:
@@ -294,11 +301,13 @@ class VLMPolicy(ActorCriticPolicy):
     def forward(self, obs: dict[str, torch.Tensor], deterministic: bool = False):
         """Samples answers for a batch of observations: (token ids, values, log-probabilities)."""
         images, prompts = self._unpack(obs)
+        legal = self._legal_actions(obs)
         if self.recomputes_rollout_logprobs:  # score with the update's own forward, right after generation
-            tokens = self.answer_distribution.generate(images, prompts, self.device, deterministic)
-            scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=False)
+            tokens = self.answer_distribution.generate(images, prompts, self.device, deterministic, legal=legal)
+            scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=False,
+                                                    legal=legal)
         else:
-            scored = self.answer_distribution.sample(images, prompts, self.device, deterministic)
+            scored = self.answer_distribution.sample(images, prompts, self.device, deterministic, legal=legal)
         log_prob = scored.log_prob(self.cot_weight)
         values = self.value_head(scored.prompt_hidden)
         _check_finite(self.agree_across_processes, values=values, log_prob=log_prob)
@@ -311,15 +320,17 @@ class VLMPolicy(ActorCriticPolicy):
         (their values are unchanged; see :func:`vlm_policy.reference.carrying_loss_term`).
         """
         images, prompts = self._unpack(obs)
+        legal = self._legal_actions(obs)
         tokens = actions.round().long().to(self.device)
-        scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=self.compute_entropy)
+        scored = self.answer_distribution.score(images, prompts, tokens, self.device, with_entropy=self.compute_entropy,
+                                                legal=legal)
         log_prob = scored.log_prob(self.cot_weight)
         values = self._value(scored.prompt_hidden)
         _check_finite(self.agree_across_processes, values=values, log_prob=log_prob)
         self.last_log_prob = log_prob.detach()  # read by a data-parallel run's agreed early stop
         if self.kl_reference is not None:
             kl = self.kl_reference.kl(self.answer_distribution, obs, images, prompts, tokens, scored.per_token,
-                                      scored.masks.valid)
+                                      scored.masks.valid, legal=legal)
             log_prob = carrying_loss_term(log_prob, self.kl_coef * kl)
         return values, log_prob, scored.weighted_entropy(self.cot_weight)
 
@@ -333,13 +344,16 @@ class VLMPolicy(ActorCriticPolicy):
 
     def _predict(self, observation: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
         images, prompts = self._unpack(observation)
-        return self.answer_distribution.generate(images, prompts, self.device, deterministic)
+        return self.answer_distribution.generate(images, prompts, self.device, deterministic,
+                                                 legal=self._legal_actions(observation))
 
     @torch.no_grad()
-    def answer(self, images: Sequence[np.ndarray], prompts: Sequence[str], deterministic: bool = True) -> list[str]:
+    def answer(self, images: Sequence[np.ndarray], prompts: Sequence[str], deterministic: bool = True,
+               legal_actions: Sequence[Sequence[str]] | None = None) -> list[str]:
         """The model's answers as text to raw (image, prompt) pairs: greedy by default, else sampled at the
         policy's temperature. The images are H x W x 3 uint8 arrays, best rendered at the size the policy was
-        trained on (the env's ``image_size``), which is what the model learned to read.
+        trained on (the env's ``image_size``), which is what the model learned to read. With
+        ``legal_actions`` (a list per pair) each answer's action value names one of its own.
         """
         from vlm_policy.logprobs import answer_text
 
@@ -347,11 +361,21 @@ class VLMPolicy(ActorCriticPolicy):
         if any(a.ndim != 3 or a.shape[-1] != 3 for a in arrays):
             raise ValueError("answer() takes RGB images shaped (H, W, 3)")
         self.set_training_mode(False)
-        tokens = self.answer_distribution.generate(arrays, list(prompts), self.device, deterministic)
+        legal = None if legal_actions is None else [list(actions) for actions in legal_actions]
+        tokens = self.answer_distribution.generate(arrays, list(prompts), self.device, deterministic, legal=legal)
         return [answer_text(self.bundle.tokenizer, row, self.end_ids) for row in tokens.tolist()]
 
     def extract_features(self, obs, features_extractor=None):  # pragma: no cover - SB3 hook, unused here
         raise NotImplementedError("VLMPolicy reads images and prompts directly; it has no feature extractor")
+
+    def _legal_actions(self, obs: Any) -> list[list[str]] | None:
+        """Each observation's legal actions when the policy constrains its answers to them, else None."""
+        if not self.constrain_actions:
+            return None
+        if not isinstance(obs, dict) or LEGAL_ACTIONS_KEY not in obs:
+            raise ValueError("VLMPolicy(constrain_actions=True) needs the legal actions in the observation; make the "
+                             "env with make_vlm_vec_env(..., constrain_actions=True)")
+        return [decode_legal_actions(row) for row in torch.as_tensor(obs[LEGAL_ACTIONS_KEY]).detach().cpu().numpy()]
 
     def _unpack(self, obs: Any) -> tuple[list[np.ndarray], list[str]]:
         """The images (uint8, H x W x 3) and prompt texts of a batch of observations."""
@@ -447,7 +471,7 @@ def _check_finite(agree: bool = False, **tensors: torch.Tensor) -> None:
             )
 
 
-def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
+def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space, constrain_actions: bool = False) -> None:
     if not isinstance(action_space, spaces.MultiDiscrete):
         raise ValueError(
             "VLMPolicy needs the MultiDiscrete token action space of TokenActionWrapper; build the env with "
@@ -458,6 +482,9 @@ def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -
             "VLMPolicy needs dict observations with 'image', 'prompt' and 'tokenizer' keys; build the env with "
             f"vlm_policy.make_vlm_vec_env (got {observation_space})"
         )
+    if constrain_actions and LEGAL_ACTIONS_KEY not in observation_space.spaces:
+        raise ValueError("VLMPolicy(constrain_actions=True) needs the legal actions in the observation; make the env "
+                         "with make_vlm_vec_env(..., constrain_actions=True)")
 
 
 def _disable_dropout(model: nn.Module) -> None:

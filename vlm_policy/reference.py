@@ -97,19 +97,21 @@ class KLReference(nn.Module):
 
     @torch.no_grad()
     def log_probs(self, distribution, images: Sequence[np.ndarray], prompts: Sequence[str], tokens: torch.Tensor,
-                  device: torch.device) -> torch.Tensor:
-        """Per-token log-probabilities of ``tokens`` under the reference (``distribution`` scores them)."""
+                  device: torch.device, legal=None) -> torch.Tensor:
+        """Per-token log-probabilities of ``tokens`` under the reference (``distribution`` scores them, with the
+        policy's legal-action masks where it has them: the KL is between the two constrained distributions)."""
         if self.uses_adapter:
             with distribution.model.disable_adapter():
-                return distribution.score(images, prompts, tokens, device, with_entropy=False).per_token
-        return distribution.score(images, prompts, tokens, device, with_entropy=False, model=self.frozen).per_token
+                return distribution.score(images, prompts, tokens, device, with_entropy=False, legal=legal).per_token
+        return distribution.score(images, prompts, tokens, device, with_entropy=False, model=self.frozen,
+                                  legal=legal).per_token
 
     def kl(self, distribution, obs: dict[str, torch.Tensor], images, prompts, tokens: torch.Tensor,
-           per_token: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+           per_token: torch.Tensor, valid: torch.Tensor, legal=None) -> torch.Tensor:
         """Mean k2 KL estimate between the policy's ``per_token`` and the reference over the batch."""
         reference = self.cache.get(obs, tokens)
         if reference is None:
-            reference = self.log_probs(distribution, images, prompts, tokens, per_token.device)
+            reference = self.log_probs(distribution, images, prompts, tokens, per_token.device, legal)
             self.cache.put(obs, tokens, reference)
         kl = kl_to_reference(per_token, reference.to(per_token.device), valid.to(per_token.device)).mean()
         self.recent_kl.append(float(kl.detach()))

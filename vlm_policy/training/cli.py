@@ -401,7 +401,8 @@ def _policy_for(options: EvalOptions, env_kwargs: dict | None = None):
 
         data = read_agent_data(options.model)
         source, budget = agent_base(options.model, data), agent_answer_length(data)
-        make = eval_env_factory(options.env, source, budget, options.prompt_style, env_kwargs)
+        constrained = bool((data.get("policy_kwargs") or {}).get("constrain_actions", False))
+        make = eval_env_factory(options.env, source, budget, options.prompt_style, env_kwargs, constrained)
         policy = load_agent(options.model, make(), device=options.device,
                             allow_other_env=options.allow_other_env).policy
         policy.set_training_mode(False)

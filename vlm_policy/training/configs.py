@@ -254,8 +254,8 @@ class PPOConfig:
     #: Left out of ``--help`` (see the module's docstring).
     advanced_settings: ClassVar[frozenset[str]] = frozenset({
         "learning_rate_end", "clip_range", "target_kl", "gamma", "gae_lambda", "max_grad_norm", "ent_coef",
-        "vf_coef", "value_lr_scale", "value_gradients_to_model", "ppo_check_every", "ppo_check_episodes",
-        "ppo_keep_best", "keep_checkpoints"})
+        "vf_coef", "value_lr_scale", "value_gradients_to_model", "constrain_actions", "ppo_check_every",
+        "ppo_check_episodes", "ppo_keep_best", "keep_checkpoints"})
     #: Defaults that are rules, written ``auto`` (see the module's docstring).
     auto_settings: ClassVar[frozenset[str]] = frozenset({
         "learning_rate", "learning_rate_end", "lora_r", "ppo_check_every"})
@@ -290,6 +290,8 @@ class PPOConfig:
         "weight of the KL penalty towards the SFT checkpoint (0: none, as in the paper)"))
     value_gradients_to_model: bool = field(default=defaults.VALUE_GRADIENTS_TO_MODEL, metadata=_help(
         "let the value loss train the VLM too (the paper's shared trunk)"))
+    constrain_actions: bool = field(default=False, metadata=_help(
+        "legal-action decoding: an answer's action value names one of the state's legal actions"))
     ppo_check_every: int = field(default=-1, metadata=_help(
         "PPO updates between greedy validation checks (0: none; auto: 2, none on ALFWorld)"))
     ppo_check_episodes: int = field(default=64, metadata=_help("validation episodes per PPO check"))

@@ -55,9 +55,14 @@ def standalone_policy(model: str, env: TokenActionWrapper, device: str = "auto",
 
 
 def eval_env_factory(env_id: str, model: str, max_new_tokens: int, prompt_style: str = "cot",
-                     env_kwargs: dict[str, Any] | None = None) -> Callable[[], TokenActionWrapper]:
-    """A function making one evaluation env for ``model``: frames at its image size, its tokenizer."""
-    wrap, processor = wrapper_for(model, max_new_tokens, prompt_style)
+                     env_kwargs: dict[str, Any] | None = None,
+                     constrain_actions: bool = False) -> Callable[[], TokenActionWrapper]:
+    """A function making one evaluation env for ``model``: frames at its image size, its tokenizer; with
+    ``constrain_actions`` its observations carry the legal actions (for a policy that decodes only those)."""
+    from vlm_policy.legal_actions import DEFAULT_MAX_LEGAL_BYTES
+
+    wrap, processor = wrapper_for(model, max_new_tokens, prompt_style,
+                                  max_legal_bytes=DEFAULT_MAX_LEGAL_BYTES if constrain_actions else 0)
     kwargs = frame_kwargs(env_id, processor, env_kwargs)
 
     def make() -> TokenActionWrapper:

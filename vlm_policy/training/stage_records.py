@@ -47,7 +47,7 @@ NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device", "eval_batch"}
 
 #: Settings added to a stage after run folders had recorded it, with the value that leaves it as it was.
 SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_stop_reach": 0.0,
-                        "ppo_stop_success": 0.0}
+                        "ppo_stop_success": 0.0, "constrain_actions": False}
 
 
 #: Settings whose rule earlier versions recorded as this word (-1) where this version records the value
@@ -90,7 +90,8 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
            "balance_states": "auto"}
     if values["sft_stop_reach"]:  # the reach is measured at PPO's sampling temperature
         sft["temperature"] = values["temperature"]
-    evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens") + (("eval_splits",) if alfworld else ()))
+    evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens", "constrain_actions")
+                      + (("eval_splits",) if alfworld else ()))
     ppo = {"sft": sft, **pick([f.name for f in fields(PPOConfig)] + ["max_new_tokens", "micro_batch_size"])}
     return {"demos": demos, "sft": sft, "after SFT": {"sft": sft, "temperature": values["temperature"], **evaluation},
             "ppo": ppo, "after PPO": {"ppo": ppo, **evaluation}}

@@ -93,7 +93,15 @@ class Job:
         """The policy settings an evaluation takes (those of PPO's policy that bear on greedy answers)."""
         c = self.config
         return {"temperature": c.temperature, "cot_weight": c.cot_weight, "lora_r": c.lora_r,
-                "micro_batch_size": c.micro_batch, "dtype": c.dtype, "seed": c.seed}
+                "micro_batch_size": c.micro_batch, "dtype": c.dtype, "seed": c.seed,
+                "constrain_actions": c.constrain_actions}
+
+    def eval_env(self, model: str, budget: int, env_kwargs: dict[str, Any]) -> Callable[[], Any]:
+        """A function making one evaluation env of the task for ``model``, as PPO's envs are made."""
+        from vlm_policy.training.evaluation import eval_env_factory
+
+        c = self.config
+        return eval_env_factory(c.env_id, model, budget, c.prompt_style, env_kwargs, c.constrain_actions)
 
     def play_validation(self, policy, make_env: Callable[[], Any], episodes: int) -> float:
         """The share of ``episodes`` validation episodes (seeds from :data:`VALIDATION_SEED`) that ``policy``'s
@@ -222,7 +230,7 @@ class SupervisedFineTuning(Stage):
         import tempfile
 
         from vlm_policy.checkpoints import save_sft_checkpoint
-        from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
+        from vlm_policy.training.evaluation import standalone_policy
 
         job, c = self.job, self.job.config
 
@@ -230,7 +238,7 @@ class SupervisedFineTuning(Stage):
             with tempfile.TemporaryDirectory(prefix="sft-check-") as folder:
                 snapshot = save_sft_checkpoint(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)),
                                                Path(folder) / "sft", {})
-                make_env = eval_env_factory(c.env_id, str(snapshot), budget, c.prompt_style, c.env_kwargs())
+                make_env = job.eval_env(str(snapshot), budget, c.env_kwargs())
                 policy = standalone_policy(str(snapshot), make_env(), device=job.device,
                                            **job.evaluation_kwargs())
                 return job.play_validation(policy, make_env, c.sft_check_episodes)
@@ -247,13 +255,13 @@ class Evaluation(Stage):
     def evaluate(self, policy, model: str, budget: int, name: str, record: bool = False):
         """The held-out evaluation's result and, with ``record``, the episodes the strip shows: a won and a lost
         one where the first episodes have both (ALFWorld: the first game)."""
-        from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm
+        from vlm_policy.training.evaluation import evaluate_vlm
 
         c = self.job.config
         if is_alfworld(c.env_id):
             result, first = self._evaluate_games(policy, model, budget, name, record)
             return result, [first] if first is not None else None
-        make_env = eval_env_factory(c.env_id, model, budget, c.prompt_style, c.step_limit())
+        make_env = self.job.eval_env(model, budget, c.step_limit())
         examples = {} if record else None
         result, _ = evaluate_vlm(policy, make_env, c.eval_episodes, c.eval_seed, parallel=c.episodes_at_once(),
                                  name=name, progress=c.progress, examples=examples)
@@ -261,13 +269,13 @@ class Evaluation(Stage):
 
     def checkpoint(self, sft_dir: str, budget: int, name: str = "after SFT") -> EvalResult:
         """The held-out evaluation of an SFT checkpoint, played as the main job plays it."""
-        from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
+        from vlm_policy.training.evaluation import standalone_policy
 
         c = self.job.config
         env_kwargs = c.step_limit()
         if is_alfworld(c.env_id):
             env_kwargs["game_files"] = next(iter(self.games.values()))
-        env = eval_env_factory(c.env_id, sft_dir, budget, c.prompt_style, env_kwargs)()
+        env = self.job.eval_env(sft_dir, budget, env_kwargs)()
         policy = standalone_policy(sft_dir, env, device=self.job.device, **self.job.evaluation_kwargs())
         return self.evaluate(policy, sft_dir, budget, name)[0]
 
@@ -283,13 +291,12 @@ class Evaluation(Stage):
 
     def _evaluate_games(self, policy, model: str, budget: int, name: str, record: bool):
         """ALFWorld: every evaluation game once per split; the outcomes go to ``episodes/<name>.jsonl``."""
-        from vlm_policy.training.evaluation import eval_env_factory, evaluate_vlm_on_games
+        from vlm_policy.training.evaluation import evaluate_vlm_on_games
 
         c = self.job.config
         results, first_record, outcomes = [], None, {}
         for split, games in self.games.items():
-            make_env = eval_env_factory(c.env_id, model, budget, c.prompt_style,
-                                        env_kwargs={"game_files": games, **c.step_limit()})
+            make_env = self.job.eval_env(model, budget, {"game_files": games, **c.step_limit()})
             result, episode_record, outcomes[split] = evaluate_vlm_on_games(
                 policy, make_env, len(games), c.eval_seed, name=f"{name} {split}", parallel=c.episodes_at_once(),
                 record_first=record and first_record is None, progress=c.progress)
@@ -391,16 +398,14 @@ class ProximalPolicyOptimization(Stage):
                 "train_vision": c.train_vision, "value_lr_scale": c.value_lr_scale,
                 "value_gradients_to_model": c.value_gradients_to_model, "kl_coef": c.kl_coef,
                 "gradient_checkpointing": c.checkpointing_for(c.model), "micro_batch_size": c.micro_batch,
-                "compute_entropy": c.ent_coef > 0, "dtype": c.dtype,
+                "compute_entropy": c.ent_coef > 0, "dtype": c.dtype, "constrain_actions": c.constrain_actions,
                 "device": self.job.device, "seed": c.seed, "env_id": registered_id(c.env_id)}
 
     def validation(self, sft_dir: str, budget: int) -> Callable[[Any], float]:
         """PPO's check: the share of ``--ppo-check-episodes`` validation episodes (seeds from
         :data:`VALIDATION_SEED`) that a policy's greedy answers win, played as "after PPO" plays its agent."""
-        from vlm_policy.training.evaluation import eval_env_factory
-
         c = self.job.config
-        make_env = eval_env_factory(c.env_id, sft_dir, budget, c.prompt_style, c.env_kwargs())
+        make_env = self.job.eval_env(sft_dir, budget, c.env_kwargs())
         return lambda policy: self.job.play_validation(policy, make_env, c.ppo_check_episodes)
 
     def make(self, sft_dir: str, budget: int, resume: bool):
@@ -437,7 +442,7 @@ class ProximalPolicyOptimization(Stage):
             subprocesses = SubprocVecEnv
         env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1 + 100_000 * context.rank,
                                max_new_tokens=budget, prompt_style=c.prompt_style, env_kwargs=c.env_kwargs(),
-                               vec_env_cls=subprocesses)
+                               vec_env_cls=subprocesses, constrain_actions=c.constrain_actions)
         # Agents are read without unpickling (load_agent); training state comes from the config.
         schedule = cosine_schedule(c.learning_rate, c.learning_rate_end)
         training = {"learning_rate": schedule, "clip_range": c.clip_range}
