@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,14 @@ RENDER_STYLES = ("text", "map")
 WIN_BONUS = 50.0
 
 
-def _prompt(task: str, observation: str, commands: Sequence[str], chain_of_thought: bool) -> str:
+def _prompt(task: str, observation: str, commands: Sequence[str], chain_of_thought: bool,
+            history: Sequence[tuple[str, str]] = ()) -> str:
     listed = "\n".join(f"- {c}" for c in commands)
+    earlier = "".join(f"Before: {seen.strip()}\nYou did: {done}\n" for seen, done in history)
     head = (
         "You are an agent in a household. Your task is to: " + task + "\n"
-        "What you see now: " + observation.strip() + "\n"
+        + (f"Your last {len(history)} steps, oldest first:\n" + earlier if history else "")
+        + "What you see now: " + observation.strip() + "\n"
         "The commands you can use now are:\n" + listed + "\n"
     )
     if chain_of_thought:
@@ -84,7 +88,8 @@ class ALFWorldEnv(TextActionEnv):
     ``data_root`` (default ``$ALFWORLD_DATA``), ``split`` (see :data:`alfworld_bridge.games.SPLITS`,
     or None for the root itself), ``game_files`` (explicit list instead), ``render_style``,
     ``image_size``, ``invalid_action``, ``render_mode``, ``cache_dir`` (for game files built from raw
-    data); the step limit is ``gym.make``'s ``max_episode_steps``.
+    data), ``history_length`` (the last k observations and the commands played there go into the prompt:
+    a memory of the episode; 0 none); the step limit is ``gym.make``'s ``max_episode_steps``.
     ``reset(options={"game": path_or_index})`` plays a given game.
 
     ## Version History
@@ -103,7 +108,10 @@ class ALFWorldEnv(TextActionEnv):
         invalid_action: str = "penalize",
         render_mode: str | None = None,
         cache_dir: str | os.PathLike | None = None,
+        history_length: int = 0,
     ) -> None:
+        if history_length < 0:
+            raise ValueError(f"history_length must be >= 0 (0: no memory of earlier steps), got {history_length}")
         if render_style == "thor":
             raise ValueError(
                 "render_style='thor' is not offered: THOR's first-person frames come from ALFWorld's THOR env "
@@ -128,6 +136,8 @@ class ALFWorldEnv(TextActionEnv):
         self.floor_plan: str | None = None
         self.task = ""
         self.observation_text = ""
+        #: The last ``history_length`` (observation, command played there) pairs of the episode, oldest first.
+        self.history: deque[tuple[str, str]] = deque(maxlen=history_length)
 
     # ------------------------------------------------------------------ engine
     def _load(self, game: Path):
@@ -171,6 +181,7 @@ class ALFWorldEnv(TextActionEnv):
     # ------------------------------------------------------------------ TextActionEnv hooks
     def _start_episode(self, options: dict[str, Any] | None) -> None:
         self.state = None  # no half-made episode survives a failed reset
+        self.history.clear()
         self.game_file = self._pick_game(options)
         try:
             traj = read_traj_data(self.game_file)
@@ -189,6 +200,8 @@ class ALFWorldEnv(TextActionEnv):
         return list(self.state["admissible_commands"]) if self.state is not None else []
 
     def _apply(self, action: str) -> Outcome:
+        if self.history.maxlen:
+            self.history.append((self.observation_text, action))
         self.state, _, _ = self._engine.step(action)
         self.observation_text = self.state["feedback"].strip()
         won = bool(self.state["won"])
@@ -278,11 +291,11 @@ class ALFWorldEnv(TextActionEnv):
 
     @property
     def prompt(self) -> str:  # type: ignore[override]  (the base class's is a fixed string)
-        return _prompt(self.task, self.observation_text, self.available_actions(), chain_of_thought=True)
+        return _prompt(self.task, self.observation_text, self.available_actions(), True, self.history)
 
     @property
     def action_only_prompt(self) -> str:  # type: ignore[override]
-        return _prompt(self.task, self.observation_text, self.available_actions(), chain_of_thought=False)
+        return _prompt(self.task, self.observation_text, self.available_actions(), False, self.history)
 
     def _info(self, **extra: Any) -> dict[str, Any]:
         info = super()._info(**extra)

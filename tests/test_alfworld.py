@@ -375,3 +375,26 @@ def test_a_game_built_by_several_builders_at_once_is_whole(sample_root, tmp_path
         built = list(pool.map(lambda _: build_game_file(raw, tmp_path / "cache"), range(8)))
     assert len(set(built)) == 1 and json.loads(built[0].read_text())["pddl_problem"]
     assert not list(built[0].parent.glob("*.tmp"))  # no temporary file left behind
+
+
+def test_history_length_puts_the_last_steps_into_the_prompt(sample_root):
+    env = gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train", history_length=2)
+    _, info = env.reset(seed=0)
+    assert "Your last" not in info["prompt"]  # nothing played yet
+    first_view = info["observation_text"]
+    played = []
+    for _ in range(3):
+        command = env.unwrapped.oracle_action()
+        _, _, _, _, info = env.step(answer(command))
+        played.append(command)
+    prompt = info["prompt"]
+    assert "Your last 2 steps, oldest first:" in prompt
+    assert f"You did: {played[1]}\n" in prompt and f"You did: {played[2]}\n" in prompt
+    assert prompt.count("You did:") == 2 and first_view.strip() not in prompt.split("What you see now:")[0]
+    assert prompt.index(f"You did: {played[1]}") < prompt.index(f"You did: {played[2]}")
+    assert "Your last" in info["action_only_prompt"]
+    _, info = env.reset(seed=1)
+    assert "Your last" not in info["prompt"]  # a new episode starts with no memory
+    with pytest.raises(ValueError, match="history_length must be >= 0"):
+        gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train", history_length=-1)
+    env.close()

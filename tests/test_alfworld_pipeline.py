@@ -201,3 +201,15 @@ def test_the_alfworld_gpu_example_parses_with_the_papers_settings():
     assert config.ppo_timesteps == 12 * 1024 and config.n_epochs == 4 and config.temperature == 0.2
     assert config.learning_rate == 1e-5 and config.lora_r == 128 and config.train_vision and config.kl_coef == 0
     assert config.eval_splits == ["valid_seen", "valid_unseen"]
+
+
+def test_the_history_length_reaches_every_alfworld_env_of_a_run_and_its_records():
+    from vlm_policy.training.configs import TrainConfig
+    from vlm_policy.training.stage_records import stage_settings
+
+    config = TrainConfig(env_id="alfworld/ALFWorld-v0", history_length=2)
+    assert config.env_kwargs()["history_length"] == 2 and config.play_kwargs()["history_length"] == 2
+    assert stage_settings(config)["demos"]["history_length"] == 2
+    assert "history_length" not in stage_settings(TrainConfig(env_id="alfworld/ALFWorld-v0"))["demos"]
+    with pytest.raises(ValueError, match="--history-length is ALFWorld's"):
+        TrainConfig(history_length=2)

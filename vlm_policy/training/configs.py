@@ -334,7 +334,8 @@ class RunConfig:
     """What the main job learns, where it writes, and how it is evaluated."""
 
     #: Left out of ``--help`` (see the module's docstring).
-    advanced_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "eval_seed", "eval_splits"})
+    advanced_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "eval_seed", "eval_splits",
+                                                             "history_length"})
     #: Defaults that are rules, written ``auto`` (see the module's docstring).
     auto_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "eval_batch", "max_episode_steps"})
 
@@ -357,6 +358,8 @@ class RunConfig:
         "ALFWorld: the splits evaluated after SFT and after PPO"))
     max_episode_steps: int = field(default=0, metadata=_help(
         "step limit of every episode (auto: the task's registered limit, else 50)"))
+    history_length: int = field(default=0, metadata=_help(
+        "ALFWorld: the last k observations and commands in the prompt, a memory of the episode (0: none)"))
 
     def __post_init__(self) -> None:
         self.validate_run()
@@ -364,7 +367,10 @@ class RunConfig:
     def validate_run(self) -> None:
         auto_to_rules(self)
         self.env_id = resolve_env_id(self.env_id)
-        _check(self, positive=("demos", "eval_episodes"), non_negative=("max_new_tokens", "eval_seed", "max_episode_steps"))
+        _check(self, positive=("demos", "eval_episodes"),
+               non_negative=("max_new_tokens", "eval_seed", "max_episode_steps", "history_length"))
+        if self.history_length and not is_alfworld(self.env_id):
+            raise ValueError(f"--history-length is ALFWorld's; {self.env_id} shows its whole state in every frame")
         check_eval_batch(self.eval_batch, "--eval-batch")
         self.max_episode_steps = step_limit_for(self.env_id, self.max_episode_steps).get("max_episode_steps", 0)
         self.eval_splits = list(self.eval_splits)
@@ -380,10 +386,15 @@ class RunConfig:
             raise ValueError("--eval-splits needs at least one split")
 
     def env_kwargs(self, split: str | None = None) -> dict[str, Any]:
-        """``gym.make``'s arguments besides the frame size: the step limit when one is set; for ALFWorld
-        the data folder and a split (``split``, else the training one)."""
+        """``gym.make``'s arguments besides the frame size: :meth:`play_kwargs`; for ALFWorld the data folder
+        and a split (``split``, else the training one)."""
         kwargs = env_kwargs_for(self.env_id, self.data_root, split or self.split)
-        return {**kwargs, **self.step_limit()}
+        return {**kwargs, **self.play_kwargs()}
+
+    def play_kwargs(self) -> dict[str, Any]:
+        """What every env of the run takes, whichever games it plays: the step limit when one is set, and the
+        prompt's memory of earlier steps when there is one (evaluations see the prompts training saw)."""
+        return {**self.step_limit(), **({"history_length": self.history_length} if self.history_length else {})}
 
     def episodes_at_once(self) -> int:
         """``--eval-batch`` resolved (see :func:`eval_batch_for`)."""

@@ -47,7 +47,7 @@ NOT_RESULT_SETTINGS = {"keep_checkpoints", "progress", "device", "eval_batch"}
 
 #: Settings added to a stage after run folders had recorded it, with the value that leaves it as it was.
 SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_stop_reach": 0.0,
-                        "ppo_stop_success": 0.0, "constrain_actions": False}
+                        "ppo_stop_success": 0.0, "constrain_actions": False, "history_length": 0}
 
 
 #: Settings whose rule earlier versions recorded as this word (-1) where this version records the value
@@ -83,7 +83,7 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     # ALFWorld's data settings are recorded for ALFWorld only (the card tasks' records stay as they were).
     alfworld = is_alfworld(config.env_id)
     demos = pick(("env_id", "demos", "seed", "prompt_style", "model", "max_episode_steps")  # every stage's step limit
-                 + (("data_root", "split") if alfworld else ()))
+                 + (("data_root", "split", "history_length") if alfworld else ()))
     sft = {"demos": demos, **pick([f.name for f in fields(SFTConfig)] + ["dtype", "gradient_checkpointing"]),
            # The draw SFT now always makes, recorded so that folders made before it (with the plain draw, and
            # no such entry) are not taken for this version's.

@@ -261,7 +261,7 @@ class Evaluation(Stage):
         if is_alfworld(c.env_id):
             result, first = self._evaluate_games(policy, model, budget, name, record)
             return result, [first] if first is not None else None
-        make_env = self.job.eval_env(model, budget, c.step_limit())
+        make_env = self.job.eval_env(model, budget, c.play_kwargs())
         examples = {} if record else None
         result, _ = evaluate_vlm(policy, make_env, c.eval_episodes, c.eval_seed, parallel=c.episodes_at_once(),
                                  name=name, progress=c.progress, examples=examples)
@@ -272,7 +272,7 @@ class Evaluation(Stage):
         from vlm_policy.training.evaluation import standalone_policy
 
         c = self.job.config
-        env_kwargs = c.step_limit()
+        env_kwargs = c.play_kwargs()
         if is_alfworld(c.env_id):
             env_kwargs["game_files"] = next(iter(self.games.values()))
         env = self.job.eval_env(sft_dir, budget, env_kwargs)()
@@ -296,7 +296,7 @@ class Evaluation(Stage):
         c = self.job.config
         results, first_record, outcomes = [], None, {}
         for split, games in self.games.items():
-            make_env = self.job.eval_env(model, budget, {"game_files": games, **c.step_limit()})
+            make_env = self.job.eval_env(model, budget, {"game_files": games, **c.play_kwargs()})
             result, episode_record, outcomes[split] = evaluate_vlm_on_games(
                 policy, make_env, len(games), c.eval_seed, name=f"{name} {split}", parallel=c.episodes_at_once(),
                 record_first=record and first_record is None, progress=c.progress)
@@ -348,7 +348,7 @@ class Evaluation(Stage):
             if not self.episodes_file(name).is_file():
                 self.write_outcomes(name, {split: play_agents(
                     [name], files, seed=c.eval_seed, progress=c.progress, env_id=c.env_id, tag=split,
-                    **c.step_limit())[name] for split, files in self.games.items()})
+                    **c.play_kwargs())[name] for split, files in self.games.items()})
         names = {**{label: name for name, label in AGENT_LABELS.items()}, "after SFT": "after SFT",
                  "after PPO": "after PPO"}
         outcomes = {label: [json.loads(line) for line in self.episodes_file(name).read_text().splitlines()]
