@@ -398,3 +398,22 @@ def test_history_length_puts_the_last_steps_into_the_prompt(sample_root):
     with pytest.raises(ValueError, match="history_length must be >= 0"):
         gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train", history_length=-1)
     env.close()
+
+
+def test_expert_labels_name_the_experts_command_in_every_state_an_agent_reaches(sample_root):
+    from gym_vlm_cards.parsing import read_action
+    from vlm_policy.training.relabel import ExpertLabels
+
+    sink = []
+    env = ExpertLabels(gym.make("alfworld/ALFWorld-v0", data_root=sample_root, split="train"), True, sink)
+    _, info = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    admissible = [info["admissible_commands"]]
+    for _ in range(4):  # an agent that wanders: the expert replans from wherever it is
+        _, _, terminated, truncated, info = env.step(answer(str(rng.choice(admissible[-1]))))
+        admissible.append(info["admissible_commands"])
+    assert len(sink) == 5 and [record["step"] for record, _ in sink] == [0, 1, 2, 3, 4]
+    for (record, image), commands in zip(sink, admissible):
+        command = read_action(record["messages"][1]["content"][0]["text"]).value
+        assert command in commands and image.shape == (300, 300, 3)
+    env.close()

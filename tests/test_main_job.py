@@ -630,3 +630,30 @@ def test_a_log_tee_writing_to_its_own_standard_output_writes_each_line_once(tmp_
         subprocess.run([sys.executable, "-c", code], stdout=stream, check=True)
     lines = log.read_text().splitlines()
     assert len(lines) == 2 and lines[0].endswith(" SFT step 10") and lines[1].endswith(" PPO update 1")
+
+
+@pytest.mark.slow
+def test_relabelling_rounds_label_the_models_own_states_and_go_on_with_sft(tmp_path):
+    from vlm_policy.agents import agent_base, read_agent_data
+    from vlm_policy.training.demos import read_answers, set_size
+    from vlm_policy.training.stage_records import SettingsChanged, stage_settings
+
+    run = tmp_path / "run"
+    config = _micro_config(run, relabel_rounds=2, relabel_episodes=3)
+    rows = Pipeline(config).run()
+    assert [r.name for r in rows] == ["after SFT", "after PPO"]
+    for number in (1, 2):
+        labels = run / "relabel" / f"round_{number}" / "demos"
+        assert set_size(labels) >= 3  # at least one state per episode, each with the expert's answer
+        assert all('"action"' in answer for answer in read_answers(labels))
+        steps = json.loads((run / "relabel" / f"round_{number}" / "sft" / "training.json").read_text())["steps_done"]
+        assert steps >= 1
+    # PPO starts from the last round's model, and the records say so.
+    ppo_base = json.loads((run / "stages" / "ppo.json").read_text())["sft"]
+    assert ppo_base["relabel_rounds"] == 2 and ppo_base["sft"] == stage_settings(config)["sft"]
+    final = run / "ppo" / "final.zip"
+    assert agent_base(final, read_agent_data(final)).endswith("relabel/round_2/sft")
+    # A rerun with the same settings redoes nothing; without rounds the records differ and name the setting.
+    assert Pipeline(_micro_config(run, relabel_rounds=2, relabel_episodes=3)).run() == rows
+    with pytest.raises(SettingsChanged, match="relabel_rounds"):
+        Pipeline(_micro_config(run, relabel_episodes=3)).run()

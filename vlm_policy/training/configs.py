@@ -335,7 +335,7 @@ class RunConfig:
 
     #: Left out of ``--help`` (see the module's docstring).
     advanced_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "eval_seed", "eval_splits",
-                                                             "history_length"})
+                                                             "history_length", "relabel_rounds", "relabel_episodes"})
     #: Defaults that are rules, written ``auto`` (see the module's docstring).
     auto_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "eval_batch", "max_episode_steps"})
 
@@ -360,6 +360,9 @@ class RunConfig:
         "step limit of every episode (auto: the task's registered limit, else 50)"))
     history_length: int = field(default=0, metadata=_help(
         "ALFWorld: the last k observations and commands in the prompt, a memory of the episode (0: none)"))
+    relabel_rounds: int = field(default=0, metadata=_help(
+        "DAgger rounds after SFT: the model plays, the expert labels its states, SFT goes on over all (0: none)"))
+    relabel_episodes: int = field(default=32, metadata=_help("training episodes the model plays per DAgger round"))
 
     def __post_init__(self) -> None:
         self.validate_run()
@@ -368,7 +371,8 @@ class RunConfig:
         auto_to_rules(self)
         self.env_id = resolve_env_id(self.env_id)
         _check(self, positive=("demos", "eval_episodes"),
-               non_negative=("max_new_tokens", "eval_seed", "max_episode_steps", "history_length"))
+               non_negative=("max_new_tokens", "eval_seed", "max_episode_steps", "history_length", "relabel_rounds"))
+        _check(self, positive=("relabel_episodes",))
         if self.history_length and not is_alfworld(self.env_id):
             raise ValueError(f"--history-length is ALFWorld's; {self.env_id} shows its whole state in every frame")
         check_eval_batch(self.eval_batch, "--eval-batch")

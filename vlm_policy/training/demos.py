@@ -56,22 +56,43 @@ def write_demonstrations(
     leaves no set behind, only a ``.partial-`` folder the next run removes); an earlier set there is
     replaced, and a folder holding anything else is refused rather than deleted.
     """
+    steps = _oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_examples)
+    return write_example_set(steps, out_dir, {"env_id": env_id, "seed": seed, "chain_of_thought": chain_of_thought})
+
+
+def write_example_set(steps: Iterable[tuple[dict, np.ndarray]], out_dir: str | Path, about: dict[str, Any]) -> Path:
+    """Writes (record, frame) pairs as a set (JSONL, PNG frames, manifest with the count and ``about``);
+    returns the JSONL path. Written under a temporary name and renamed when whole (see
+    :func:`write_demonstrations`)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not (out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= _SET_CONTENTS):
         raise FileExistsError(f"{out_dir} exists and is not a demonstration set; give --out a new or empty folder")
     remove_stale_partials(out_dir.parent, name=out_dir.name)  # what killed writes of this set left behind
+    count = 0
     with atomic_path(out_dir) as temporary:
         (temporary / "images").mkdir(parents=True)
         with (temporary / DEMOS_FILE).open("w") as handle:
-            steps = _oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_examples)
-            for index, (record, image) in enumerate(steps):
-                name = f"images/{index:06d}.png"
+            for count, (record, image) in enumerate(steps, start=1):
+                name = f"images/{count - 1:06d}.png"
                 Image.fromarray(image).save(temporary / name)
                 record["messages"][0]["content"][0]["image"] = name
                 handle.write(json.dumps(record) + "\n")
-        manifest = {"examples": index + 1, "env_id": env_id, "seed": seed, "chain_of_thought": chain_of_thought}
-        (temporary / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        (temporary / MANIFEST_FILE).write_text(json.dumps({"examples": count, **about}, indent=2))
     return out_dir / DEMOS_FILE
+
+
+def example_record(env_id: str, prompt: str, answer: str, state: Any, seed: int | None, step: int) -> dict:
+    """One example's chat-messages record (its image path is filled in when written)."""
+    return {
+        "messages": [
+            {"role": "user", "content": [{"type": "image", "image": None}, {"type": "text", "text": prompt}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ],
+        "env_id": env_id,
+        "seed": seed,
+        "step": step,
+        "state": state,
+    }
 
 
 def _oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_examples: int | None = None,
@@ -91,17 +112,7 @@ def _oracle_steps(env_id, seed, chain_of_thought, env_kwargs, n_examples: int | 
         step, done = 0, False
         while not done and produced < n_examples:
             answer = task.oracle_answer(chain_of_thought=chain_of_thought)
-            record = {
-                "messages": [
-                    {"role": "user", "content": [{"type": "image", "image": None}, {"type": "text", "text": info[prompt_key]}]},
-                    {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-                ],
-                "env_id": env_id,
-                "seed": seed + episode,
-                "step": step,
-                "state": task.symbolic_state(),
-            }
-            yield record, image
+            yield example_record(env_id, info[prompt_key], answer, task.symbolic_state(), seed + episode, step), image
             produced += 1
             image, _, terminated, truncated, info = env.step(answer)
             done = terminated or truncated

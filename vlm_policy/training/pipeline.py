@@ -43,6 +43,7 @@ from vlm_policy.training.stages import (
     Evaluation,
     Job,
     ProximalPolicyOptimization,
+    Relabelling,
     Report,
     SupervisedFineTuning,
     latest_checkpoint,
@@ -70,6 +71,7 @@ class Pipeline:
             check_divides_across_processes(config, self.job.context.world_size)
         self.demos = Demonstrations(self.job)
         self.sft = SupervisedFineTuning(self.job)
+        self.relabel = Relabelling(self.job, self.sft)
         self.evaluation = Evaluation(self.job)
         self.ppo = ProximalPolicyOptimization(self.job)
         self.report = Report(self.job, self.evaluation)
@@ -111,6 +113,9 @@ class Pipeline:
         budget = self.demos.answer_budget(demos)
         begin(self.sft)
         sft_dir = self.sft.make(demos, budget)
+        if self.config.relabel_rounds:
+            begin(self.relabel)
+            sft_dir = self.relabel.make(demos, sft_dir, budget)
         if "after SFT" not in results:
             job.header("after SFT", "the SFT model plays the test seeds with greedy answers")
             results["after SFT"] = on_main(lambda: self._evaluate("after SFT", records, results,

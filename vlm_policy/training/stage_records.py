@@ -27,9 +27,10 @@ from vlm_policy.training.configs import (
 )
 from vlm_policy.training.run_folder import RunRefused
 
-STAGES = ("demos", "sft", "after SFT", "ppo", "after PPO")
-#: The stages each stage is made from.
-UPSTREAM = {"demos": (), "sft": ("demos",), "after SFT": ("sft",), "ppo": ("sft",), "after PPO": ("ppo",)}
+STAGES = ("demos", "sft", "relabel", "after SFT", "ppo", "after PPO")
+#: The stages each stage is made from (``relabel`` only where ``--relabel-rounds`` asks for it).
+UPSTREAM = {"demos": (), "sft": ("demos",), "relabel": ("sft",), "after SFT": ("sft", "relabel"),
+            "ppo": ("sft", "relabel"), "after PPO": ("ppo",)}
 
 
 def downstream(stage: str) -> list[str]:
@@ -90,10 +91,14 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
            "balance_states": "auto"}
     if values["sft_stop_reach"]:  # the reach is measured at PPO's sampling temperature
         sft["temperature"] = values["temperature"]
+    # DAgger's rounds continue SFT: what follows is made from their model, so it nests their record instead.
+    relabel = {"sft": sft, "relabel_rounds": values["relabel_rounds"], "relabel_episodes": values["relabel_episodes"]}
+    trained = relabel if values["relabel_rounds"] else sft
     evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens", "constrain_actions")
                       + (("eval_splits",) if alfworld else ()))
-    ppo = {"sft": sft, **pick([f.name for f in fields(PPOConfig)] + ["max_new_tokens", "micro_batch_size"])}
-    return {"demos": demos, "sft": sft, "after SFT": {"sft": sft, "temperature": values["temperature"], **evaluation},
+    ppo = {"sft": trained, **pick([f.name for f in fields(PPOConfig)] + ["max_new_tokens", "micro_batch_size"])}
+    return {"demos": demos, "sft": sft, "relabel": relabel,
+            "after SFT": {"sft": trained, "temperature": values["temperature"], **evaluation},
             "ppo": ppo, "after PPO": {"ppo": ppo, **evaluation}}
 
 
@@ -132,6 +137,7 @@ class StageRecords:
         return {
             "demos": [self.out / "demos"],
             "sft": [self.out / "sft"],
+            "relabel": [self.out / "relabel"],
             # A row of results.json; for ALFWorld also the outcomes of each game, and of random and oracle on them.
             "after SFT": [self.out / "episodes" / f"{name}.jsonl" for name in ("after_SFT", "random", "oracle")],
             "ppo": [self.out / "ppo", self.out / "curve.jsonl", self.out / "tb"],

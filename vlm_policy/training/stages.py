@@ -19,7 +19,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -244,6 +244,76 @@ class SupervisedFineTuning(Stage):
                 return job.play_validation(policy, make_env, c.sft_check_episodes)
 
         return check
+
+
+class Relabelling(Stage):
+    """DAgger after SFT (:mod:`vlm_policy.training.relabel`): in each of ``--relabel-rounds`` rounds the model
+    plays ``--relabel-episodes`` training episodes with sampled answers, the expert labels every state it
+    reaches (``out_dir/relabel/round_<k>/demos``), and SFT goes on from the model over the demonstrations
+    and every round's labels (``round_<k>/sft``, the next round's player)."""
+
+    name = "relabel"
+
+    def __init__(self, job: Job, sft: SupervisedFineTuning) -> None:
+        super().__init__(job)
+        self.sft = sft
+
+    def describe(self) -> str:
+        c = self.job.config
+        return (f"{c.relabel_rounds} round(s): the model plays {c.relabel_episodes} training episodes, the expert "
+                "labels every state it reaches, SFT goes on over the demonstrations and the labels")
+
+    def make(self, demos: Path, sft_dir: str, budget: int) -> str:
+        """The folder of the last round's SFT checkpoint (each round is kept, and skipped when whole)."""
+        from dataclasses import replace
+
+        from vlm_policy.training.demos import read_demonstrations, set_size
+        from vlm_policy.training.sft import run_sft
+
+        job, c = self.job, self.job.config
+        sets, current = [Path(demos)], sft_dir
+        for number in range(1, c.relabel_rounds + 1):
+            folder = job.out / "relabel" / f"round_{number}"
+            checkpoint = (folder / "sft").resolve()
+            if set_size(folder / "demos") is None:
+                job.on_main(partial(self._label, current, budget, number, folder / "demos"))
+            sets.append(folder / "demos")
+            if not (checkpoint / SFT_METADATA_FILE).is_file():
+                examples = [example for labelled in sets for example in read_demonstrations(labelled)]
+                validate = self.sft.validation(budget) if c.stop_targets() else None
+                sft = replace(c.group(SFTConfig).with_stops_resolved(c.stop_reach()), vision_warmup_steps=0)
+                run_sft(examples, checkpoint, sft=sft, model=replace(c.group(ModelConfig), model=current),
+                        common=c.group(CommonConfig), validation=validate)
+            current = str(checkpoint)
+        return current
+
+    def _label(self, model: str, budget: int, number: int, folder: Path) -> None:
+        """One round's labels: the model at ``model`` plays, the expert labels its states."""
+        import gymnasium as gym
+        import torch
+
+        from vlm_policy.env_bridge import wrapper_for
+        from vlm_policy.legal_actions import DEFAULT_MAX_LEGAL_BYTES
+        from vlm_policy.training.demos import write_example_set
+        from vlm_policy.training.evaluation import standalone_policy
+        from vlm_policy.training.relabel import RELABEL_SEED, describe_labels, labelled_agent_play
+
+        job, c = self.job, self.job.config
+        wrap, processor = wrapper_for(model, budget, c.prompt_style,
+                                      max_legal_bytes=DEFAULT_MAX_LEGAL_BYTES if c.constrain_actions else 0)
+        env_kwargs = frame_kwargs(c.env_id, processor, c.env_kwargs())
+
+        def base_env():
+            return gym.make(c.env_id, **env_kwargs)
+
+        policy = standalone_policy(model, wrap(base_env()), device=job.device, **job.evaluation_kwargs())
+        torch.manual_seed(c.seed + number)  # the answers are sampled: the same round samples the same
+        seed = RELABEL_SEED + (number - 1) * c.relabel_episodes
+        steps = labelled_agent_play(policy, wrap, base_env, c.relabel_episodes, seed, c.prompt_style == "cot",
+                                    c.episodes_at_once())
+        job.say(f"relabel round {number}: {describe_labels(steps)} in {c.relabel_episodes} episodes of the model")
+        write_example_set(steps, folder, {"env_id": c.env_id, "seed": seed, "relabel_round": number,
+                                          "chain_of_thought": c.prompt_style == "cot"})
 
 
 class Evaluation(Stage):
