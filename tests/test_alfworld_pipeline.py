@@ -166,7 +166,10 @@ def test_train_runs_demos_sft_ppo_and_writes_the_per_task_type_table(toy_data, g
         code = main(["train", "--env", ENV_ID, "--data-root", str(toy_data), "--split", "valid_train", "--out-dir",
                      str(out), "--demos", "12", "--sft-steps", "2", "--vision-warmup-steps", "0", "--sft-batch-size", "4",
                      "--ppo-timesteps", "16", "--n-envs", "2", "--n-steps", "8", "--batch-size", "8", "--n-epochs", "1",
-                     "--eval-episodes", "1", "--max-episode-steps", "4", "--progress", "false"])
+                     "--eval-episodes", "1", "--max-episode-steps", "4", "--progress", "false",
+                     # ALFWorld's learning aids, all at once: legal-action decoding, a memory, one DAgger round.
+                     "--constrain-actions", "true", "--history-length", "2", "--relabel-rounds", "1",
+                     "--relabel-episodes", "2"])
     assert code == 0
     table = (out / "alfworld_table.md").read_text()
     assert table.count("| random admissible command |") == table.count("| after PPO |") == 2  # both splits
@@ -181,6 +184,11 @@ def test_train_runs_demos_sft_ppo_and_writes_the_per_task_type_table(toy_data, g
     assert all(o["length"] <= 4 for o in outcomes)  # --max-episode-steps holds in the evaluations too
     demos_record = json.loads((out / "stages" / "demos.json").read_text())
     assert demos_record["split"] == "valid_train" and demos_record["max_episode_steps"] == 4
+    assert demos_record["history_length"] == 2
+    assert "Your last" in (out / "demos" / "demos.jsonl").read_text()  # the prompts hold the memory
+    labels = (out / "relabel" / "round_1" / "demos" / "demos.jsonl").read_text().splitlines()
+    assert len(labels) >= 2 and all('"action"' in json.loads(line)["messages"][1]["content"][0]["text"] for line in labels)
+    assert json.loads((out / "stages" / "ppo.json").read_text())["constrain_actions"] is True
 
 
 def test_the_alfworld_gpu_example_parses_with_the_papers_settings():

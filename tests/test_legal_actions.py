@@ -187,22 +187,3 @@ def test_ppo_trains_a_constraining_policy_and_its_rollout_log_probs_are_the_upda
     model.save(tmp_path / "agent")
     loaded = load_agent(tmp_path / "agent.zip", env, device="cpu")
     assert loaded.policy.constrain_actions  # saved with the agent, read back without unpickling
-
-
-
-@pytest.mark.slow
-def test_the_main_job_with_constrained_actions_records_it_and_its_agent_evaluates_constrained(tmp_path, capsys):
-    from tests.test_main_job import _micro_config
-    from vlm_policy.training import cli
-    from vlm_policy.training.pipeline import Pipeline
-    from vlm_policy.training.stage_records import stage_settings
-
-    config = _micro_config(tmp_path / "run", constrain_actions=True)
-    rows = Pipeline(config).run()
-    assert [r.name for r in rows] == ["after SFT", "after PPO"]
-    records = stage_settings(config)
-    assert records["ppo"]["constrain_actions"] is True and records["after SFT"]["constrain_actions"] is True
-    assert "constrain_actions" not in stage_settings(_micro_config(tmp_path / "other"))["ppo"]  # old folders match
-    agent = tmp_path / "run" / "ppo" / "final.zip"
-    assert cli.main(["eval", "--model", str(agent), "--env", "gym_cards/NumberLine-v0", "--episodes", "2"]) == 0
-    assert "final.zip" in capsys.readouterr().out

@@ -633,13 +633,13 @@ def test_a_log_tee_writing_to_its_own_standard_output_writes_each_line_once(tmp_
 
 
 @pytest.mark.slow
-def test_relabelling_rounds_label_the_models_own_states_and_go_on_with_sft(tmp_path):
+def test_relabelling_rounds_label_the_models_own_states_and_go_on_with_sft_with_constrained_actions(tmp_path):
     from vlm_policy.agents import agent_base, read_agent_data
     from vlm_policy.training.demos import read_answers, set_size
     from vlm_policy.training.stage_records import SettingsChanged, stage_settings
 
     run = tmp_path / "run"
-    config = _micro_config(run, relabel_rounds=2, relabel_episodes=3)
+    config = _micro_config(run, relabel_rounds=2, relabel_episodes=3, constrain_actions=True)
     rows = Pipeline(config).run()
     assert [r.name for r in rows] == ["after SFT", "after PPO"]
     for number in (1, 2):
@@ -654,6 +654,10 @@ def test_relabelling_rounds_label_the_models_own_states_and_go_on_with_sft(tmp_p
     final = run / "ppo" / "final.zip"
     assert agent_base(final, read_agent_data(final)).endswith("relabel/round_2/sft")
     # A rerun with the same settings redoes nothing; without rounds the records differ and name the setting.
-    assert Pipeline(_micro_config(run, relabel_rounds=2, relabel_episodes=3)).run() == rows
+    assert Pipeline(_micro_config(run, relabel_rounds=2, relabel_episodes=3, constrain_actions=True)).run() == rows
     with pytest.raises(SettingsChanged, match="relabel_rounds"):
-        Pipeline(_micro_config(run, relabel_episodes=3)).run()
+        Pipeline(_micro_config(run, relabel_episodes=3, constrain_actions=True)).run()
+    # The constrained agent is recorded so, and `vlm-cards eval` plays it constrained.
+    assert stage_settings(config)["after SFT"]["constrain_actions"] is True
+    assert "constrain_actions" not in stage_settings(_micro_config(tmp_path / "other"))["ppo"]  # old folders match
+    assert cli.main(["eval", "--model", str(final), "--env", "gym_cards/NumberLine-v0", "--episodes", "2"]) == 0
