@@ -169,7 +169,7 @@ def test_train_runs_demos_sft_ppo_and_writes_the_per_task_type_table(toy_data, g
                      "--eval-episodes", "1", "--max-episode-steps", "4", "--progress", "false",
                      # ALFWorld's learning aids, all at once: legal-action decoding, a memory, one DAgger round.
                      "--constrain-actions", "true", "--history-length", "2", "--relabel-rounds", "1",
-                     "--relabel-episodes", "2"])
+                     "--relabel-episodes", "1"])
     assert code == 0
     table = (out / "alfworld_table.md").read_text()
     assert table.count("| random admissible command |") == table.count("| after PPO |") == 2  # both splits
@@ -187,7 +187,7 @@ def test_train_runs_demos_sft_ppo_and_writes_the_per_task_type_table(toy_data, g
     assert demos_record["history_length"] == 2
     assert "Your last" in (out / "demos" / "demos.jsonl").read_text()  # the prompts hold the memory
     labels = (out / "relabel" / "round_1" / "demos" / "demos.jsonl").read_text().splitlines()
-    assert len(labels) >= 2 and all('"action"' in json.loads(line)["messages"][1]["content"][0]["text"] for line in labels)
+    assert len(labels) >= 1 and all('"action"' in json.loads(line)["messages"][1]["content"][0]["text"] for line in labels)
     assert json.loads((out / "stages" / "ppo.json").read_text())["constrain_actions"] is True
 
 

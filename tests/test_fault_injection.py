@@ -8,6 +8,6 @@ from helpers import load_script
 @pytest.mark.slow
 def test_a_killed_run_resumes_complete_and_identical(capsys):
     module = load_script("benchmarks/fault_injection.py")
-    assert module.main(["--trials", "2"]) == 0  # one kill while writing demonstrations, one in the warm-up
+    assert module.main(["--trials", "1"]) == 0  # one kill while writing demonstrations (the benchmark cycles through every stage)
     out = capsys.readouterr().out
-    assert "2 of 2 runs (2 of them killed) finished complete" in out and out.count(": killed,") == 2
+    assert "1 of 1 runs (1 of them killed) finished complete" in out and out.count(": killed,") == 1

@@ -52,6 +52,7 @@ def test_a_two_seed_sweep_in_parallel_runs_both_and_writes_the_table_and_plot(tm
         run = tmp_path / "sweep" / f"seed_{seed}"
         assert json.loads((run / "config.json").read_text())["seed"] == seed
         assert (run / "train.log").is_file() and (run / "ppo" / "final.zip").is_file()
+        assert (run / "train.log").read_text().count("== demos:") == 1  # each line once in a seed's log
     demos = [(tmp_path / "sweep" / f"seed_{s}" / "demos" / "demos.jsonl").read_text() for s in (4, 5)]
     assert demos[0] != demos[1]  # the seed reached each run
     report = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
