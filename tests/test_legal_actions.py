@@ -13,7 +13,8 @@ import alfworld_bridge  # noqa: F401  (registers alfworld/ALFWorld-v0)
 from gym_vlm_cards.parsing import read_action
 from tests.policy_helpers import batch_obs, make_policy
 from vlm_policy import VLMPolicy, make_vlm_vec_env
-from vlm_policy.legal_actions import LegalActionMasks, decode_legal_actions, encode_legal_actions
+from vlm_policy.env_bridge import decode_legal_actions, encode_legal_actions
+from vlm_policy.legal_actions import LegalActionMasks
 from vlm_policy.loading import load_processor
 from vlm_policy.models.random_models import SAVERS
 

@@ -10,8 +10,9 @@ beside the image and a fingerprint of the tokenizer that the policy checks again
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -49,13 +50,24 @@ def end_token_ids(tokenizer, extra: Any = None) -> tuple[int, ...]:
 def encode_prompt(text: str, max_bytes: int) -> np.ndarray:
     """UTF-8 bytes zero-padded to ``max_bytes``; a longer prompt is an error, never cut silently."""
     data = text.encode("utf-8")
-    if len(data) > max_bytes:
-        raise ValueError(
-            f"the prompt is {len(data)} bytes, more than max_prompt_bytes={max_bytes}; pass a larger "
-            "max_prompt_bytes to make_vlm_vec_env"
-        )
-    if b"\x00" in data:
+    too_long = (f"the prompt is {len(data)} bytes, more than max_prompt_bytes={max_bytes}; pass a larger "
+                "max_prompt_bytes to make_vlm_vec_env")
+    if len(data) <= max_bytes and b"\x00" in data:
         raise ValueError("prompts must not contain NUL characters")
+    return _zero_padded(data, max_bytes, too_long)
+
+
+def encode_legal_actions(actions: Sequence[str], max_bytes: int) -> np.ndarray:
+    """The actions as a JSON list in UTF-8 bytes, zero-padded to ``max_bytes``; more is an error, never cut."""
+    data = json.dumps(list(actions)).encode("utf-8")
+    return _zero_padded(data, max_bytes, f"the legal actions take {len(data)} bytes, more than max_legal_bytes="
+                                         f"{max_bytes}; pass a larger max_legal_bytes to make_vlm_vec_env")
+
+
+def _zero_padded(data: bytes, max_bytes: int, too_long: str) -> np.ndarray:
+    """``data`` in an observation's fixed-size byte field, zero-padded; longer is the error ``too_long``."""
+    if len(data) > max_bytes:
+        raise ValueError(too_long)
     buffer = np.zeros(max_bytes, dtype=np.uint8)
     buffer[: len(data)] = np.frombuffer(data, dtype=np.uint8)
     return buffer
@@ -114,11 +126,18 @@ def input_overhead(processor, image_shape: tuple[int, int]) -> int:
 
 #: The observation key of the legal actions (:mod:`vlm_policy.legal_actions`), with legal-action decoding.
 LEGAL_ACTIONS_KEY = "legal_actions"
+#: Room for the legal actions in an observation (ALFWorld's admissible commands take about 2 KB).
+DEFAULT_MAX_LEGAL_BYTES = 16_384
 
 
 def decode_prompt(buffer: np.ndarray) -> str:
     data = np.asarray(buffer).astype(np.uint8).tobytes()
     return data.rstrip(b"\x00").decode("utf-8", errors="replace")
+
+
+def decode_legal_actions(buffer: np.ndarray) -> list[str]:
+    text = decode_prompt(buffer)
+    return json.loads(text) if text else []
 
 
 class TokenActionWrapper(gym.Wrapper):
@@ -208,8 +227,6 @@ class TokenActionWrapper(gym.Wrapper):
         observation = {"image": image, "prompt": encode_prompt(text, self.max_prompt_bytes),
                        "tokenizer": self._fingerprint}
         if self.max_legal_bytes:
-            from vlm_policy.legal_actions import encode_legal_actions
-
             observation[LEGAL_ACTIONS_KEY] = encode_legal_actions(self.env.unwrapped.available_actions(),
                                                                   self.max_legal_bytes)
         return observation
@@ -245,12 +262,15 @@ def frame_kwargs(env_id: str, processor, env_kwargs: dict[str, Any] | None = Non
 
 
 def wrapper_for(model: str, max_new_tokens: int, prompt_style: str = "cot",
-                max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
-                max_legal_bytes: int = 0) -> tuple[Callable[[gym.Env], TokenActionWrapper], Any]:
-    """A function wrapping an env for ``model`` (its tokenizer, its end tokens), and the model's processor."""
+                max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES, constrain_actions: bool = False,
+                max_legal_bytes: int | None = None) -> tuple[Callable[[gym.Env], TokenActionWrapper], Any]:
+    """A function wrapping an env for ``model`` (its tokenizer, its end tokens), and the model's processor; with
+    ``constrain_actions`` its observations carry the legal actions (in ``max_legal_bytes``, by default
+    :data:`DEFAULT_MAX_LEGAL_BYTES`) for ``VLMPolicy(constrain_actions=True)``."""
     from vlm_policy.loading import context_length, generation_end_ids, load_processor
 
     processor = load_processor(model)
+    legal_bytes = (max_legal_bytes or DEFAULT_MAX_LEGAL_BYTES) if constrain_actions else 0
     end_ids = end_token_ids(processor.tokenizer, generation_end_ids(model))
     context = context_length(model)
     overheads: dict[tuple[int, int], int] = {}
@@ -263,7 +283,7 @@ def wrapper_for(model: str, max_new_tokens: int, prompt_style: str = "cot",
                 overheads[shape] = input_overhead(processor, shape)
             max_prompt_tokens = context - overheads[shape] - max_new_tokens
         return TokenActionWrapper(env, processor.tokenizer, max_new_tokens, prompt_style, max_prompt_bytes, end_ids,
-                                  max_prompt_tokens, max_legal_bytes)
+                                  max_prompt_tokens, legal_bytes)
 
     return wrap, processor
 
@@ -287,15 +307,12 @@ def make_vlm_vec_env(
     ``model`` names the model whose tokenizer decodes the actions (the same string as the policy's
     ``model``); the frames are rendered at the model's image size unless ``env_kwargs`` sets
     ``image_size``. Episode ``i`` of env ``k`` is reproducible from ``seed``. With ``constrain_actions`` the
-    observations also carry each step's legal actions (in ``max_legal_bytes``, by default
-    :data:`~vlm_policy.legal_actions.DEFAULT_MAX_LEGAL_BYTES`) for ``VLMPolicy(constrain_actions=True)``.
+    observations also carry each step's legal actions (see :func:`wrapper_for`).
     """
     from stable_baselines3.common.env_util import make_vec_env
 
-    from vlm_policy.legal_actions import DEFAULT_MAX_LEGAL_BYTES
-
-    legal_bytes = (max_legal_bytes or DEFAULT_MAX_LEGAL_BYTES) if constrain_actions else 0
-    wrap, processor = wrapper_for(model, max_new_tokens, prompt_style, max_prompt_bytes, legal_bytes)
+    wrap, processor = wrapper_for(model, max_new_tokens, prompt_style, max_prompt_bytes, constrain_actions,
+                                  max_legal_bytes)
     if isinstance(env_id, str):
         env_kwargs = frame_kwargs(env_id, processor, env_kwargs)
         env_id = importable_id(env_id)

@@ -14,18 +14,16 @@ from exactly the distribution that PPO scores.
 * Where no legal action starts with the value written so far (a token that opened the value and began
   it in one), nothing is masked: the rule stays a function of the tokens, and the env judges the answer.
 * The legal actions travel in the observation (``legal_actions``: a JSON list, UTF-8 bytes), as the
-  prompt does: :func:`encode_legal_actions` / :func:`decode_legal_actions`.
+  prompt does (:func:`vlm_policy.env_bridge.encode_legal_actions`).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
 from functools import cached_property
 
-import numpy as np
 import torch
 
 #: Where an action value opens: the JSON key, a colon and the opening quote.
@@ -36,24 +34,6 @@ VALUE_PREFIX = '"action": "'
 IMPOSSIBLE = 1 << 30
 #: What may come next: None (any token), ``(True, ids)`` (only ids) or ``(False, ids)`` (any but ids).
 Mask = tuple[bool, torch.Tensor] | None
-#: Room for the legal actions in an observation (ALFWorld's admissible commands take about 2 KB).
-DEFAULT_MAX_LEGAL_BYTES = 16_384
-
-
-def encode_legal_actions(actions: Sequence[str], max_bytes: int) -> np.ndarray:
-    """The actions as a JSON list in UTF-8 bytes, zero-padded to ``max_bytes``; more is an error, never cut."""
-    data = json.dumps(list(actions)).encode("utf-8")
-    if len(data) > max_bytes:
-        raise ValueError(f"the legal actions take {len(data)} bytes, more than max_legal_bytes={max_bytes}; pass a "
-                         "larger max_legal_bytes to make_vlm_vec_env")
-    buffer = np.zeros(max_bytes, dtype=np.uint8)
-    buffer[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-    return buffer
-
-
-def decode_legal_actions(buffer: np.ndarray) -> list[str]:
-    data = np.asarray(buffer).astype(np.uint8).tobytes().rstrip(b"\x00")
-    return json.loads(data.decode("utf-8")) if data else []
 
 
 def token_pieces(tokenizer, vocab_size: int) -> list[str]:

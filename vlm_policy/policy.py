@@ -26,8 +26,7 @@ from torch import nn
 from vlm_policy import checkpoints, defaults
 from vlm_policy.adapters import lora_alpha_for, prepare_for_training, set_lora_alpha
 from vlm_policy.distribution import TokenSequenceDistribution
-from vlm_policy.env_bridge import LEGAL_ACTIONS_KEY, decode_prompt, tokenizer_fingerprint
-from vlm_policy.legal_actions import decode_legal_actions
+from vlm_policy.env_bridge import LEGAL_ACTIONS_KEY, decode_legal_actions, decode_prompt, tokenizer_fingerprint
 from vlm_policy.loading import TINY, VLMBundle, is_tiny, load_vlm, resolve_device, resolve_dtype, tiny_source_for_vocab
 from vlm_policy.optim import ScaledLRAdamW
 from vlm_policy.reference import KLReference, carrying_loss_term

@@ -211,10 +211,10 @@ class SFTConfig:
         "validation episodes per SFT stop check (seeds from 200,000)"))
 
     def __post_init__(self) -> None:
+        auto_to_rules(self)
         self.validate_sft()
 
     def validate_sft(self) -> None:
-        auto_to_rules(self)
         _check(self, positive=("sft_steps", "sft_batch_size", "sft_learning_rate", "sft_check_every",
                                "sft_check_episodes"),
                non_negative=("sft_lora_r",), unit_interval=("sft_stop_success",))
@@ -303,10 +303,10 @@ class PPOConfig:
         "PPO checkpoints kept for --resume, the newest (0: all; each is ~40 MB for the tiny model)"))
 
     def __post_init__(self) -> None:
+        auto_to_rules(self)
         self.validate_ppo()
 
     def validate_ppo(self) -> None:
-        auto_to_rules(self)
         if self.learning_rate_end is None:  # resolved here, so that records and config.json hold the rate used
             self.learning_rate_end = self.learning_rate  # (still None while the rate waits for the model)
         _check(self, positive=("ppo_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "learning_rate",
@@ -365,10 +365,10 @@ class RunConfig:
     relabel_episodes: int = field(default=32, metadata=_help("training episodes the model plays per DAgger round"))
 
     def __post_init__(self) -> None:
+        auto_to_rules(self)
         self.validate_run()
 
     def validate_run(self) -> None:
-        auto_to_rules(self)
         self.env_id = resolve_env_id(self.env_id)
         _check(self, positive=("demos", "eval_episodes"),
                non_negative=("max_new_tokens", "eval_seed", "max_episode_steps", "history_length", "relabel_rounds"))

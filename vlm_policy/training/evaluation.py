@@ -55,18 +55,17 @@ def standalone_policy(model: str, env: TokenActionWrapper, device: str = "auto",
 
 
 def eval_env_factory(env_id: str, model: str, max_new_tokens: int, prompt_style: str = "cot",
-                     env_kwargs: dict[str, Any] | None = None,
-                     constrain_actions: bool = False) -> Callable[[], TokenActionWrapper]:
+                     env_kwargs: dict[str, Any] | None = None, constrain_actions: bool = False,
+                     inner: Callable[[gym.Env], gym.Env] | None = None) -> Callable[[], TokenActionWrapper]:
     """A function making one evaluation env for ``model``: frames at its image size, its tokenizer; with
-    ``constrain_actions`` its observations carry the legal actions (for a policy that decodes only those)."""
-    from vlm_policy.legal_actions import DEFAULT_MAX_LEGAL_BYTES
-
-    wrap, processor = wrapper_for(model, max_new_tokens, prompt_style,
-                                  max_legal_bytes=DEFAULT_MAX_LEGAL_BYTES if constrain_actions else 0)
+    ``constrain_actions`` its observations carry the legal actions (for a policy that decodes only those);
+    ``inner`` wraps the task's env under the model's wrapper (DAgger's expert labels)."""
+    wrap, processor = wrapper_for(model, max_new_tokens, prompt_style, constrain_actions=constrain_actions)
     kwargs = frame_kwargs(env_id, processor, env_kwargs)
 
     def make() -> TokenActionWrapper:
-        return wrap(gym.make(env_id, **kwargs))
+        env = gym.make(env_id, **kwargs)
+        return wrap(inner(env) if inner is not None else env)
 
     return make
 

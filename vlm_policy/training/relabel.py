@@ -58,19 +58,19 @@ class ExpertLabels(gym.Wrapper):
                           np.array(image)))
 
 
-def labelled_agent_play(policy, make_env: Callable[[gym.Env], gym.Env], base_env: Callable[[], gym.Env],
+def labelled_agent_play(policy, env_factory: Callable[[Callable[[gym.Env], gym.Env]], Callable[[], gym.Env]],
                         episodes: int, seed: int, chain_of_thought: bool, parallel: int) -> list[tuple[dict, np.ndarray]]:
     """Every state of ``episodes`` episodes that ``policy`` plays with sampled answers (episode ``i`` seeded
     ``seed + i``), each with the expert's answer, in the order the states were met.
 
-    :param make_env: wraps a base env for the policy (:class:`~vlm_policy.env_bridge.TokenActionWrapper`).
-    :param base_env: makes one env of the task (the labels are taken under the policy's wrapper).
+    :param env_factory: ``env_factory(inner)`` is a function making the policy's env with ``inner`` wrapped
+        around the task's own (``eval_env_factory(..., inner=inner)``): the labels are taken under it.
     """
     from vlm_policy.training.evaluation import evaluate_vlm
 
     sink: list[tuple[dict, np.ndarray]] = []
-    evaluate_vlm(policy, lambda: make_env(ExpertLabels(base_env(), chain_of_thought, sink)), episodes, seed,
-                 parallel=parallel, deterministic=False, name="relabel")
+    make_env = env_factory(lambda env: ExpertLabels(env, chain_of_thought, sink))
+    evaluate_vlm(policy, make_env, episodes, seed, parallel=parallel, deterministic=False, name="relabel")
     return sink
 
 

@@ -89,19 +89,35 @@ class Job:
             raise outcome[1]
         return outcome[1]
 
-    def evaluation_kwargs(self) -> dict[str, Any]:
-        """The policy settings an evaluation takes (those of PPO's policy that bear on greedy answers)."""
+    def policy_kwargs(self, model: str) -> dict[str, Any]:
+        """VLMPolicy's settings for PPO from ``model`` (``PPO(VLMPolicy, env, policy_kwargs=this)``); the
+        evaluations take those of them that bear on greedy answers (:meth:`evaluation_kwargs`)."""
         c = self.config
-        return {"temperature": c.temperature, "cot_weight": c.cot_weight, "lora_r": c.lora_r,
-                "micro_batch_size": c.micro_batch, "dtype": c.dtype, "seed": c.seed,
-                "constrain_actions": c.constrain_actions}
+        return {"model": model, "temperature": c.temperature, "cot_weight": c.cot_weight, "lora_r": c.lora_r,
+                "train_vision": c.train_vision, "value_lr_scale": c.value_lr_scale,
+                "value_gradients_to_model": c.value_gradients_to_model, "kl_coef": c.kl_coef,
+                "gradient_checkpointing": c.checkpointing_for(c.model), "micro_batch_size": c.micro_batch,
+                "compute_entropy": c.ent_coef > 0, "dtype": c.dtype, "constrain_actions": c.constrain_actions,
+                "device": self.device, "seed": c.seed, "env_id": registered_id(c.env_id)}
 
-    def eval_env(self, model: str, budget: int, env_kwargs: dict[str, Any]) -> Callable[[], Any]:
-        """A function making one evaluation env of the task for ``model``, as PPO's envs are made."""
+    def evaluation_kwargs(self, model: str) -> dict[str, Any]:
+        """The settings of :meth:`policy_kwargs` that a policy outside PPO (an evaluation) takes."""
+        return {k: v for k, v in self.policy_kwargs(model).items()
+                if k in ("temperature", "cot_weight", "lora_r", "micro_batch_size", "dtype", "seed", "constrain_actions")}
+
+    def checkpoint_policy(self, model: str, env) -> Any:
+        """The policy an evaluation plays a checkpoint (or 'tiny') with, on the spaces of ``env``."""
+        from vlm_policy.training.evaluation import standalone_policy
+
+        return standalone_policy(model, env, device=self.device, **self.evaluation_kwargs(model))
+
+    def eval_env(self, model: str, budget: int, env_kwargs: dict[str, Any], inner=None) -> Callable[[], Any]:
+        """A function making one evaluation env of the task for ``model``, as PPO's envs are made (``inner``:
+        see :func:`~vlm_policy.training.evaluation.eval_env_factory`)."""
         from vlm_policy.training.evaluation import eval_env_factory
 
         c = self.config
-        return eval_env_factory(c.env_id, model, budget, c.prompt_style, env_kwargs, c.constrain_actions)
+        return eval_env_factory(c.env_id, model, budget, c.prompt_style, env_kwargs, c.constrain_actions, inner)
 
     def play_validation(self, policy, make_env: Callable[[], Any], episodes: int) -> float:
         """The share of ``episodes`` validation episodes (seeds from :data:`VALIDATION_SEED`) that ``policy``'s
@@ -230,7 +246,6 @@ class SupervisedFineTuning(Stage):
         import tempfile
 
         from vlm_policy.checkpoints import save_sft_checkpoint
-        from vlm_policy.training.evaluation import standalone_policy
 
         job, c = self.job, self.job.config
 
@@ -239,8 +254,7 @@ class SupervisedFineTuning(Stage):
                 snapshot = save_sft_checkpoint(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)),
                                                Path(folder) / "sft", {})
                 make_env = job.eval_env(str(snapshot), budget, c.env_kwargs())
-                policy = standalone_policy(str(snapshot), make_env(), device=job.device,
-                                           **job.evaluation_kwargs())
+                policy = job.checkpoint_policy(str(snapshot), make_env())
                 return job.play_validation(policy, make_env, c.sft_check_episodes)
 
         return check
@@ -289,28 +303,17 @@ class Relabelling(Stage):
 
     def _label(self, model: str, budget: int, number: int, folder: Path) -> None:
         """One round's labels: the model at ``model`` plays, the expert labels its states."""
-        import gymnasium as gym
         import torch
 
-        from vlm_policy.env_bridge import wrapper_for
-        from vlm_policy.legal_actions import DEFAULT_MAX_LEGAL_BYTES
         from vlm_policy.training.demos import write_example_set
-        from vlm_policy.training.evaluation import standalone_policy
         from vlm_policy.training.relabel import RELABEL_SEED, describe_labels, labelled_agent_play
 
         job, c = self.job, self.job.config
-        wrap, processor = wrapper_for(model, budget, c.prompt_style,
-                                      max_legal_bytes=DEFAULT_MAX_LEGAL_BYTES if c.constrain_actions else 0)
-        env_kwargs = frame_kwargs(c.env_id, processor, c.env_kwargs())
-
-        def base_env():
-            return gym.make(c.env_id, **env_kwargs)
-
-        policy = standalone_policy(model, wrap(base_env()), device=job.device, **job.evaluation_kwargs())
+        policy = job.checkpoint_policy(model, job.eval_env(model, budget, c.env_kwargs())())
         torch.manual_seed(c.seed + number)  # the answers are sampled: the same round samples the same
         seed = RELABEL_SEED + (number - 1) * c.relabel_episodes
-        steps = labelled_agent_play(policy, wrap, base_env, c.relabel_episodes, seed, c.prompt_style == "cot",
-                                    c.episodes_at_once())
+        steps = labelled_agent_play(policy, lambda inner: job.eval_env(model, budget, c.env_kwargs(), inner),
+                                    c.relabel_episodes, seed, c.prompt_style == "cot", c.episodes_at_once())
         job.say(f"relabel round {number}: {describe_labels(steps)} in {c.relabel_episodes} episodes of the model")
         write_example_set(steps, folder, {"env_id": c.env_id, "seed": seed, "relabel_round": number,
                                           "chain_of_thought": c.prompt_style == "cot"})
@@ -339,14 +342,12 @@ class Evaluation(Stage):
 
     def checkpoint(self, sft_dir: str, budget: int, name: str = "after SFT") -> EvalResult:
         """The held-out evaluation of an SFT checkpoint, played as the main job plays it."""
-        from vlm_policy.training.evaluation import standalone_policy
-
         c = self.job.config
         env_kwargs = c.play_kwargs()
         if is_alfworld(c.env_id):
             env_kwargs["game_files"] = next(iter(self.games.values()))
         env = self.job.eval_env(sft_dir, budget, env_kwargs)()
-        policy = standalone_policy(sft_dir, env, device=self.job.device, **self.job.evaluation_kwargs())
+        policy = self.job.checkpoint_policy(sft_dir, env)
         return self.evaluate(policy, sft_dir, budget, name)[0]
 
     @cached_property
@@ -462,14 +463,8 @@ class ProximalPolicyOptimization(Stage):
                 "max_grad_norm": c.max_grad_norm, "seed": c.seed + context.rank, "device": self.job.device}
 
     def policy_kwargs(self, model: str) -> dict[str, Any]:
-        """VLMPolicy's settings for PPO from ``model`` (``PPO(VLMPolicy, env, policy_kwargs=this)``)."""
-        c = self.job.config
-        return {"model": model, "temperature": c.temperature, "cot_weight": c.cot_weight, "lora_r": c.lora_r,
-                "train_vision": c.train_vision, "value_lr_scale": c.value_lr_scale,
-                "value_gradients_to_model": c.value_gradients_to_model, "kl_coef": c.kl_coef,
-                "gradient_checkpointing": c.checkpointing_for(c.model), "micro_batch_size": c.micro_batch,
-                "compute_entropy": c.ent_coef > 0, "dtype": c.dtype, "constrain_actions": c.constrain_actions,
-                "device": self.job.device, "seed": c.seed, "env_id": registered_id(c.env_id)}
+        """VLMPolicy's settings for PPO from ``model`` (see :meth:`Job.policy_kwargs`)."""
+        return self.job.policy_kwargs(model)
 
     def validation(self, sft_dir: str, budget: int) -> Callable[[Any], float]:
         """PPO's check: the share of ``--ppo-check-episodes`` validation episodes (seeds from
