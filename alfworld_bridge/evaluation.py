@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from alfworld_bridge.games import find_games, read_traj_data
 from alfworld_bridge.goals import TASK_TYPES
-from gym_vlm_cards.evaluate import EpisodeEnd, acting, play_episodes
+from gym_vlm_cards.evaluate import EnvSlots, EpisodeEnd, play_episodes
 
 #: Column titles of the six task types (ALFWorld's own short names).
 SHORT_NAMES = {
@@ -67,34 +68,43 @@ class Outcome:
         return asdict(self)
 
 
-def play_games(env, agent, games: int, progress: bool = False, name: str = "agent") -> list[Outcome]:
-    """Plays game ``i`` of ``env``'s list for ``i < games`` with ``agent`` (``act(observation, info)``)."""
-    ends = play_episodes([env], acting(agent), games, reset_options=lambda i: {"game": i}, progress=progress, name=name)
-    return [Outcome.from_end(end) for end in ends]
-
-
 #: How the tables name the reference agents of :data:`gym_vlm_cards.agents.AGENTS`.
 AGENT_LABELS = {"random": "random admissible command", "oracle": "oracle"}
 
 
-def play_agents(names: Sequence[str], games: Sequence[str | os.PathLike], seed: int = 0, progress: bool = False,
-                env_id: str = "alfworld/ALFWorld-v0", tag: str = "", **env_kwargs: Any) -> dict[str, list[Outcome]]:
-    """Each named reference agent (``random``, ``oracle``) on every game once; outcomes by agent name.
-
-    :param tag: added to the progress bars' names (e.g. the split).
-    :param env_kwargs: more ``gym.make`` arguments (e.g. ``max_episode_steps``).
-    """
+def agent_env(agent: str, env_id: str, games: Sequence[str], **env_kwargs: Any):
+    """An env of ``games`` played by the reference agent ``agent`` (``random``, ``oracle``) itself
+    (:class:`gym_vlm_cards.agents.AgentPlays`): a function of plain arguments, so a subprocess can make it."""
     import gymnasium as gym
 
-    import alfworld_bridge  # noqa: F401  (registers the env)
-    from gym_vlm_cards.agents import AGENTS
+    from gym_vlm_cards.agents import AgentPlays
+    from gym_vlm_cards.registration import importable_id
 
+    return AgentPlays(gym.make(importable_id(env_id), game_files=list(games), **env_kwargs), agent)
+
+
+def play_agents(names: Sequence[str], games: Sequence[str | os.PathLike], seed: int = 0, progress: bool = False,
+                env_id: str = "alfworld/ALFWorld-v0", tag: str = "",
+                slots: Callable[[Callable[[], Any]], EnvSlots] | None = None,
+                **env_kwargs: Any) -> dict[str, list[Outcome]]:
+    """Each named reference agent (``random``, ``oracle``) on every game once (game ``i`` reset with seed
+    ``seed + i``, which also seeds the random agent); outcomes by agent name.
+
+    :param tag: added to the progress bars' names (e.g. the split).
+    :param slots: makes the envs to play on from a function making one (e.g. several in subprocesses:
+        ``vlm_policy.subprocess_envs.SubprocessEnvSlots``); by default one env in this process.
+    :param env_kwargs: more ``gym.make`` arguments (e.g. ``max_episode_steps``).
+    """
     played = {}
     for name in names:
-        env = gym.make(env_id, game_files=[str(g) for g in games], **env_kwargs)
-        played[name] = play_games(env, AGENTS[name](env, seed=seed), len(games), progress=progress,
-                                  name=f"{name} {tag}".strip())
-        env.close()
+        make = partial(agent_env, name, env_id, [str(g) for g in games], **env_kwargs)
+        envs = slots(make) if slots is not None else EnvSlots([make()])
+        try:  # the agent inside each env chooses: the loop's actions are placeholders
+            ends = play_episodes(envs, lambda observations, _: [None] * len(observations), len(games), seed=seed,
+                                 reset_options=lambda i: {"game": i}, progress=progress, name=f"{name} {tag}".strip())
+        finally:
+            envs.close()
+        played[name] = [Outcome.from_end(end) for end in ends]
     return played
 
 

@@ -53,3 +53,26 @@ class OracleAgent:
 
 
 AGENTS = {"random": RandomAgent, "oracle": OracleAgent}
+
+
+class AgentPlays(gym.Wrapper):
+    """The env with a reference agent at its controls: ``step`` ignores the action it is given and plays
+    the agent's, so the agent acts where the env lives (in a subprocess, beside it). Each episode gets a
+    fresh agent seeded with the episode's reset seed, so an episode plays the same however episodes are
+    spread over envs."""
+
+    def __init__(self, env: gym.Env, agent: str) -> None:
+        super().__init__(env)
+        self.agent_class = AGENTS[agent]
+        self._observation: Any = None
+        self._info: dict[str, Any] = {}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self.agent = self.agent_class(self.env, seed=seed)
+        self._observation, self._info = self.env.reset(seed=seed, options=options)
+        return self._observation, self._info
+
+    def step(self, action: Any = None):
+        self._observation, reward, terminated, truncated, self._info = self.env.step(
+            self.agent.act(self._observation, self._info))
+        return self._observation, reward, terminated, truncated, self._info

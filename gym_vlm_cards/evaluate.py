@@ -58,15 +58,45 @@ class EpisodeEnd:
 
 
 #: ``watch(index, env, observation, reward, info)``: called after each reset (reward None) and step of
-#: episode ``index``; True ends the episode there as lost (truncated).
-Watch = Callable[[int, gym.Env, Any, "float | None", dict[str, Any]], bool]
+#: episode ``index`` (``env`` is None where the env steps in another process); True ends the episode there
+#: as lost (truncated).
+Watch = Callable[[int, "gym.Env | None", Any, "float | None", dict[str, Any]], bool]
 
 
-def play_episodes(envs: Sequence[gym.Env], choose: Callable[[list[Any], list[dict[str, Any]]], Sequence[Any]],
+class EnvSlots:
+    """The envs an episode loop plays on, stepped together: each call takes a request per slot and returns
+    each slot's answer. This base steps a list of envs in this process, one after the other; a subclass may
+    step them elsewhere at once (``vlm_policy.subprocess_envs``: in subprocesses)."""
+
+    def __init__(self, envs: Sequence[gym.Env]) -> None:
+        self.envs = list(envs)
+
+    def __len__(self) -> int:
+        return len(self.envs)
+
+    def env(self, slot: int) -> gym.Env | None:
+        """The env of ``slot`` where it lives in this process (for ``watch``), else None."""
+        return self.envs[slot]
+
+    def reset(self, requests: dict[int, tuple[int | None, dict[str, Any] | None]]) -> dict[int, tuple[Any, dict]]:
+        """``{slot: (seed, options)}`` -> ``{slot: (observation, info)}``."""
+        return {slot: self.envs[slot].reset(seed=seed, options=options) for slot, (seed, options) in requests.items()}
+
+    def step(self, actions: dict[int, Any]) -> dict[int, tuple[Any, float, bool, bool, dict]]:
+        """``{slot: action}`` -> ``{slot: (observation, reward, terminated, truncated, info)}``."""
+        return {slot: self.envs[slot].step(action) for slot, action in actions.items()}
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def play_episodes(envs: Sequence[gym.Env] | EnvSlots, choose: Callable[[list[Any], list[dict[str, Any]]], Sequence[Any]],
                   episodes: int, seed: int | None = None, reset_options: Callable[[int], dict[str, Any]] | None = None,
                   watch: Watch | None = None, progress: bool = False, name: str = "agent") -> list[EpisodeEnd]:
-    """The episode loop every evaluation plays: episodes ``0 .. episodes-1`` over ``envs``, which step
-    together (one ``choose`` call per step for all of them, so a batched policy answers at once).
+    """The episode loop every evaluation plays: episodes ``0 .. episodes-1`` over ``envs`` (a list of envs, or
+    :class:`EnvSlots`), which step together (one ``choose`` call per step for all of them, so a batched policy
+    answers at once); an env whose episode ends starts the next one not yet begun.
 
     :param choose: the actions of the active envs, from their observations and infos (in that order).
     :param seed: episode ``i`` is reset with ``seed + i`` (None: unseeded).
@@ -74,7 +104,8 @@ def play_episodes(envs: Sequence[gym.Env], choose: Callable[[list[Any], list[dic
     :param watch: see :data:`Watch` (records frames, ends loops).
     :return: each episode's end, in episode order.
     """
-    slots: list[dict[str, Any] | None] = [None] * min(len(envs), episodes)
+    batch = envs if isinstance(envs, EnvSlots) else EnvSlots(envs)
+    slots: list[dict[str, Any] | None] = [None] * min(len(batch), episodes)
     ends: list[EpisodeEnd] = []
     next_episode = 0
     bar = None
@@ -83,36 +114,40 @@ def play_episodes(envs: Sequence[gym.Env], choose: Callable[[list[Any], list[dic
 
         bar = tqdm(total=episodes, desc=f"eval {name}", unit="ep", leave=False)
 
-    def start(slot: int) -> None:
+    def start(free: list[int]) -> None:
+        """The next episodes on the ``free`` slots (as many as are left), reset together."""
         nonlocal next_episode
-        index, next_episode = next_episode, next_episode + 1
-        options = reset_options(index) if reset_options else None
-        obs, info = envs[slot].reset(seed=None if seed is None else seed + index, options=options)
-        slots[slot] = {"obs": obs, "info": info, "end": EpisodeEnd(index, info)}
-        if watch is not None:
-            watch(index, envs[slot], obs, None, info)
+        indices = {}
+        for slot in free[:episodes - next_episode]:
+            indices[slot], next_episode = next_episode, next_episode + 1
+        requests = {slot: (None if seed is None else seed + index, reset_options(index) if reset_options else None)
+                    for slot, index in indices.items()}
+        for slot, (obs, info) in batch.reset(requests).items():
+            slots[slot] = {"obs": obs, "info": info, "end": EpisodeEnd(indices[slot], info)}
+            if watch is not None:
+                watch(indices[slot], batch.env(slot), obs, None, info)
 
-    for slot in range(len(slots)):
-        start(slot)
+    start(list(range(len(slots))))
     while any(state is not None for state in slots):
         active = [slot for slot, state in enumerate(slots) if state is not None]
         actions = choose([slots[slot]["obs"] for slot in active], [slots[slot]["info"] for slot in active])
-        for action, slot in zip(actions, active):
-            obs, reward, terminated, truncated, info = envs[slot].step(action)
+        free = []
+        for slot, (obs, reward, terminated, truncated, info) in batch.step(dict(zip(active, actions))).items():
             state, end = slots[slot], slots[slot]["end"]
             end.episode_return += float(reward)
             end.length += 1
             end.invalid += not info.get("action_is_valid", True)
             state["obs"], state["info"], end.info = obs, info, info
-            if watch is not None and watch(end.index, envs[slot], obs, float(reward), info):
+            if watch is not None and watch(end.index, batch.env(slot), obs, float(reward), info):
                 truncated = True
             if terminated or truncated:
                 ends.append(end)
                 if bar is not None:
                     bar.update(1)
                 slots[slot] = None
-                if next_episode < episodes:
-                    start(slot)
+                free.append(slot)
+        if free and next_episode < episodes:
+            start(free)
     if bar is not None:
         bar.close()
     return sorted(ends, key=lambda end: end.index)

@@ -1,11 +1,25 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 # Headless pygame for render_mode="human" tests; no audio device either.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-# Importing alfworld creates $ALFWORLD_DATA; keep it out of the home directory.
-os.environ.setdefault("ALFWORLD_DATA", tempfile.mkdtemp(prefix="alfworld-data-"))
+
+
+def _scratch_folder(variable: str, prefix: str) -> None:
+    """Points ``variable`` at a temporary folder removed when the session ends (the xdist workers inherit the
+    controller's, which removes it), unless the environment already names one."""
+    if variable not in os.environ:
+        os.environ[variable] = folder = tempfile.mkdtemp(prefix=prefix)
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
+# Importing alfworld creates $ALFWORLD_DATA: kept out of the home directory. SB3 makes a /tmp/SB3-<time> folder
+# for every agent that logs nowhere unless $SB3_LOGDIR names one: the suite's share one, removed at the end.
+_scratch_folder("ALFWORLD_DATA", "alfworld-data-")
+_scratch_folder("SB3_LOGDIR", "sb3-logs-")
 
 # The suite runs on two pytest-xdist workers (pyproject's addopts): one thread each, so that together they
 # use the two cores of the reference machine without oversubscribing them (torch reads this at import).

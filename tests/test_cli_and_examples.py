@@ -98,7 +98,7 @@ def test_a_task_registered_without_a_step_limit_gets_the_fallback_limit_with_a_w
     from gym_vlm_cards import Outcome
     from gym_vlm_cards.registration import FALLBACK_STEP_LIMIT
     from vlm_policy.training.cli import EvalOptions
-    from vlm_policy.training.configs import RunConfig
+    from vlm_policy.training.configs import TaskConfig
 
     module = _load_example()
     assert gym.spec("my_tasks/ColourName-v0").max_episode_steps == 1  # the example registers one
@@ -109,9 +109,9 @@ def test_a_task_registered_without_a_step_limit_gets_the_fallback_limit_with_a_w
 
     gym.register(id="my_tasks/EndlessColour-v0", entry_point=EndlessColour)
     with pytest.warns(UserWarning, match="registered without max_episode_steps"):
-        run = RunConfig(env_id="my_tasks/EndlessColour-v0")
+        run = TaskConfig(env_id="my_tasks/EndlessColour-v0")
     assert run.max_episode_steps == FALLBACK_STEP_LIMIT == run.env_kwargs()["max_episode_steps"]
-    assert RunConfig(env_id="my_tasks/EndlessColour-v0", max_episode_steps=7).env_kwargs() == {"max_episode_steps": 7}
+    assert TaskConfig(env_id="my_tasks/EndlessColour-v0", max_episode_steps=7).env_kwargs() == {"max_episode_steps": 7}
     with pytest.warns(UserWarning, match="registered without max_episode_steps"):
         options = EvalOptions(env="my_tasks/EndlessColour-v0", episodes=2)
     [result] = evaluate.evaluate_agents(options.env, ["oracle"], 2, 0, env_kwargs=options.env_kwargs, progress=False)

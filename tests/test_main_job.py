@@ -94,6 +94,39 @@ def test_a_record_holding_a_removed_setting_matches_only_at_the_value_this_versi
     assert differences({**wanted, "normalize_advantage": False}, wanted) == ["normalize_advantage: False -> '<unset>'"]
 
 
+def test_each_stage_records_every_setting_of_its_group_and_a_new_setting_joins_its_record():
+    from dataclasses import dataclass, field, fields
+
+    from vlm_policy.training import stage_records
+    from vlm_policy.training.configs import PPOConfig
+
+    # ALFWorld with every lever on, so that no setting is left out for being off.
+    config = TrainConfig(env_id="alfworld/ALFWorld-v0", history_length=2, relabel_rounds=1, constrain_actions=True,
+                         ppo_check_every=2, sft_stop_success=0.5, sft_stop_reach=0.5,
+                         max_new_tokens=64, max_episode_steps=30)
+    records = stage_records.stage_settings(config)
+    by_stage = {"demos": records["demos"], "sft": records["sft"], "relabel": records["relabel"],
+                "evaluation": records["after PPO"], "ppo": records["ppo"]}
+    for stage, group in stage_records.STAGE_GROUPS.items():
+        expected = {item.name for item in fields(group)} - stage_records.NOT_RESULT_SETTINGS
+        assert expected | set(stage_records.BORROWED_SETTINGS[stage]) <= set(by_stage[stage]), stage
+
+    @dataclass
+    class WiderPPO(PPOConfig):  # a setting added to PPO's group is in PPO's record with nothing else to edit
+        new_setting: int = field(default=3, metadata={"help": "a new PPO setting"})
+
+    @dataclass
+    class WiderTrain(TrainConfig, WiderPPO):
+        pass
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setitem(stage_records.STAGE_GROUPS, "ppo", WiderPPO)
+    try:
+        assert stage_records.stage_settings(WiderTrain())["ppo"]["new_setting"] == 3
+    finally:
+        monkey.undo()
+
+
 def test_settings_added_later_are_recorded_only_when_set():
     from vlm_policy.training.stage_records import stage_settings
 
@@ -241,7 +274,7 @@ def test_ppo_plays_greedy_validation_checks_and_hands_over_the_best(finished_run
     checks = read_validation(run / "ppo" / "validation.jsonl")
     assert [c["timesteps"] for c in checks] == [0, 16]  # the SFT model and the last of the 2 updates
     kept = kept_best(run / "ppo" / "best")
-    assert kept == max(reversed(checks), key=lambda c: c["success_rate"])  # ties: the later
+    assert kept == max(checks, key=lambda c: c["success_rate"])  # ties: the earlier
     assert _same_weights(_policy_weights(run / "ppo" / "final.zip"), _policy_weights(run / "ppo" / "best" / "agent.zip"))
 
 

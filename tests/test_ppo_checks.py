@@ -80,9 +80,9 @@ def test_checks_run_at_the_start_every_n_updates_and_at_the_end_keeping_the_best
     assert [c["success_rate"] for c in checks] == [0.5, 0.75, 0.25, 0.75, 0.5]
     assert modes == [False] * 5 and agent.policy.training  # played in eval mode, then set back
     assert agent.policy.agree_across_processes  # left as PPO had set it (see the next test)
-    # A tie goes to the later, more trained agent; the folder holds it and its own check.
-    assert kept_best(tmp_path / "best") == {"timesteps": 48, "success_rate": 0.75}
-    assert (tmp_path / "best" / "agent.zip").read_text() == "agent at 48"
+    # A tie keeps the earlier agent, closer to the start; the folder holds it and its own check.
+    assert kept_best(tmp_path / "best") == {"timesteps": 16, "success_rate": 0.75}
+    assert (tmp_path / "best" / "agent.zip").read_text() == "agent at 16"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]
 
 
@@ -138,7 +138,9 @@ def test_a_check_at_the_stop_success_ends_training_with_its_agent(tmp_path, caps
 def test_a_resumed_run_keeps_its_checks_and_best_agent(tmp_path):
     record, best = tmp_path / "validation.jsonl", tmp_path / "best"
     agent = _StandInAgent()
-    _train(GreedyValidationCallback(lambda _: 0.9, record, every=1, callback_after_check=KeepBestAgent(best)), agent, updates=2)
+    scores = iter([0.5, 0.7, 0.9])  # at 0, 8 and 16 env steps
+    _train(GreedyValidationCallback(lambda _: next(scores), record, every=1, callback_after_check=KeepBestAgent(best)),
+           agent, updates=2)
     # Killed mid-line after the second check; resumed from the checkpoint of 8 env steps.
     with record.open("a") as handle:
         handle.write('{"timesteps": 2')

@@ -343,9 +343,12 @@ class GreedyValidationCallback(EventCallback):
 
 
 class KeepBestAgent(BaseCallback):
-    """After each :class:`GreedyValidationCallback` check: keeps the agent if it scores at least as well as
-    the one kept in ``best_dir`` (ties go to the later, more trained one), as ``best_dir/agent.zip`` with its
-    check in ``best_dir/check.json``, the folder written atomically so that the two always belong together.
+    """After each :class:`GreedyValidationCallback` check: keeps the agent if it scores better than the one
+    kept in ``best_dir``, as ``best_dir/agent.zip`` with its check in ``best_dir/check.json``, the folder
+    written atomically so that the two always belong together. A tie keeps the earlier agent, the one closer
+    to the SFT start: a check wins a few dozen episodes, and on a task whose outcomes are mostly luck
+    (Blackjack) an equal score says nothing for the later one, so the start stays the agent handed over
+    until PPO beats it.
     A resumed run keeps the folder: an agent of the interrupted attempt stays a candidate, with its own check.
     """
 
@@ -358,7 +361,7 @@ class KeepBestAgent(BaseCallback):
         if point is None or not self.parent.last_check_is_new:  # a recorded check was weighed when it was made
             return True
         kept = kept_best(self.best_dir)
-        if kept is None or point["success_rate"] >= kept["success_rate"]:
+        if kept is None or point["success_rate"] > kept["success_rate"]:
             from vlm_policy.checkpoints import atomic_path
 
             with atomic_path(self.best_dir) as temporary:

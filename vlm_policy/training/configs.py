@@ -1,8 +1,9 @@
 """The settings of every command, as focused dataclasses parsed together into one CLI.
 
 Each setting is named once, with one default, whichever command reads it: ``vlm-cards train`` parses
-:class:`CommonConfig`, :class:`RunConfig`, :class:`ModelConfig`, :class:`SFTConfig` and
-:class:`PPOConfig`; ``vlm-cards sft`` the common, model and SFT groups. Values are checked in
+the groups of :data:`TRAIN_GROUPS` (common, task, model, SFT, relabelling, PPO, evaluation, run), one per
+stage where a stage has settings of its own, into :class:`TrainConfig`; ``vlm-cards sft`` the common,
+model and SFT groups. The stage records (``stage_records.py``) take each stage's settings from its group. Values are checked in
 ``__post_init__`` with a message that names the flag. The defaults are the embedded tiny model's on
 the CPU (how they were chosen: ``docs/results.md``); the paper's 7B settings are in ``examples/``.
 
@@ -330,64 +331,42 @@ class PPOConfig:
 
 
 @dataclass
-class RunConfig:
-    """What the main job learns, where it writes, and how it is evaluated."""
+class TaskConfig:
+    """The task, its prompts and the oracle's demonstrations of it."""
 
     #: Left out of ``--help`` (see the module's docstring).
-    advanced_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "eval_seed", "eval_splits",
-                                                             "history_length", "relabel_rounds", "relabel_episodes"})
+    advanced_settings: ClassVar[frozenset[str]] = frozenset({"history_length"})
     #: Defaults that are rules, written ``auto`` (see the module's docstring).
-    auto_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "eval_batch", "max_episode_steps"})
+    auto_settings: ClassVar[frozenset[str]] = frozenset({"max_episode_steps"})
+    #: ALFWorld's own settings: recorded for ALFWorld runs only.
+    alfworld_settings: ClassVar[frozenset[str]] = frozenset({"data_root", "split", "history_length"})
 
     env_id: str = field(default="gym_cards/NumberLine-v0", metadata=_help("task to learn", aliases=["--env"]))
-    out_dir: str = field(default="runs/numberline", metadata=_help("where every stage writes"))
     prompt_style: Literal["cot", "action_only"] = field(default="cot", metadata=_help(
         "'cot' (thoughts then action) or 'action_only'"))
     demos: int = field(default=400, metadata=_help("oracle steps recorded for SFT"))
-    max_new_tokens: int = field(default=0, metadata=_help(
-        "longest answer in tokens (auto: the longest demonstration's, at least 40; paper: 256)"))
-    eval_episodes: int = field(default=200, metadata=_help("held-out episodes for the before/after table"))
-    eval_seed: int = field(default=100_000, metadata=_help("first held-out seed (far from training seeds)"))
-    eval_batch: int = field(default=-1, metadata=_help(
-        "episodes an evaluation plays at once; lower it if memory runs out (auto: 64, 8 on ALFWorld)"))
     data_root: str = field(default="", metadata=_help(
         "ALFWorld data folder (empty: $ALFWORLD_DATA, else ~/.cache/alfworld)"))
     split: str = field(default="", metadata=_help(
         "ALFWorld split that demonstrations and PPO play (empty: train)"))
-    eval_splits: list[str] = field(default_factory=lambda: list(ALFWORLD_EVAL_SPLITS), metadata=_help(
-        "ALFWorld: the splits evaluated after SFT and after PPO"))
     max_episode_steps: int = field(default=0, metadata=_help(
         "step limit of every episode (auto: the task's registered limit, else 50)"))
     history_length: int = field(default=0, metadata=_help(
         "ALFWorld: the last k observations and commands in the prompt, a memory of the episode (0: none)"))
-    relabel_rounds: int = field(default=0, metadata=_help(
-        "DAgger rounds after SFT: the model plays, the expert labels its states, SFT goes on over all (0: none)"))
-    relabel_episodes: int = field(default=32, metadata=_help("training episodes the model plays per DAgger round"))
 
     def __post_init__(self) -> None:
         auto_to_rules(self)
-        self.validate_run()
+        self.validate_task()
 
-    def validate_run(self) -> None:
+    def validate_task(self) -> None:
         self.env_id = resolve_env_id(self.env_id)
-        _check(self, positive=("demos", "eval_episodes"),
-               non_negative=("max_new_tokens", "eval_seed", "max_episode_steps", "history_length", "relabel_rounds"))
-        _check(self, positive=("relabel_episodes",))
+        _check(self, positive=("demos",), non_negative=("max_episode_steps", "history_length"))
         if self.history_length and not is_alfworld(self.env_id):
             raise ValueError(f"--history-length is ALFWorld's; {self.env_id} shows its whole state in every frame")
-        check_eval_batch(self.eval_batch, "--eval-batch")
         self.max_episode_steps = step_limit_for(self.env_id, self.max_episode_steps).get("max_episode_steps", 0)
-        self.eval_splits = list(self.eval_splits)
         env_kwargs_for(self.env_id, self.data_root, self.split)  # --data-root / --split only for ALFWorld
-        if not is_alfworld(self.env_id):
-            return
-        from alfworld_bridge.games import SPLITS
-
-        for split in ([self.split] if self.split else []) + self.eval_splits:
-            if split not in SPLITS:
-                raise ValueError(f"ALFWorld splits are {SPLITS}, got {split!r}")
-        if not self.eval_splits:
-            raise ValueError("--eval-splits needs at least one split")
+        if self.split and is_alfworld(self.env_id):
+            check_alfworld_splits([self.split])
 
     def env_kwargs(self, split: str | None = None) -> dict[str, Any]:
         """``gym.make``'s arguments besides the frame size: :meth:`play_kwargs`; for ALFWorld the data folder
@@ -400,24 +379,102 @@ class RunConfig:
         prompt's memory of earlier steps when there is one (evaluations see the prompts training saw)."""
         return {**self.step_limit(), **({"history_length": self.history_length} if self.history_length else {})}
 
-    def episodes_at_once(self) -> int:
-        """``--eval-batch`` resolved (see :func:`eval_batch_for`)."""
-        return eval_batch_for(self.env_id, self.eval_batch)
-
     def step_limit(self) -> dict[str, Any]:
         """``{"max_episode_steps": n}`` when ``--max-episode-steps`` is set, else nothing."""
         return {"max_episode_steps": self.max_episode_steps} if self.max_episode_steps else {}
 
 
+def check_alfworld_splits(splits: list[str]) -> None:
+    from alfworld_bridge.games import SPLITS
+
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"ALFWorld splits are {SPLITS}, got {split!r}")
+
+
 @dataclass
-class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
+class RelabelConfig:
+    """DAgger after SFT: the model plays, the expert labels the states it reaches, SFT goes on over all."""
+
+    #: Left out of ``--help`` (see the module's docstring).
+    advanced_settings: ClassVar[frozenset[str]] = frozenset({"relabel_rounds", "relabel_episodes"})
+
+    relabel_rounds: int = field(default=0, metadata=_help("DAgger rounds after SFT (0: none)"))
+    relabel_episodes: int = field(default=32, metadata=_help("training episodes the model plays per DAgger round"))
+
+    def __post_init__(self) -> None:
+        self.validate_relabel()
+
+    def validate_relabel(self) -> None:
+        _check(self, positive=("relabel_episodes",), non_negative=("relabel_rounds",))
+
+
+@dataclass
+class EvaluationConfig:
+    """The held-out evaluations after SFT and after PPO."""
+
+    #: Left out of ``--help`` (see the module's docstring).
+    advanced_settings: ClassVar[frozenset[str]] = frozenset({"eval_seed", "eval_splits"})
+    #: Defaults that are rules, written ``auto`` (see the module's docstring).
+    auto_settings: ClassVar[frozenset[str]] = frozenset({"eval_batch"})
+    #: ALFWorld's own settings: recorded for ALFWorld runs only.
+    alfworld_settings: ClassVar[frozenset[str]] = frozenset({"eval_splits"})
+
+    eval_episodes: int = field(default=200, metadata=_help(
+        "held-out episodes for the before/after table (ALFWorld: games of each split, the first n)"))
+    eval_seed: int = field(default=100_000, metadata=_help("first held-out seed (far from training seeds)"))
+    eval_batch: int = field(default=-1, metadata=_help(
+        "episodes an evaluation plays at once; lower it if memory runs out (auto: 64, 8 on ALFWorld)"))
+    eval_splits: list[str] = field(default_factory=lambda: list(ALFWORLD_EVAL_SPLITS), metadata=_help(
+        "ALFWorld: the splits evaluated after SFT and after PPO"))
+
+    def __post_init__(self) -> None:
+        auto_to_rules(self)
+        self.validate_evaluation()
+
+    def validate_evaluation(self) -> None:
+        _check(self, positive=("eval_episodes",), non_negative=("eval_seed",))
+        check_eval_batch(self.eval_batch, "--eval-batch")
+        self.eval_splits = list(self.eval_splits)
+        if not self.eval_splits:
+            raise ValueError("--eval-splits needs at least one split")
+
+
+@dataclass
+class RunConfig:
+    """Where the main job writes, and how long its answers may be."""
+
+    #: Left out of ``--help`` (see the module's docstring).
+    advanced_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens"})
+    #: Defaults that are rules, written ``auto`` (see the module's docstring).
+    auto_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens"})
+
+    out_dir: str = field(default="runs/numberline", metadata=_help("where every stage writes"))
+    max_new_tokens: int = field(default=0, metadata=_help(
+        "longest answer in tokens (auto: the longest demonstration's, at least 40; paper: 256)"))
+
+    def __post_init__(self) -> None:
+        auto_to_rules(self)
+        self.validate_run()
+
+    def validate_run(self) -> None:
+        _check(self, non_negative=("max_new_tokens",))
+
+
+#: The groups of ``vlm-cards train``, in its help's order; ``vlm-cards sft`` takes the common, model and SFT ones.
+TRAIN_GROUPS = (CommonConfig, TaskConfig, ModelConfig, SFTConfig, RelabelConfig, PPOConfig, EvaluationConfig, RunConfig)
+SFT_GROUPS = (CommonConfig, ModelConfig, SFTConfig)
+
+
+@dataclass
+class TrainConfig(CommonConfig, RunConfig, TaskConfig, ModelConfig, SFTConfig, RelabelConfig, PPOConfig,
+                  EvaluationConfig):
     """Every setting of ``vlm-cards train`` (the union of the groups above), flat: ``config.sft_steps``."""
 
     advanced_settings: ClassVar[frozenset[str]] = frozenset().union(
-        ModelConfig.advanced_settings, SFTConfig.advanced_settings, PPOConfig.advanced_settings,
-        RunConfig.advanced_settings)
+        *(getattr(group, "advanced_settings", frozenset()) for group in TRAIN_GROUPS))
     auto_settings: ClassVar[frozenset[str]] = frozenset().union(
-        SFTConfig.auto_settings, PPOConfig.auto_settings, RunConfig.auto_settings)
+        *(getattr(group, "auto_settings", frozenset()) for group in TRAIN_GROUPS))
 
     def __post_init__(self) -> None:
         auto_to_rules(self)
@@ -429,9 +486,14 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
             self.learning_rate = ppo_rate
         self.validate_common()
         self.validate_run()
+        self.validate_task()
         self.validate_model()
         self.validate_sft()
+        self.validate_relabel()
         self.validate_ppo()
+        self.validate_evaluation()
+        if is_alfworld(self.env_id):
+            check_alfworld_splits(self.eval_splits)
         self.lora_r = defaults.lora_rank_for(self.model, self.lora_r)
         self.sft_lora_r = defaults.lora_rank_for(self.model, self.sft_lora_r)
         for name, value in self.rules_resolved().items():
@@ -458,6 +520,10 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
             return 0.0 if is_alfworld(self.env_id) else DEFAULT_STOP_REACH
         return self.sft_stop_reach
 
+    def episodes_at_once(self) -> int:
+        """``--eval-batch`` resolved (see :func:`eval_batch_for`)."""
+        return eval_batch_for(self.env_id, self.eval_batch)
+
     def ppo_checks_every(self) -> int:
         """PPO updates between two greedy validation checks (0: none), ``--ppo-check-every -1`` resolved."""
         return ppo_check_every_rule(self.env_id) if self.ppo_check_every == -1 else self.ppo_check_every
@@ -477,5 +543,4 @@ class TrainConfig(CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig):
         return cls(**values)
 
 
-TRAIN_GROUPS = (CommonConfig, RunConfig, ModelConfig, SFTConfig, PPOConfig)
-SFT_GROUPS = (CommonConfig, ModelConfig, SFTConfig)
+

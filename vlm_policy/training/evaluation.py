@@ -12,7 +12,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from gym_vlm_cards.evaluate import EpisodeEnd, EvalResult, play_episodes, summarise
+from gym_vlm_cards.evaluate import EnvSlots, EpisodeEnd, EvalResult, play_episodes, summarise
+from gym_vlm_cards.registration import importable_id
 from vlm_policy.env_bridge import TokenActionWrapper, frame_kwargs, wrapper_for
 
 #: How many of an evaluation's first episodes are recorded to find a won and a lost one for the episode strip
@@ -62,6 +63,7 @@ def eval_env_factory(env_id: str, model: str, max_new_tokens: int, prompt_style:
     ``inner`` wraps the task's env under the model's wrapper (DAgger's expert labels)."""
     wrap, processor = wrapper_for(model, max_new_tokens, prompt_style, constrain_actions=constrain_actions)
     kwargs = frame_kwargs(env_id, processor, env_kwargs)
+    env_id = importable_id(env_id)  # so that a subprocess making the env registers it first
 
     def make() -> TokenActionWrapper:
         env = gym.make(env_id, **kwargs)
@@ -91,6 +93,7 @@ def evaluate_vlm(
     episode_ends: list[EpisodeEnd] | None = None,
     end_loops: bool = False,
     examples: dict[bool, EpisodeRecord] | None = None,
+    subprocesses: bool = False,
 ) -> tuple[EvalResult, EpisodeRecord | None]:
     """Plays episodes ``seed .. seed+episodes-1`` (episode i reset with seed + i), ``parallel`` at a time.
 
@@ -106,10 +109,21 @@ def evaluate_vlm(
         (:meth:`gym_vlm_cards.text_env.TextActionEnv.loop_key`; tasks whose steps draw are played out): it
         would loop to its step limit. The success rate is the one of playing it out; the return and length
         stop short, so this is for checks that read the success rate alone.
+    :param subprocesses: step the ``parallel`` envs (where more than one) in subprocesses (SB3's
+        ``SubprocVecEnv``; ``make_env`` must pickle), for envs whose steps are slow next to the policy's
+        answers (ALFWorld's).
     """
     if end_loops and not deterministic:
         raise ValueError("end_loops needs greedy answers: a sampled answer can leave a state met before")
-    envs = [make_env() for _ in range(min(parallel, episodes))]
+    if end_loops and subprocesses:
+        raise ValueError("end_loops reads each env's state, which lives in this process only: play without subprocesses")
+    n = min(parallel, episodes)
+    if subprocesses and n > 1:  # one env alone steps no faster elsewhere
+        from vlm_policy.subprocess_envs import SubprocessEnvSlots
+
+        envs: EnvSlots = SubprocessEnvSlots(make_env, n)
+    else:
+        envs = EnvSlots([make_env() for _ in range(n)])
     # Episodes recorded step by step: the first (record_first), or the first few to find a won and a lost one.
     recorded = EXAMPLE_CANDIDATES if examples is not None else int(record_first)
     records = {index: EpisodeRecord() for index in range(min(recorded, episodes))}
@@ -135,8 +149,7 @@ def evaluate_vlm(
         ends = play_episodes(envs, lambda observations, _: answer_tokens(policy, observations, deterministic), episodes,
                              seed, reset_options=reset_options, watch=watch, progress=progress, name=name)
     finally:
-        for env in envs:
-            env.close()
+        envs.close()
     for end in ends:
         if end.index in records:
             records[end.index].success = end.success
@@ -148,8 +161,10 @@ def evaluate_vlm(
 
 
 def evaluate_vlm_on_games(policy, make_env: Callable[[], gym.Env], games: int, seed: int, name: str = "policy",
-                          record_first: bool = False, progress: bool = False, parallel: int = 8):
-    """ALFWorld: :func:`evaluate_vlm` playing game ``i`` of the env's list as episode ``i``, each once.
+                          record_first: bool = False, progress: bool = False, parallel: int = 8,
+                          subprocesses: bool = False):
+    """ALFWorld: :func:`evaluate_vlm` playing game ``i`` of the env's list as episode ``i``, each once (the
+    envs in subprocesses with ``subprocesses``).
 
     :return: the summary, the first episode's record (with ``record_first``) and each game's
         :class:`alfworld_bridge.evaluation.Outcome`, in game order.
@@ -158,6 +173,7 @@ def evaluate_vlm_on_games(policy, make_env: Callable[[], gym.Env], games: int, s
 
     ends: list[EpisodeEnd] = []
     result, record = evaluate_vlm(policy, make_env, games, seed, parallel=parallel, name=name, record_first=record_first,
-                                  progress=progress, reset_options=lambda i: {"game": i}, episode_ends=ends)
+                                  progress=progress, reset_options=lambda i: {"game": i}, episode_ends=ends,
+                                  subprocesses=subprocesses)
     outcomes = [Outcome.from_end(end) for end in ends]
     return result, record, outcomes

@@ -18,8 +18,11 @@ from typing import Any
 
 from vlm_policy.checkpoints import atomic_write_text, remove_path
 from vlm_policy.training.configs import (
+    EvaluationConfig,
     PPOConfig,
+    RelabelConfig,
     SFTConfig,
+    TaskConfig,
     TrainConfig,
     is_alfworld,
     ppo_check_every_rule,
@@ -66,8 +69,22 @@ class SettingsChanged(RunRefused):
     """An output directory holds stages made with other settings than this run's."""
 
 
+#: Settings of other groups that a stage's outputs depend on besides its own group's (``STAGE_GROUPS``).
+BORROWED_SETTINGS = {
+    "demos": ("seed", "model"),  # the oracle's draws and the model whose image size the frames take
+    "sft": ("dtype", "gradient_checkpointing"),
+    "relabel": ("max_new_tokens", "constrain_actions"),  # the model plays the rounds as evaluations play
+    "evaluation": ("max_new_tokens", "constrain_actions"),
+    "ppo": ("max_new_tokens", "micro_batch_size"),
+}
+#: The group whose every setting a stage depends on.
+STAGE_GROUPS = {"demos": TaskConfig, "sft": SFTConfig, "relabel": RelabelConfig, "evaluation": EvaluationConfig,
+                "ppo": PPOConfig}
+
+
 def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
-    """Each stage's record: the settings its outputs depend on, upstream stages' records nested."""
+    """Each stage's record: the settings its outputs depend on (its group's and :data:`BORROWED_SETTINGS`),
+    upstream stages' records nested."""
     values = asdict(config)
 
     # Settings added after run folders were first recorded are left out while they change nothing, so
@@ -77,26 +94,25 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
         unset |= {"sft_check_every", "sft_check_episodes"}
     if not config.ppo_checks_every():  # PPO hands over its last update's agent, as before the checks existed
         unset |= {"ppo_check_every", "ppo_check_episodes", "ppo_keep_best", "ppo_stop_success"}
+    if not is_alfworld(config.env_id):  # ALFWorld's data settings: the card tasks' records stay as they were
+        unset |= {name for group in STAGE_GROUPS.values() for name in getattr(group, "alfworld_settings", ())}
 
-    def pick(names) -> dict[str, Any]:
+    def settings(stage: str) -> dict[str, Any]:
+        names = [item.name for item in fields(STAGE_GROUPS[stage])] + list(BORROWED_SETTINGS[stage])
         return {name: values[name] for name in names if name not in NOT_RESULT_SETTINGS and name not in unset}
 
-    # ALFWorld's data settings are recorded for ALFWorld only (the card tasks' records stay as they were).
-    alfworld = is_alfworld(config.env_id)
-    demos = pick(("env_id", "demos", "seed", "prompt_style", "model", "max_episode_steps")  # every stage's step limit
-                 + (("data_root", "split", "history_length") if alfworld else ()))
-    sft = {"demos": demos, **pick([f.name for f in fields(SFTConfig)] + ["dtype", "gradient_checkpointing"]),
+    demos = settings("demos")
+    sft = {"demos": demos, **settings("sft"),
            # The draw SFT now always makes, recorded so that folders made before it (with the plain draw, and
            # no such entry) are not taken for this version's.
            "balance_states": "auto"}
     if values["sft_stop_reach"]:  # the reach is measured at PPO's sampling temperature
         sft["temperature"] = values["temperature"]
     # DAgger's rounds continue SFT: what follows is made from their model, so it nests their record instead.
-    relabel = {"sft": sft, "relabel_rounds": values["relabel_rounds"], "relabel_episodes": values["relabel_episodes"]}
+    relabel = {"sft": sft, **settings("relabel")}
     trained = relabel if values["relabel_rounds"] else sft
-    evaluation = pick(("eval_episodes", "eval_seed", "max_new_tokens", "constrain_actions")
-                      + (("eval_splits",) if alfworld else ()))
-    ppo = {"sft": trained, **pick([f.name for f in fields(PPOConfig)] + ["max_new_tokens", "micro_batch_size"])}
+    evaluation = settings("evaluation")
+    ppo = {"sft": trained, **settings("ppo")}
     return {"demos": demos, "sft": sft, "relabel": relabel,
             "after SFT": {"sft": trained, "temperature": values["temperature"], **evaluation},
             "ppo": ppo, "after PPO": {"ppo": ppo, **evaluation}}

@@ -370,7 +370,8 @@ class Evaluation(Stage):
             make_env = self.job.eval_env(model, budget, {"game_files": games, **c.play_kwargs()})
             result, episode_record, outcomes[split] = evaluate_vlm_on_games(
                 policy, make_env, len(games), c.eval_seed, name=f"{name} {split}", parallel=c.episodes_at_once(),
-                record_first=record and first_record is None, progress=c.progress)
+                record_first=record and first_record is None, progress=c.progress,
+                subprocesses=c.episodes_at_once() > 1)  # a reset loads a game: the envs step side by side
             results.append(result)
             first_record = first_record or episode_record
         self.write_outcomes(name, outcomes)
@@ -410,6 +411,16 @@ class Evaluation(Stage):
             for key in ("success_rate", "mean_return", "invalid_rate"):
                 writer.add_scalar(f"evaluation/{key}", getattr(result, key), step)
 
+    def _subprocesses(self, games: int):
+        """How the reference agents' envs are made for ``games`` games: as the model's evaluations, side by side
+        in subprocesses where more than one plays at once (None: one env in this process)."""
+        n = min(self.job.config.episodes_at_once(), games)
+        if n < 2:
+            return None
+        from vlm_policy.subprocess_envs import SubprocessEnvSlots
+
+        return partial(SubprocessEnvSlots, n=n)
+
     def alfworld_table(self) -> None:
         """Random admissible command and oracle on the same games, then a per-task-type table per split."""
         from alfworld_bridge.evaluation import AGENT_LABELS, Outcome, per_type_table, play_agents
@@ -419,7 +430,8 @@ class Evaluation(Stage):
             if not self.episodes_file(name).is_file():
                 self.write_outcomes(name, {split: play_agents(
                     [name], files, seed=c.eval_seed, progress=c.progress, env_id=c.env_id, tag=split,
-                    **c.play_kwargs())[name] for split, files in self.games.items()})
+                    slots=self._subprocesses(len(files)), **c.play_kwargs())[name]
+                    for split, files in self.games.items()})
         names = {**{label: name for name, label in AGENT_LABELS.items()}, "after SFT": "after SFT",
                  "after PPO": "after PPO"}
         outcomes = {label: [json.loads(line) for line in self.episodes_file(name).read_text().splitlines()]
@@ -531,6 +543,10 @@ class ProximalPolicyOptimization(Stage):
             model = PPO(VLMPolicy, env, **self.arguments(), policy_kwargs=self.policy_kwargs(sft_dir),
                         rollout_buffer_class=training.get("rollout_buffer_class"),
                         tensorboard_log=str(out / "tb") if main else None, verbose=0)
+        if not main:  # rank 0 logs alone; SB3 would make a /tmp/SB3-<time> folder for each other process
+            from stable_baselines3.common.logger import Logger
+
+            model.set_logger(Logger(folder=None, output_formats=[]))
         # --ppo-timesteps counts the env steps of every process; each makes its share.
         remaining = c.ppo_timesteps // context.world_size - model.num_timesteps
         callbacks = [VLMRolloutLogger(out / "curve.jsonl" if main else None, pool_processes=True),
