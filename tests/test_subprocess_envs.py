@@ -25,10 +25,10 @@ def test_reference_agents_play_the_same_games_in_subprocesses(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_a_vlm_evaluation_in_subprocesses_scores_as_the_in_process_one():
-    make_env = eval_env_factory("gym_cards/NumberLine-v0", "tiny", 16)
+    make_env = eval_env_factory("gym_cards/NumberLine-v0", "tiny", 8, env_kwargs={"max_episode_steps": 3})
     policy = standalone_policy("tiny", make_env(), device="cpu")
-    here, first = evaluate_vlm(policy, make_env, 5, seed=7, parallel=2, record_first=True)
-    there, first_there = evaluate_vlm(policy, make_env, 5, seed=7, parallel=2, record_first=True, subprocesses=True)
+    here, first = evaluate_vlm(policy, make_env, 4, seed=7, parallel=2, record_first=True)
+    there, first_there = evaluate_vlm(policy, make_env, 4, seed=7, parallel=2, record_first=True, subprocesses=True)
     assert there == here and here.mean_length > 1
     assert first_there.answers == first.answers and len(first_there.frames) == len(first.frames)
     with pytest.raises(ValueError, match="without subprocesses"):

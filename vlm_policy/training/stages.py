@@ -516,6 +516,9 @@ class ProximalPolicyOptimization(Stage):
         if is_alfworld(c.env_id) and c.n_envs > 1:  # a reset loads a game (~1 s): the envs step side by side
             from stable_baselines3.common.vec_env import SubprocVecEnv
 
+            from vlm_policy.subprocess_envs import preload_in_subprocesses
+
+            preload_in_subprocesses()
             subprocesses = SubprocVecEnv
         env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1 + 100_000 * context.rank,
                                max_new_tokens=budget, prompt_style=c.prompt_style, env_kwargs=c.env_kwargs(),
