@@ -681,6 +681,7 @@ def test_relabelling_rounds_label_the_models_own_states_and_go_on_with_sft_with_
         assert all('"action"' in answer for answer in read_answers(labels))
         steps = json.loads((run / "relabel" / f"round_{number}" / "sft" / "training.json").read_text())["steps_done"]
         assert steps >= 1
+        assert any((run / "tb" / f"relabel_{number}").iterdir())  # each round's loss curve beside SFT's
     # PPO starts from the last round's model, and the records say so.
     ppo_base = json.loads((run / "stages" / "ppo.json").read_text())["sft"]
     assert ppo_base["relabel_rounds"] == 2 and ppo_base["sft"] == stage_settings(config)["sft"]

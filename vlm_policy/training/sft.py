@@ -116,7 +116,7 @@ def train_sft(demos: str | Path | Sequence[Example], out_dir: str | Path, model:
 def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | None = None,
             model: ModelConfig | None = None, common: CommonConfig | None = None,
             validation: Callable[[VLMBundle, Sequence[str]], dict[str, float]] | None = None,
-            tensorboard_dir: str | Path | None = None) -> Path:
+            tensorboard_dir: str | Path | None = None, tensorboard_name: str = "sft") -> Path:
     """Fine-tunes ``model.model`` on ``examples`` and saves a checkpoint ``load_vlm(out_dir)`` reads.
 
     :param examples: demonstrations (:func:`vlm_policy.training.demos.read_demonstrations`).
@@ -126,7 +126,8 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
         split into micro-batches whose gradients accumulate into one optimizer step: the same step,
         with one micro-batch's activations alive).
     :param common: seed, device, progress bars.
-    :param tensorboard_dir: where TensorBoard's ``sft`` run (loss, learning rate, checks) is written (None: not).
+    :param tensorboard_dir: where TensorBoard's run ``tensorboard_name`` (loss, learning rate, checks) is written
+        (None: not).
     :param validation: measures the model as it is (in eval mode, left unchanged) on validation episodes, every
         ``sft.sft_check_every`` steps: ``validation(bundle, names)`` returns each named measure of
         :meth:`SFTConfig.stop_targets` ("success": the share of episodes greedy answers win; "reach": the
@@ -184,7 +185,7 @@ def run_sft(examples: Sequence[Example], out_dir: str | Path, sft: SFTConfig | N
     if tensorboard_dir is not None and context.is_main:  # the loss curve and the checks beside PPO's in TensorBoard
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(Path(tensorboard_dir) / "sft"))
+        writer = SummaryWriter(str(Path(tensorboard_dir) / tensorboard_name))
     try:
         for step in steps:
             # Every process draws the same batch and keeps its own rows (all of them alone).

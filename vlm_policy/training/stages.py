@@ -296,8 +296,12 @@ class Relabelling(Stage):
                 examples = [example for labelled in sets for example in read_demonstrations(labelled)]
                 validate = self.sft.validation(budget) if c.stop_targets() else None
                 sft = replace(c.group(SFTConfig).with_stops_resolved(c.stop_reach()), vision_warmup_steps=0)
-                run_sft(examples, checkpoint, sft=sft, model=replace(c.group(ModelConfig), model=current),
-                        common=c.group(CommonConfig), validation=validate)
+                # The rules that read the model name read the run's (a checkpoint folder of the tiny model is
+                # still the tiny model: no gradient checkpointing).
+                model = replace(c.group(ModelConfig), model=current,
+                                gradient_checkpointing="on" if c.checkpointing_for(c.model) else "off")
+                run_sft(examples, checkpoint, sft=sft, model=model, common=c.group(CommonConfig), validation=validate,
+                        tensorboard_dir=job.out / "tb", tensorboard_name=f"relabel_{number}")
             current = str(checkpoint)
         return current
 
