@@ -312,6 +312,22 @@ def test_ppo_stops_at_a_check_that_wins_the_stop_success(finished_run, tmp_path,
 
 
 @pytest.mark.slow
+def test_a_run_killed_before_ppo_began_goes_on_with_ppo(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    assert (run / "tb" / "sft").is_dir()  # SFT's loss curve: not an output of PPO, which had not begun
+    for made_by_ppo in ("ppo", "curve.jsonl", "stages/ppo.json", "stages/after_PPO.json", "learning_curve.png",
+                        "episode_strip.png", *[str(path.relative_to(run)) for path in (run / "tb").glob("ppo_*")]):
+        shutil.rmtree(run / made_by_ppo) if (run / made_by_ppo).is_dir() else (run / made_by_ppo).unlink()
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({"after SFT": results["after SFT"]}))
+    sft_stamp = (run / "sft" / "training.json").stat().st_mtime_ns
+    rows = Pipeline(_micro_config(run)).run()
+    assert [r.name for r in rows] == ["after SFT", "after PPO"] and (run / "ppo" / "final.zip").is_file()
+    assert (run / "sft" / "training.json").stat().st_mtime_ns == sft_stamp
+
+
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_without_redoing_work(finished_run, tmp_path, capsys):
     from vlm_policy.agents import load_agent, read_agent_data
 

@@ -152,11 +152,12 @@ class StageRecords:
     def outputs(self, stage: str) -> list[Path]:
         return {
             "demos": [self.out / "demos"],
-            "sft": [self.out / "sft"],
-            "relabel": [self.out / "relabel"],
+            "sft": [self.out / "sft", self.out / "tb" / "sft"],
+            "relabel": [self.out / "relabel", *sorted((self.out / "tb").glob("relabel_*"))],
             # A row of results.json; for ALFWorld also the outcomes of each game, and of random and oracle on them.
             "after SFT": [self.out / "episodes" / f"{name}.jsonl" for name in ("after_SFT", "random", "oracle")],
-            "ppo": [self.out / "ppo", self.out / "curve.jsonl", self.out / "tb"],
+            # TensorBoard's PPO runs (SB3 names them ppo_<n>); tb/ also holds SFT's and the evaluations' runs.
+            "ppo": [self.out / "ppo", self.out / "curve.jsonl", *sorted((self.out / "tb").glob("ppo_*"))],
             "after PPO": [self.out / "learning_curve.png", self.out / "episode_strip.png",
                           self.out / "episodes" / "after_PPO.jsonl", self.out / "alfworld_table.md"],
         }[stage]
