@@ -29,8 +29,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 #: Seconds the slow tests of a module take on two cores (measured with --durations; a module not listed
 #: counts 5 s a slow test). Only the order of the tests depends on them.
-SLOW_MODULE_SECONDS = {"test_distributed": 95, "test_alfworld_pipeline": 64, "test_main_job": 60, "test_alfworld": 60,
-                       "test_fault_injection": 34, "test_sweep": 24, "test_real_checkpoint_paths": 16}
+SLOW_MODULE_SECONDS = {"test_distributed": 95, "test_main_job": 75, "test_alfworld_pipeline": 64, "test_alfworld": 60,
+                       "test_fault_injection": 34, "test_sweep": 24, "test_subprocess_envs": 20,
+                       "test_real_checkpoint_paths": 16}
 
 
 def pytest_collection_modifyitems(config, items):
