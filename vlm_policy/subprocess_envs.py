@@ -92,3 +92,11 @@ class SubprocessEnvSlots(EnvSlots):
 
     def close(self) -> None:
         self.vec_env.close()
+
+
+def env_slots(make_env: Callable[[], gym.Env], n: int, subprocesses: bool = True) -> EnvSlots:
+    """``n`` envs made by ``make_env`` for an episode loop: in subprocesses with ``subprocesses`` where there is
+    more than one (one env alone steps no faster elsewhere), else in this process."""
+    if subprocesses and n > 1:
+        return SubprocessEnvSlots(make_env, n)
+    return EnvSlots([make_env() for _ in range(n)])

@@ -3,9 +3,10 @@
 Each setting is named once, with one default, whichever command reads it: ``vlm-cards train`` parses
 the groups of :data:`TRAIN_GROUPS` (common, task, model, SFT, relabelling, PPO, evaluation, run), one per
 stage where a stage has settings of its own, into :class:`TrainConfig`; ``vlm-cards sft`` the common,
-model and SFT groups. The stage records (``stage_records.py``) take each stage's settings from its group. Values are checked in
-``__post_init__`` with a message that names the flag. The defaults are the embedded tiny model's on
-the CPU (how they were chosen: ``docs/results.md``); the paper's 7B settings are in ``examples/``.
+model and SFT groups. The stage records (``stage_records.py``) take each stage's settings from its group.
+Values are checked in ``__post_init__`` with a message that names the flag. The defaults are the embedded
+tiny model's on the CPU (how they were chosen: ``docs/results.md``); the paper's 7B settings are in
+``examples/``.
 
 A group's ``advanced_settings`` are left out of ``--help`` (``--help-all`` and docs/cli.md show them) and
 are set the same way as the others, on the command line or in a ``--config`` file. Its ``auto_settings``
@@ -541,6 +542,3 @@ class TrainConfig(CommonConfig, RunConfig, TaskConfig, ModelConfig, SFTConfig, R
         for group in groups:
             values.update(asdict(group))
         return cls(**values)
-
-
-

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from gym_vlm_cards.evaluate import EnvSlots, EpisodeEnd, EvalResult, play_episodes, summarise
+from gym_vlm_cards.evaluate import EpisodeEnd, EvalResult, play_episodes, summarise
 from gym_vlm_cards.registration import importable_id
 from vlm_policy.env_bridge import TokenActionWrapper, frame_kwargs, wrapper_for
 
@@ -117,13 +117,9 @@ def evaluate_vlm(
         raise ValueError("end_loops needs greedy answers: a sampled answer can leave a state met before")
     if end_loops and subprocesses:
         raise ValueError("end_loops reads each env's state, which lives in this process only: play without subprocesses")
-    n = min(parallel, episodes)
-    if subprocesses and n > 1:  # one env alone steps no faster elsewhere
-        from vlm_policy.subprocess_envs import SubprocessEnvSlots
+    from vlm_policy.subprocess_envs import env_slots
 
-        envs: EnvSlots = SubprocessEnvSlots(make_env, n)
-    else:
-        envs = EnvSlots([make_env() for _ in range(n)])
+    envs = env_slots(make_env, min(parallel, episodes), subprocesses)
     # Episodes recorded step by step: the first (record_first), or the first few to find a won and a lost one.
     recorded = EXAMPLE_CANDIDATES if examples is not None else int(record_first)
     records = {index: EpisodeRecord() for index in range(min(recorded, episodes))}

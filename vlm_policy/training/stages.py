@@ -375,7 +375,7 @@ class Evaluation(Stage):
             result, episode_record, outcomes[split] = evaluate_vlm_on_games(
                 policy, make_env, len(games), c.eval_seed, name=f"{name} {split}", parallel=c.episodes_at_once(),
                 record_first=record and first_record is None, progress=c.progress,
-                subprocesses=c.episodes_at_once() > 1)  # a reset loads a game: the envs step side by side
+                subprocesses=True)  # a reset loads a game: the envs step side by side
             results.append(result)
             first_record = first_record or episode_record
         self.write_outcomes(name, outcomes)
@@ -415,15 +415,12 @@ class Evaluation(Stage):
             for key in ("success_rate", "mean_return", "invalid_rate"):
                 writer.add_scalar(f"evaluation/{key}", getattr(result, key), step)
 
-    def _subprocesses(self, games: int):
-        """How the reference agents' envs are made for ``games`` games: as the model's evaluations, side by side
-        in subprocesses where more than one plays at once (None: one env in this process)."""
-        n = min(self.job.config.episodes_at_once(), games)
-        if n < 2:
-            return None
-        from vlm_policy.subprocess_envs import SubprocessEnvSlots
+    def _reference_slots(self, games: int):
+        """How the reference agents' envs are made for ``games`` games: as the model's evaluations'
+        (:func:`~vlm_policy.subprocess_envs.env_slots`)."""
+        from vlm_policy.subprocess_envs import env_slots
 
-        return partial(SubprocessEnvSlots, n=n)
+        return partial(env_slots, n=min(self.job.config.episodes_at_once(), games))
 
     def alfworld_table(self) -> None:
         """Random admissible command and oracle on the same games, then a per-task-type table per split."""
@@ -434,7 +431,7 @@ class Evaluation(Stage):
             if not self.episodes_file(name).is_file():
                 self.write_outcomes(name, {split: play_agents(
                     [name], files, seed=c.eval_seed, progress=c.progress, env_id=c.env_id, tag=split,
-                    slots=self._subprocesses(len(files)), **c.play_kwargs())[name]
+                    slots=self._reference_slots(len(files)), **c.play_kwargs())[name]
                     for split, files in self.games.items()})
         names = {**{label: name for name, label in AGENT_LABELS.items()}, "after SFT": "after SFT",
                  "after PPO": "after PPO"}
