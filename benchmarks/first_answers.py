@@ -113,18 +113,20 @@ def main() -> None:
     from vlm_policy.training.evaluation import eval_env_factory, standalone_policy
 
     run = Path(args.run)
-    config = json.loads((run / "config.json").read_text())
+    from vlm_policy.training.configs import TrainConfig
+
+    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     sft = str((run / "sft").resolve())
     agent = run / "ppo" / "final.zip"
     if agent.is_file():
         data = read_agent_data(agent)
-        make = eval_env_factory(config["env_id"], agent_base(agent, data), agent_answer_length(data), config["prompt_style"])
+        make = eval_env_factory(config.task.env_id, agent_base(agent, data), agent_answer_length(data),
+                                config.task.prompt_style)
     else:  # a run stopped after SFT (an SFT-budget probe): its answer budget is sized from its demonstrations
-        from vlm_policy.training.configs import TrainConfig
         from vlm_policy.training.pipeline import Pipeline
 
-        budget = Pipeline(TrainConfig(**config)).demos.answer_budget(run / "demos" / "demos.jsonl")
-        make = eval_env_factory(config["env_id"], sft, budget, config["prompt_style"])
+        budget = Pipeline(config).demos.answer_budget(run / "demos" / "demos.jsonl")
+        make = eval_env_factory(config.task.env_id, sft, budget, config.task.prompt_style)
     agents = {"after SFT": standalone_policy(sft, make(), device="cpu")}
     if agent.is_file():
         agents["after PPO"] = load_agent(agent, make(), device="cpu").policy

@@ -20,7 +20,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> Path:
     from vlm_policy.training.cli import parse
-    from vlm_policy.training.configs import CommonConfig, ModelConfig, SFTConfig, TrainConfig
+    from vlm_policy.training.configs import TrainConfig
     from vlm_policy.training.demos import read_demonstrations
     from vlm_policy.training.pipeline import Pipeline
     from vlm_policy.training.sft import describe_measures, run_sft
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> Path:
     _, groups = parse(["train", *(sys.argv[1:] if argv is None else argv)])
     config = TrainConfig.from_groups(*groups[:-1])
     pipeline = Pipeline(config)
-    out = Path(config.out_dir)
+    out = Path(config.run.out_dir)
     demos = pipeline.demos.make()
     measure = pipeline.sft.validation(pipeline.demos.answer_budget(demos))
     log = out / "trajectory.jsonl"
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     def record(bundle, names) -> dict[str, float]:
         nonlocal step
-        step += config.sft_check_every
+        step += config.sft.sft_check_every
         measures = measure(bundle, ["success", "reach"])
         print(f"SFT step {step}: {describe_measures(measures)}", flush=True)
         with log.open("a") as handle:
@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> Path:
         return {name: 0.0 for name in names}  # never stops: the whole trajectory is measured
 
     # A success target no check returns makes SFT check at every --sft-check-every steps and never stop.
-    sft = replace(config.group(SFTConfig), sft_stop_success=1.0, sft_stop_reach=0.0)
-    run_sft(read_demonstrations(demos), out / "sft", sft=sft, model=config.group(ModelConfig),
-            common=config.group(CommonConfig), validation=record)
+    sft = replace(config.sft, sft_stop_success=1.0, sft_stop_reach=0.0)
+    run_sft(read_demonstrations(demos), out / "sft", sft=sft, model=config.model,
+            common=config.common, validation=record)
     print(f"wrote {log}")
     return log
 

@@ -17,19 +17,20 @@ from vlm_policy.training.pipeline import Pipeline, TrainConfig
 
 def main(**settings):
     # The README's quick start, with room for other settings (the test runs it with tiny budgets).
-    config = TrainConfig(**{"env_id": "gym_cards/NumberLine-v0", "model": "tiny", "out_dir": "runs/quickstart", **settings})
+    config = TrainConfig.from_settings(**{"env_id": "gym_cards/NumberLine-v0", "model": "tiny",
+                                          "out_dir": "runs/quickstart", **settings})
     run = Pipeline(config)                               # its stages: run.demos, .sft, .ppo, .evaluation
     demos = run.demos.make()                            # the oracle plays, frames and answers recorded
     budget = run.demos.answer_budget(demos)             # the longest answer, in tokens
     sft_dir = run.sft.make(demos, budget)               # supervised fine-tuning, stopped by its checks
     before = run.evaluation.checkpoint(sft_dir, budget)
 
-    env = make_vlm_vec_env(config.env_id, n_envs=config.n_envs, model=sft_dir, seed=config.seed + 1,
-                           max_new_tokens=budget, env_kwargs=config.env_kwargs())
+    env = make_vlm_vec_env(config.task.env_id, n_envs=config.ppo.n_envs, model=sft_dir,  # settings: config.<group>.<name>
+                           seed=config.common.seed + 1, max_new_tokens=budget, env_kwargs=config.task.env_kwargs())
     model = PPO(VLMPolicy, env, **run.ppo.arguments(), policy_kwargs=run.ppo.policy_kwargs(sft_dir))
     check = GreedyValidationCallback(run.ppo.validation(sft_dir, budget), run.out / "validation.jsonl",
                                      every=2, callback_after_check=StopOnValidationSuccess(1.0))
-    model.learn(config.ppo_timesteps, callback=check)
+    model.learn(config.ppo.ppo_timesteps, callback=check)
     after = run.evaluation.evaluate(model.policy, sft_dir, budget, "after PPO")[0]
     print(f"success after SFT {before.success_rate:.1%}, after PPO {after.success_rate:.1%}")
     model.save(run.out / "agent")                       # PPO.load("runs/quickstart/agent", env=env)

@@ -204,20 +204,21 @@ def test_the_alfworld_gpu_example_parses_with_the_papers_settings():
     name, groups = parse(shlex.split(command))
     config = TrainConfig.from_groups(*groups[:-1])
     # RL4VLM's run_alf.sh: 1,024 env steps per update, 256 answers per optimizer step, lambda 0.2, 12,000 steps.
-    assert name == "train" and config.env_id == ENV_ID and config.env_kwargs() == {"split": "train", "data_root": "/data/alfworld"}
-    assert config.n_envs * config.n_steps == 1024 and config.batch_size == 256 and config.cot_weight == 0.2
-    assert config.ppo_timesteps == 12 * 1024 and config.n_epochs == 4 and config.temperature == 0.2
-    assert config.learning_rate == 1e-5 and config.lora_r == 128 and config.train_vision and config.kl_coef == 0
-    assert config.eval_splits == ["valid_seen", "valid_unseen"]
+    assert name == "train" and config.task.env_id == ENV_ID and config.task.env_kwargs() == {
+        "split": "train", "data_root": "/data/alfworld", "max_episode_steps": 50}
+    assert config.ppo.n_envs * config.ppo.n_steps == 1024 and config.ppo.batch_size == 256 and config.ppo.cot_weight == 0.2
+    assert config.ppo.ppo_timesteps == 12 * 1024 and config.ppo.n_epochs == 4 and config.ppo.temperature == 0.2
+    assert config.ppo.learning_rate == 1e-5 and config.ppo.lora_r == 128 and config.ppo.train_vision and config.ppo.kl_coef == 0
+    assert config.evaluation.eval_splits == ["valid_seen", "valid_unseen"]
 
 
 def test_the_history_length_reaches_every_alfworld_env_of_a_run_and_its_records():
     from vlm_policy.training.configs import TrainConfig
     from vlm_policy.training.stage_records import stage_settings
 
-    config = TrainConfig(env_id="alfworld/ALFWorld-v0", history_length=2)
-    assert config.env_kwargs()["history_length"] == 2 and config.play_kwargs()["history_length"] == 2
+    config = TrainConfig.from_settings(env_id="alfworld/ALFWorld-v0", history_length=2)
+    assert config.task.env_kwargs()["history_length"] == 2 and config.task.play_kwargs()["history_length"] == 2
     assert stage_settings(config)["demos"]["history_length"] == 2
-    assert "history_length" not in stage_settings(TrainConfig(env_id="alfworld/ALFWorld-v0"))["demos"]
+    assert "history_length" not in stage_settings(TrainConfig.from_settings(env_id="alfworld/ALFWorld-v0"))["demos"]
     with pytest.raises(ValueError, match="--history-length is ALFWorld's"):
-        TrainConfig(history_length=2)
+        TrainConfig.from_settings(history_length=2)

@@ -121,9 +121,9 @@ def test_a_task_registered_without_a_step_limit_gets_the_fallback_limit_with_a_w
 def test_evaluations_step_64_card_episodes_or_8_alfworld_games_together_by_default():
     from vlm_policy.training.configs import TrainConfig, eval_batch_for
 
-    assert TrainConfig().episodes_at_once() == 64
-    assert TrainConfig(env_id="alfworld/ALFWorld-v0").episodes_at_once() == 8  # each env holds a loaded game
-    assert TrainConfig(eval_batch=5).episodes_at_once() == 5
+    assert TrainConfig().evaluation.eval_batch == 64
+    assert TrainConfig.from_settings(env_id="alfworld/ALFWorld-v0").evaluation.eval_batch == 8  # each env holds a loaded game
+    assert TrainConfig.from_settings(eval_batch=5).evaluation.eval_batch == 5
     assert eval_batch_for("gym_cards/EZPoints-v0", -1) == 64
 
 

@@ -231,9 +231,9 @@ def test_ppo_timesteps_must_be_whole_rollouts_of_all_processes():
     from vlm_policy.training.configs import TrainConfig
     from vlm_policy.training.pipeline import check_divides_across_processes
 
-    check_divides_across_processes(TrainConfig(ppo_timesteps=512, n_envs=8, n_steps=32), 2)
+    check_divides_across_processes(TrainConfig.from_settings(ppo_timesteps=512, n_envs=8, n_steps=32), 2)
     with pytest.raises(ValueError, match="use 512 or 1024"):
-        check_divides_across_processes(TrainConfig(ppo_timesteps=600, n_envs=8, n_steps=32), 2)
+        check_divides_across_processes(TrainConfig.from_settings(ppo_timesteps=600, n_envs=8, n_steps=32), 2)
 
 
 def test_commands_that_run_in_one_process_refuse_torchrun(monkeypatch, capsys):

@@ -10,6 +10,7 @@ from vlm_policy.training import cli
 from vlm_policy.training.configs import TRAIN_GROUPS
 from vlm_policy.training.demos import answer_token_budget, read_answers, read_demonstrations, write_demonstrations
 from vlm_policy.training.pipeline import Pipeline, TrainConfig, cosine_schedule, latest_checkpoint
+from vlm_policy.training.stage_records import SettingsChanged, StageRecords
 from vlm_policy.training.stages import Evaluation, ProximalPolicyOptimization
 
 
@@ -64,7 +65,24 @@ def test_pipeline_sizes_the_answer_budget_from_the_demonstrations(tmp_path):
     budget = pipeline.demos.answer_budget(demos)
     assert longest < budget <= longest + 8 and budget % 8 == 0
     numberline = Pipeline(_micro_config(tmp_path / "nl", max_new_tokens=0))
-    assert numberline.demos.answer_budget(numberline.demos.make()) == 40
+    assert numberline.demos.answer_budget(numberline.demos.make()) == 40 == numberline.demos.answer_rule()
+    # config.json holds the measured length; the stage records hold the rule (0), and a run that spells out
+    # the length the rule measures (as `--config run/config.json` does) matches them, another does not.
+    numberline._write_config(40)
+    assert json.loads((tmp_path / "nl" / "config.json").read_text())["run"]["max_new_tokens"] == 40
+    auto = StageRecords(tmp_path / "nl", numberline.config)
+    for stage in ("demos", "sft", "ppo"):
+        auto.begin(stage)
+        (tmp_path / "nl" / stage).mkdir(exist_ok=True)
+    assert auto.wanted["ppo"]["max_new_tokens"] == 0
+
+    def check(length: int) -> list[str]:
+        spelled = _micro_config(tmp_path / "nl", max_new_tokens=length)
+        return StageRecords(tmp_path / "nl", spelled, answer_rule=numberline.demos.answer_rule).check({}, overwrite=False)
+
+    assert check(40) == []
+    with pytest.raises(SettingsChanged, match="max_new_tokens: 0 -> 48"):
+        check(48)
     too_short = Pipeline(_micro_config(tmp_path / "p24", env_id="gym_cards/Points24-v0", demos=40, max_new_tokens=40))
     with pytest.raises(ValueError, match=f"longest demonstration answer \\({longest} tokens\\)"):
         too_short.demos.answer_budget(demos)
@@ -80,8 +98,8 @@ def test_the_learning_rate_is_constant_unless_an_end_is_given():
     from vlm_policy.training.cli import build_parser
 
     # --learning-rate alone is a constant rate (never a cosine rising to another default).
-    assert TrainConfig(learning_rate=1e-5).learning_rate_end == 1e-5
-    assert TrainConfig(learning_rate=1e-5, learning_rate_end=1e-9).learning_rate_end == 1e-9
+    assert TrainConfig.from_settings(learning_rate=1e-5).ppo.learning_rate_end == 1e-5
+    assert TrainConfig.from_settings(learning_rate=1e-5, learning_rate_end=1e-9).ppo.learning_rate_end == 1e-9
     parsed = build_parser().parse_args(["train", "--learning-rate", "1e-5", "--no-progress"])
     assert parsed.learning_rate_end is None  # resolved by the config, not by the parser
 
@@ -101,37 +119,30 @@ def test_each_stage_records_every_setting_of_its_group_and_a_new_setting_joins_i
     from vlm_policy.training.configs import PPOConfig
 
     # ALFWorld with every lever on, so that no setting is left out for being off.
-    config = TrainConfig(env_id="alfworld/ALFWorld-v0", history_length=2, relabel_rounds=1, constrain_actions=True,
+    config = TrainConfig.from_settings(env_id="alfworld/ALFWorld-v0", history_length=2, relabel_rounds=1, constrain_actions=True,
                          ppo_check_every=2, sft_stop_success=0.5, sft_stop_reach=0.5,
                          max_new_tokens=64, max_episode_steps=30)
     records = stage_records.stage_settings(config)
     by_stage = {"demos": records["demos"], "sft": records["sft"], "relabel": records["relabel"],
                 "evaluation": records["after PPO"], "ppo": records["ppo"]}
     for stage, group in stage_records.STAGE_GROUPS.items():
-        expected = {item.name for item in fields(group)} - stage_records.NOT_RESULT_SETTINGS
+        expected = {item.name for item in fields(getattr(config, group))} - stage_records.NOT_RESULT_SETTINGS
         assert expected | set(stage_records.BORROWED_SETTINGS[stage]) <= set(by_stage[stage]), stage
 
     @dataclass
     class WiderPPO(PPOConfig):  # a setting added to PPO's group is in PPO's record with nothing else to edit
         new_setting: int = field(default=3, metadata={"help": "a new PPO setting"})
 
-    @dataclass
-    class WiderTrain(TrainConfig, WiderPPO):
-        pass
-
-    monkey = pytest.MonkeyPatch()
-    monkey.setitem(stage_records.STAGE_GROUPS, "ppo", WiderPPO)
-    try:
-        assert stage_records.stage_settings(WiderTrain())["ppo"]["new_setting"] == 3
-    finally:
-        monkey.undo()
+    wider = stage_records.stage_settings(TrainConfig(ppo=WiderPPO()))
+    assert wider["ppo"]["new_setting"] == 3 and wider["after PPO"]["ppo"]["new_setting"] == 3
+    assert "new_setting" not in wider["sft"] and "new_setting" not in wider["after SFT"]
 
 
 def test_settings_added_later_are_recorded_only_when_set():
     from vlm_policy.training.stage_records import stage_settings
 
     # Run folders made before these settings, with them off, still match.
-    default = stage_settings(TrainConfig(sft_stop_reach=0.0, ppo_check_every=0))
+    default = stage_settings(TrainConfig.from_settings(sft_stop_reach=0.0, ppo_check_every=0))
     assert not {"sft_stop_success", "sft_stop_reach", "sft_check_every", "sft_check_episodes",
                 "temperature"} & set(default["sft"])
     assert not {"ppo_check_every", "ppo_check_episodes",
@@ -143,23 +154,23 @@ def test_settings_added_later_are_recorded_only_when_set():
     assert DEFAULT_STOP_REACH == 0.7
     # PPO's default budget is whole rollouts, also split over 2 or 4 data-parallel processes.
     default_ppo = TrainConfig()
-    assert default_ppo.ppo_timesteps == 8192
-    assert all(default_ppo.ppo_timesteps % (default_ppo.n_envs * default_ppo.n_steps * n) == 0 for n in (1, 2, 4))
-    assert TrainConfig().stop_targets() == {"reach": 0.7} and SFTConfig().stop_targets() == {}
-    assert stage_settings(TrainConfig())["sft"] == stage_settings(TrainConfig(sft_stop_reach=0.7))["sft"]
-    assert stage_settings(TrainConfig())["sft"] != stage_settings(TrainConfig(sft_stop_reach=0.9))["sft"]
+    assert default_ppo.ppo.ppo_timesteps == 8192
+    assert all(default_ppo.ppo.ppo_timesteps % (default_ppo.ppo.n_envs * default_ppo.ppo.n_steps * n) == 0 for n in (1, 2, 4))
+    assert TrainConfig().sft.stop_targets() == {"reach": 0.7} and SFTConfig().stop_targets() == {}
+    assert stage_settings(TrainConfig())["sft"] == stage_settings(TrainConfig.from_settings(sft_stop_reach=0.7))["sft"]
+    assert stage_settings(TrainConfig())["sft"] != stage_settings(TrainConfig.from_settings(sft_stop_reach=0.9))["sft"]
     checked = stage_settings(TrainConfig())["ppo"]  # the checks are on by default for the card tasks
     assert (checked["ppo_check_every"], checked["ppo_check_episodes"], checked["ppo_keep_best"],
             checked["ppo_stop_success"]) == (2, 64, True, 1.0)  # the rule's value, not the word for it
     assert checked["sft"]["balance_states"] == "auto"
-    alfworld = stage_settings(TrainConfig(env_id="alfworld/ALFWorld-v0", sft_stop_reach=0.0))["ppo"]
+    alfworld = stage_settings(TrainConfig.from_settings(env_id="alfworld/ALFWorld-v0", sft_stop_reach=0.0))["ppo"]
     assert "ppo_check_every" not in alfworld  # off by default on ALFWorld, and so is the reach stop
-    alfworld_sft = stage_settings(TrainConfig(env_id="alfworld/ALFWorld-v0"))["sft"]
+    alfworld_sft = stage_settings(TrainConfig.from_settings(env_id="alfworld/ALFWorld-v0"))["sft"]
     assert "sft_stop_reach" not in alfworld_sft and "sft_check_episodes" not in alfworld_sft
     # The reach is measured at PPO's temperature: with it on, SFT's record holds the temperature.
-    reach = stage_settings(TrainConfig(sft_stop_reach=0.9, temperature=0.3))
+    reach = stage_settings(TrainConfig.from_settings(sft_stop_reach=0.9, temperature=0.3))
     assert reach["sft"]["sft_stop_reach"] == 0.9 and reach["sft"]["temperature"] == 0.3
-    chosen = stage_settings(TrainConfig(sft_stop_success=0.7, learning_rate=1e-5))
+    chosen = stage_settings(TrainConfig.from_settings(sft_stop_success=0.7, learning_rate=1e-5))
     assert chosen["sft"]["sft_stop_success"] == 0.7 and chosen["sft"]["sft_check_episodes"] == 64
     assert chosen["ppo"]["learning_rate_end"] == 1e-5 and chosen["ppo"]["sft"] == chosen["sft"]
 
@@ -170,18 +181,29 @@ def test_a_config_holds_every_rule_resolved_and_old_records_of_the_rules_still_m
     from vlm_policy.training.stage_records import StageRecords
 
     config = TrainConfig()
-    assert (config.vision_warmup_steps, config.sft_stop_reach, config.ppo_check_every, config.eval_batch,
-            config.lora_r, config.learning_rate) == (150, 0.7, 2, 64, 0, 2.5e-5)
-    assert TrainConfig(**asdict(config)) == config  # config.json replays as it is
-    alfworld = TrainConfig(env_id="alfworld/ALFWorld-v0")
-    assert (alfworld.sft_stop_reach, alfworld.ppo_check_every, alfworld.eval_batch) == (0.0, 0, 8)
-    assert TrainConfig(model=str(tmp_path)).vision_warmup_steps == 0
+    assert (config.sft.vision_warmup_steps, config.sft.sft_stop_reach, config.ppo.ppo_check_every, config.evaluation.eval_batch,
+            config.ppo.lora_r, config.ppo.learning_rate) == (150, 0.7, 2, 64, 0, 2.5e-5)
+    assert TrainConfig.from_dict(asdict(config)) == config == TrainConfig.from_settings(**config.settings())
+    # Nothing left to a marker but the answer length (measured from the demonstrations) and the machine's rules.
+    assert (config.task.max_episode_steps, config.model.gradient_checkpointing) == (10, "off")
+    assert TrainConfig.from_settings(model=str(tmp_path)).model.gradient_checkpointing == "on"
+    alfworld = TrainConfig.from_settings(env_id="alfworld/ALFWorld-v0")
+    assert (alfworld.sft.sft_stop_reach, alfworld.ppo.ppo_check_every, alfworld.evaluation.eval_batch) == (0.0, 0, 8)
+    assert TrainConfig.from_settings(model=str(tmp_path)).sft.vision_warmup_steps == 0
     # A folder an earlier version made recorded the rules as -1: it matches a run that leaves them to the rules.
     records = StageRecords(tmp_path, config)
     old_sft = {**records.wanted["sft"], "vision_warmup_steps": -1}
     old_ppo = {**records.wanted["ppo"], "ppo_check_every": -1, "sft": old_sft}
     assert records_differ(records, "sft", old_sft) == [] and records_differ(records, "ppo", old_ppo) == []
-    chosen = StageRecords(tmp_path, TrainConfig(vision_warmup_steps=20, ppo_check_every=4))
+    # ... and the checkpointing rule as auto, and no step limit where the task's registered one was played.
+    old_demos = {key: value for key, value in records.wanted["demos"].items() if key != "max_episode_steps"}
+    assert "max_episode_steps" not in records.wanted["demos"]  # the registered limit: recorded as before
+    assert records_differ(records, "demos", old_demos) == []
+    assert records_differ(records, "sft", {**old_sft, "gradient_checkpointing": "auto"}) == []
+    limited = StageRecords(tmp_path, TrainConfig.from_settings(max_episode_steps=7))
+    assert records_differ(limited, "demos", old_demos) == ["max_episode_steps: '<unset>' -> 7"]
+    assert records_differ(records, "demos", {**old_demos, "max_episode_steps": 10}) == []  # spelled out before
+    chosen = StageRecords(tmp_path, TrainConfig.from_settings(vision_warmup_steps=20, ppo_check_every=4))
     assert records_differ(chosen, "sft", old_sft) == ["vision_warmup_steps: -1 -> 20"]
     assert records_differ(chosen, "ppo", old_ppo) == ["ppo_check_every: -1 -> 4", "vision_warmup_steps: -1 -> 20"]
 
@@ -189,7 +211,7 @@ def test_a_config_holds_every_rule_resolved_and_old_records_of_the_rules_still_m
 def records_differ(records, stage: str, old: dict) -> list[str]:
     from vlm_policy.training.stage_records import differences
 
-    return differences(old, records.wanted[stage], by_rule=records.by_rule)
+    return differences(old, records.wanted[stage], by_rule=records.by_rule, as_before=records.as_before)
 
 
 def test_the_sft_stop_checks_leave_the_model_as_it_was(tmp_path):
@@ -211,7 +233,7 @@ def _micro_config(out_dir: Path, **overrides) -> TrainConfig:
                   progress=False,
                   ppo_stop_success=0.0)  # 2 validation episodes are won by chance: PPO makes every step here
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_settings(**values)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +241,7 @@ def finished_run(tmp_path_factory):
     """One micro run of the whole pipeline, shared by the tests that read its outputs."""
     config = _micro_config(tmp_path_factory.mktemp("main_job") / "run")
     rows = Pipeline(config).run()
-    return Path(config.out_dir), rows
+    return Path(config.run.out_dir), rows
 
 
 @pytest.mark.slow
@@ -232,7 +254,7 @@ def test_pipeline_runs_end_to_end(finished_run):
         assert (run / name).exists(), name
     assert latest_checkpoint(run / "ppo" / "checkpoints").name == "rl_model_16_steps.zip"
     assert list((run / "tb").rglob("events.out.tfevents.*"))
-    assert json.loads((run / "config.json").read_text())["sft_steps"] == 3
+    assert json.loads((run / "config.json").read_text())["sft"]["sft_steps"] == 3
     log = (run / "train.log").read_text()  # the stage headers and the printed lines, in order
     headers = [line.split("== ")[1].split(":")[0] for line in log.splitlines() if " == " in line]
     assert headers == ["demos", "sft", "after SFT", "ppo", "after PPO"]
@@ -371,7 +393,7 @@ def test_overwrite_redoes_only_the_changed_stages_and_those_made_from_them(finis
     assert "--overwrite: redoing after SFT, after PPO" in capsys.readouterr().out
     assert [r.episodes for r in rows] == [2, 2]  # no table mixes two evaluations
     assert (run / "ppo" / "final.zip").read_bytes() == final  # PPO did not depend on it: kept
-    assert json.loads((run / "config.json").read_text())["eval_episodes"] == 2
+    assert json.loads((run / "config.json").read_text())["evaluation"]["eval_episodes"] == 2
 
 
 @pytest.mark.slow
@@ -413,8 +435,8 @@ def test_train_help_shows_at_most_35_options_in_groups_and_help_all_every_settin
     # An advanced setting is read as any other; a rule's default is written auto.
     _, groups = cli.parse(["train", "--gamma", "0.5", "--eval-batch", "auto", "--ppo-check-every", "auto"])
     config = TrainConfig.from_groups(*groups[:-1])
-    assert config.gamma == 0.5 and config.episodes_at_once() == 64 and config.ppo_checks_every() == 2
-    assert TrainConfig(eval_batch="auto", learning_rate="auto") == TrainConfig()
+    assert config.ppo.gamma == 0.5 and config.evaluation.eval_batch == 64 and config.ppo.ppo_check_every == 2
+    assert TrainConfig.from_settings(eval_batch="auto", learning_rate="auto") == TrainConfig()
     # `vlm-cards sft` has no validation episodes: the stop settings are not its options.
     assert "--sft-stop-reach" not in options(["sft", "--help-all"])
 
@@ -431,15 +453,15 @@ def test_paper_gpu_example_script_uses_only_real_flags():
         command = command.replace(variable, value)
     name, groups = cli.parse(shlex.split(command))
     config = TrainConfig.from_groups(*groups[:-1])
-    assert name == "train" and config.env_id == "gym_cards/NumberLine-v0" and config.n_steps == 64
+    assert name == "train" and config.task.env_id == "gym_cards/NumberLine-v0" and config.ppo.n_steps == 64
     # RL4VLM's run_nl.sh / main.py: LoRA r=128 with alpha 256 (twice the rank, as here) on the vision side
     # too, 128 answers per optimizer step (minibatch 1 x 128 accumulation steps here a minibatch of 128 in
     # micro-batches).
-    assert config.lora_r == 128 and lora_alpha_for(config.lora_r) == 256 and config.train_vision
-    assert config.batch_size == 128 and config.micro_batch_size == 4 and config.gradient_checkpointing == "on"
-    assert config.temperature == 0.2 and config.max_grad_norm == 0.01 and config.value_gradients_to_model is True
-    assert config.kl_coef == 0 and config.n_epochs == 4  # the paper's PPO: no KL penalty
-    assert config.sft_stop_reach == 0 and config.ppo_checks_every() == 0  # the paper's whole SFT, its last agent
+    assert config.ppo.lora_r == 128 and lora_alpha_for(config.ppo.lora_r) == 256 and config.ppo.train_vision
+    assert config.ppo.batch_size == 128 and config.model.micro_batch_size == 4 and config.model.gradient_checkpointing == "on"
+    assert config.ppo.temperature == 0.2 and config.ppo.max_grad_norm == 0.01 and config.ppo.value_gradients_to_model is True
+    assert config.ppo.kl_coef == 0 and config.ppo.n_epochs == 4  # the paper's PPO: no KL penalty
+    assert config.sft.sft_stop_reach == 0 and config.ppo.ppo_check_every == 0  # the paper's whole SFT, its last agent
 
 
 def test_demos_and_sft_commands_write_a_checkpoint_the_policy_loads(tmp_path, capsys):
@@ -553,7 +575,7 @@ def test_ppo_with_a_vlm_policy_and_no_policy_kwargs_trains_what_the_main_job_tra
     from vlm_policy import VLMPolicy, make_vlm_vec_env
     from vlm_policy.defaults import CHECKPOINT_LORA_RANK, lora_rank_for
 
-    pipeline = Pipeline(TrainConfig(out_dir=str(tmp_path), device="cpu"))
+    pipeline = Pipeline(TrainConfig.from_settings(out_dir=str(tmp_path), device="cpu"))
     main_job = pipeline.ppo.policy_kwargs("tiny")
     env = make_vlm_vec_env("gym_cards/NumberLine-v0", n_envs=1, model="tiny", max_new_tokens=12)
     policy = PPO(VLMPolicy, env, n_steps=4, batch_size=4, device="cpu").policy  # only the model is named
@@ -562,13 +584,14 @@ def test_ppo_with_a_vlm_policy_and_no_policy_kwargs_trains_what_the_main_job_tra
     assert {name: getattr(policy, name) for name in compared} == {name: main_job[name] for name in compared}
     # One rule for the LoRA rank in both places: every weight of the tiny model, an adapter on a checkpoint.
     assert lora_rank_for("tiny") == 0 and lora_rank_for("/models/llava") == CHECKPOINT_LORA_RANK
-    assert TrainConfig(model="tiny").lora_r == 0 and TrainConfig(model="tiny", lora_r=4).lora_r == 4
+    assert TrainConfig.from_settings(model="tiny").ppo.lora_r == 0 and TrainConfig.from_settings(model="tiny", lora_r=4).ppo.lora_r == 4
     # and one rule for the learning rates: the tiny model trains every weight, a checkpoint an adapter
-    tiny, checkpoint = TrainConfig(model="tiny"), TrainConfig(model="/models/llava")
-    assert (tiny.sft_learning_rate, tiny.learning_rate, tiny.learning_rate_end) == (1e-3, 2.5e-5, 2.5e-5)
-    assert (checkpoint.sft_learning_rate, checkpoint.learning_rate, checkpoint.learning_rate_end) == (2e-5, 1e-5, 1e-5)
-    assert (checkpoint.lora_r, checkpoint.sft_lora_r) == (CHECKPOINT_LORA_RANK, CHECKPOINT_LORA_RANK)
-    assert TrainConfig(model="/models/llava", learning_rate=3e-5).learning_rate_end == 3e-5
+    tiny, checkpoint = TrainConfig.from_settings(model="tiny"), TrainConfig.from_settings(model="/models/llava")
+    assert (tiny.sft.sft_learning_rate, tiny.ppo.learning_rate, tiny.ppo.learning_rate_end) == (1e-3, 2.5e-5, 2.5e-5)
+    assert (checkpoint.sft.sft_learning_rate, checkpoint.ppo.learning_rate, checkpoint.ppo.learning_rate_end) == (
+        2e-5, 1e-5, 1e-5)
+    assert (checkpoint.ppo.lora_r, checkpoint.sft.sft_lora_r) == (CHECKPOINT_LORA_RANK, CHECKPOINT_LORA_RANK)
+    assert TrainConfig.from_settings(model="/models/llava", learning_rate=3e-5).ppo.learning_rate_end == 3e-5
 
 
 @pytest.mark.slow
@@ -603,7 +626,7 @@ def test_a_config_file_sets_defaults_that_flags_override(tmp_path):
     (tmp_path / "run.yaml").write_text("env_id: gym_cards/EZPoints-v0\nppo_timesteps: 1024\nsft_steps: 7\n")
     command, groups = cli.parse(["train", "--config", str(tmp_path / "run.yaml"), "--ppo-timesteps", "2048"])
     config = TrainConfig.from_groups(*groups[:-1])
-    assert (command, config.env_id, config.ppo_timesteps, config.sft_steps) == ("train", "gym_cards/EZPoints-v0", 2048, 7)
+    assert (command, config.task.env_id, config.ppo.ppo_timesteps, config.sft.sft_steps) == ("train", "gym_cards/EZPoints-v0", 2048, 7)
     (tmp_path / "bad.json").write_text('{"ppo_timestep": 1}')
     with pytest.raises(SystemExit):
         cli.parse(["train", "--config", str(tmp_path / "bad.json")])
@@ -611,7 +634,7 @@ def test_a_config_file_sets_defaults_that_flags_override(tmp_path):
 
 def test_a_budget_that_is_not_whole_rollouts_warns_with_the_steps_made():
     with pytest.warns(UserWarning, match="PPO makes 256 env steps"):
-        TrainConfig(ppo_timesteps=32)
+        TrainConfig.from_settings(ppo_timesteps=32)
     from vlm_policy.training.baselines import baseline_steps
 
     with pytest.warns(UserWarning, match="each baseline makes 512 env steps"):

@@ -187,9 +187,9 @@ def test_a_stage_that_failed_before_its_output_binds_no_setting(tmp_path):
     from vlm_policy.training.stage_records import StageRecords
 
     out = tmp_path / "run"
-    failed = StageRecords(out, TrainConfig(out_dir=str(out), seed=5))
+    failed = StageRecords(out, TrainConfig.from_settings(out_dir=str(out), seed=5))
     failed.begin("demos")  # then the demonstrations failed: no demos/ was made
-    corrected = StageRecords(out, TrainConfig(out_dir=str(out), seed=0))
+    corrected = StageRecords(out, TrainConfig.from_settings(out_dir=str(out), seed=0))
     assert corrected.check({}, overwrite=False) == []
     (out / "demos").mkdir()  # once the stage has an output, its record stands
     with pytest.raises(RuntimeError, match="seed: 5 -> 0"):

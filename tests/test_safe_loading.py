@@ -104,7 +104,7 @@ def test_agents_from_the_pipeline_name_their_base_by_absolute_path(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     (tmp_path / "run" / "sft").mkdir(parents=True)
     (tmp_path / "run" / "sft" / "training.json").write_text("{}")  # a finished SFT stage
-    sft_dir = Pipeline(TrainConfig(out_dir="run", progress=False)).sft.make(demos=None)
+    sft_dir = Pipeline(TrainConfig.from_settings(out_dir="run", progress=False)).sft.make(demos=None)
     assert os.path.isabs(sft_dir) and Path(sft_dir) == tmp_path / "run" / "sft"
 
 

@@ -161,11 +161,11 @@ def test_sft_stop_settings_are_checked():
     off = {"sft_stop_reach": 0.0, "ppo_check_every": 0}
     for checks in ({"sft_stop_success": 0.7}, {"sft_stop_reach": 0.9}, {"ppo_check_every": 2}):
         with pytest.raises(ValueError, match="overlap the validation seeds"):
-            TrainConfig(eval_seed=199_990, eval_episodes=200, **{**off, **checks})
-    TrainConfig(eval_seed=199_990, eval_episodes=200, **off)  # without checks there are no validation episodes
+            TrainConfig.from_settings(eval_seed=199_990, eval_episodes=200, **{**off, **checks})
+    TrainConfig.from_settings(eval_seed=199_990, eval_episodes=200, **off)  # without checks there are no validation episodes
     with pytest.raises(ValueError, match="overlap the validation seeds"):
-        TrainConfig(eval_seed=200_050, eval_episodes=10, sft_stop_reach=0.0, ppo_check_episodes=64)
-    TrainConfig(eval_seed=200_050, eval_episodes=10, sft_stop_reach=0.0, ppo_check_episodes=50)
+        TrainConfig.from_settings(eval_seed=200_050, eval_episodes=10, sft_stop_reach=0.0, ppo_check_episodes=64)
+    TrainConfig.from_settings(eval_seed=200_050, eval_episodes=10, sft_stop_reach=0.0, ppo_check_episodes=50)
 
 
 def test_sft_checks_leave_training_exactly_as_without_them(tmp_path):

@@ -12,7 +12,7 @@ from vlm_policy.training.sweep import SeedOutcome, SweepOptions, format_report, 
 
 
 def test_the_child_command_line_reproduces_the_config_exactly():
-    config = TrainConfig(seed=3, out_dir="x/seed_3", progress=False, train_vision=False, kl_coef=0.25,
+    config = TrainConfig.from_settings(seed=3, out_dir="x/seed_3", progress=False, train_vision=False, kl_coef=0.25,
                          env_id="gym_cards/EZPoints-v0", dtype="float32")
     command, groups = parse(train_argv(config))
     assert command == "train" and TrainConfig.from_groups(*groups[:-1]) == config
@@ -50,7 +50,7 @@ def test_a_two_seed_sweep_in_parallel_runs_both_and_writes_the_table_and_plot(tm
     assert [o.seed for o in outcomes] == [4, 5] and not any(o.error for o in outcomes)
     for seed in (4, 5):
         run = tmp_path / "sweep" / f"seed_{seed}"
-        assert json.loads((run / "config.json").read_text())["seed"] == seed
+        assert json.loads((run / "config.json").read_text())["common"]["seed"] == seed
         assert (run / "train.log").is_file() and (run / "ppo" / "final.zip").is_file()
         assert (run / "train.log").read_text().count("== demos:") == 1  # each line once in a seed's log
     demos = [(tmp_path / "sweep" / f"seed_{s}" / "demos" / "demos.jsonl").read_text() for s in (4, 5)]
@@ -58,5 +58,5 @@ def test_a_two_seed_sweep_in_parallel_runs_both_and_writes_the_table_and_plot(tm
     report = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert report["summary"]["seeds"] == [4, 5] and "gain" in report["summary"]
     assert "mean ± sd (2)" in (tmp_path / "sweep" / "sweep.md").read_text()
-    assert [seed["sft_steps"] for seed in report["seeds"]] == [config.sft_steps] * 2
+    assert [seed["sft_steps"] for seed in report["seeds"]] == [config.sft.sft_steps] * 2
     assert (tmp_path / "sweep" / "learning_curves.png").stat().st_size > 10_000

@@ -48,6 +48,7 @@ from vlm_policy.training.configs import (
     check_eval_batch,
     env_kwargs_for,
     eval_batch_for,
+    flat_settings,
     is_alfworld,
     step_limit_for,
 )
@@ -169,6 +170,9 @@ COMMANDS = {
     "demos": ((DemosOptions,), "write oracle demonstrations as chat-messages JSONL + PNGs"),
     "baseline": ((BaselineOptions,), "CNN + PPO and CNN + MaskablePPO on the discrete action space"),
 }
+#: The sections a ``--config`` file of a command may group its settings in (a run's ``config.json`` does).
+GROUP_NAMES = {"train": tuple(TrainConfig.group_names()), "sweep": tuple(TrainConfig.group_names()),
+               "sft": ("common", "model", "sft")}
 #: Settings a command's groups hold that it does not take: `sft` has no validation episodes to stop on.
 NOT_TAKEN = {"sft": SFTConfig.validation_settings}
 
@@ -198,12 +202,13 @@ def build_parser(command: str | None = None, show_all: bool = False) -> argparse
 
 
 HELP_ALL = "show this help with the advanced settings too"
-CONFIG_HELP = ("settings from a JSON or YAML file, keys as in a run's config.json (env_id: ..., ppo_timesteps: ...); "
-               "options given on the command line override it")
+CONFIG_HELP = ("settings from a JSON or YAML file, keys as option names (env_id: ..., ppo_timesteps: ...), flat or in "
+               "sections as in a run's config.json (ppo: {ppo_timesteps: ...}); options given on the command line override it")
 
 
-def read_config_file(path: str, known: set[str]) -> dict:
-    """The settings of a ``--config`` file (JSON, or YAML by its suffix), every key one of ``known``."""
+def read_config_file(path: str, known: set[str], groups: Sequence[str] = ()) -> dict:
+    """The settings of a ``--config`` file (JSON, or YAML by its suffix), every key one of ``known``; a section
+    named after one of ``groups`` (as in a run's ``config.json``: ``ppo: {n_epochs: 2}``) holds settings too."""
     import json
     from pathlib import Path
 
@@ -219,6 +224,7 @@ def read_config_file(path: str, known: set[str]) -> dict:
             raise ValueError(f"--config {path} is not valid JSON ({error}); YAML files end in .yaml or .yml") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path} must hold a mapping of settings, got {type(values).__name__}")
+    values = flat_settings(values, groups)
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"--config {path} has settings this command does not take: {', '.join(unknown)} "
@@ -348,7 +354,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[str, list]:
         if args.config:
             # The file's values become the defaults, then the command line is read again over them.
             known = {name for group in groups for name in taken(args.command, group)}
-            values = read_config_file(args.config, known)
+            values = read_config_file(args.config, known, GROUP_NAMES.get(args.command, ()))
             parser.subcommands[args.command].set_defaults(**values)
             args = parser.parse_args(argv)
         return args.command, _into_groups(args.command, groups, args)

@@ -2,8 +2,10 @@
 
 Each setting is named once, with one default, whichever command reads it: ``vlm-cards train`` parses
 the groups of :data:`TRAIN_GROUPS` (common, task, model, SFT, relabelling, PPO, evaluation, run), one per
-stage where a stage has settings of its own, into :class:`TrainConfig`; ``vlm-cards sft`` the common,
-model and SFT groups. The stage records (``stage_records.py``) take each stage's settings from its group.
+stage where a stage has settings of its own, into :class:`TrainConfig`, which holds one of each
+(``config.ppo.n_epochs``) and resolves the rules that read the task or the model once; ``vlm-cards sft``
+parses the common, model and SFT groups. The stage records (``stage_records.py``) take each stage's
+settings from its group.
 Values are checked in ``__post_init__`` with a message that names the flag. The defaults are the embedded
 tiny model's on the CPU (how they were chosen: ``docs/results.md``); the paper's 7B settings are in
 ``examples/``.
@@ -17,14 +19,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, ClassVar, Literal, TypeVar
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal
 
 from gym_vlm_cards.registration import FALLBACK_STEP_LIMIT, registered_step_limit, resolve_env_id
 from vlm_policy import defaults
 from vlm_policy.loading import TINY, is_tiny
-
-G = TypeVar("G")
 
 #: The first seed of the validation episodes SFT's stop checks use (the test seeds start at 100,000).
 VALIDATION_SEED = 200_000
@@ -52,6 +52,15 @@ def step_limit_for(env_id: str, max_episode_steps: int = 0) -> dict[str, int]:
     warnings.warn(f"{env_id} is registered without max_episode_steps: its episodes end after {FALLBACK_STEP_LIMIT} "
                   "steps here (set --max-episode-steps, or register the task with one)", stacklevel=3)
     return {"max_episode_steps": FALLBACK_STEP_LIMIT}
+
+
+def step_limit_rule(env_id: str, warn: bool = True) -> int:
+    """``--max-episode-steps auto``: the task's registered limit, else :data:`FALLBACK_STEP_LIMIT` (with a warning
+    when ``warn``)."""
+    registered = registered_step_limit(env_id)
+    if registered is None and warn:
+        step_limit_for(env_id)  # says so
+    return FALLBACK_STEP_LIMIT if registered is None else registered
 
 
 def env_kwargs_for(env_id: str, data_root: str = "", split: str = "") -> dict[str, Any]:
@@ -178,7 +187,13 @@ class ModelConfig:
 
     def checkpointing_for(self, model: str) -> bool:
         """Whether ``model`` trains with gradient checkpointing."""
-        return not is_tiny(model) if self.gradient_checkpointing == "auto" else self.gradient_checkpointing == "on"
+        setting = self.checkpointing_rule(model) if self.gradient_checkpointing == "auto" else self.gradient_checkpointing
+        return setting == "on"
+
+    @staticmethod
+    def checkpointing_rule(model: str) -> str:
+        """``--gradient-checkpointing auto``: on for real checkpoints, off for the tiny model (small activations)."""
+        return "off" if is_tiny(model) else "on"
 
 
 @dataclass
@@ -226,18 +241,14 @@ class SFTConfig:
             raise ValueError(f"--vision-warmup-steps must be >= 0 (or auto), got {self.vision_warmup_steps}")
 
     def stop_reach(self) -> float:
-        """``--sft-stop-reach`` with its default (-1) resolved: off here, as SFT alone has no validation episodes
-        (:class:`TrainConfig` resolves it for the main job)."""
+        """``--sft-stop-reach``, its rule (-1) read as off: SFT alone has no validation episodes (the main job's
+        :class:`TrainConfig` resolves it)."""
         return max(self.sft_stop_reach, 0.0)
 
     def stop_targets(self) -> dict[str, float]:
         """The validation measures SFT stops on, with their targets (empty: SFT makes every step)."""
         return {name: target for name, target in (("success", self.sft_stop_success), ("reach", self.stop_reach()))
                 if target > 0}
-
-    def with_stops_resolved(self, reach: float):
-        """This config with ``--sft-stop-reach -1`` replaced by ``reach``."""
-        return replace(self, sft_stop_reach=reach) if self.sft_stop_reach == -1 else self
 
     def warmup_steps_for(self, model: str) -> int:
         """The warm-up's steps for ``model``: only the tiny model's random vision tower needs one."""
@@ -364,7 +375,7 @@ class TaskConfig:
         _check(self, positive=("demos",), non_negative=("max_episode_steps", "history_length"))
         if self.history_length and not is_alfworld(self.env_id):
             raise ValueError(f"--history-length is ALFWorld's; {self.env_id} shows its whole state in every frame")
-        self.max_episode_steps = step_limit_for(self.env_id, self.max_episode_steps).get("max_episode_steps", 0)
+        self.max_episode_steps = self.max_episode_steps or step_limit_rule(self.env_id)
         env_kwargs_for(self.env_id, self.data_root, self.split)  # --data-root / --split only for ALFWorld
         if self.split and is_alfworld(self.env_id):
             check_alfworld_splits([self.split])
@@ -376,13 +387,10 @@ class TaskConfig:
         return {**kwargs, **self.play_kwargs()}
 
     def play_kwargs(self) -> dict[str, Any]:
-        """What every env of the run takes, whichever games it plays: the step limit when one is set, and the
-        prompt's memory of earlier steps when there is one (evaluations see the prompts training saw)."""
-        return {**self.step_limit(), **({"history_length": self.history_length} if self.history_length else {})}
-
-    def step_limit(self) -> dict[str, Any]:
-        """``{"max_episode_steps": n}`` when ``--max-episode-steps`` is set, else nothing."""
-        return {"max_episode_steps": self.max_episode_steps} if self.max_episode_steps else {}
+        """What every env of the run takes, whichever games it plays: the step limit, and the prompt's memory of
+        earlier steps when there is one (evaluations see the prompts training saw)."""
+        return {"max_episode_steps": self.max_episode_steps,
+                **({"history_length": self.history_length} if self.history_length else {})}
 
 
 def check_alfworld_splits(splits: list[str]) -> None:
@@ -462,83 +470,112 @@ class RunConfig:
         _check(self, non_negative=("max_new_tokens",))
 
 
-#: The groups of ``vlm-cards train``, in its help's order; ``vlm-cards sft`` takes the common, model and SFT ones.
-TRAIN_GROUPS = (CommonConfig, TaskConfig, ModelConfig, SFTConfig, RelabelConfig, PPOConfig, EvaluationConfig, RunConfig)
-SFT_GROUPS = (CommonConfig, ModelConfig, SFTConfig)
+def flat_settings(values: dict[str, Any], groups: Any) -> dict[str, Any]:
+    """``values`` with each section named after one of ``groups`` (``{"ppo": {"n_epochs": 2}}``, as in a run's
+    ``config.json``) opened into its settings; other keys stay as they are."""
+    flat = {key: value for key, value in values.items() if key not in groups or not isinstance(value, dict)}
+    for key in groups:
+        if isinstance(values.get(key), dict):
+            flat.update(values[key])
+    return flat
 
 
 @dataclass
-class TrainConfig(CommonConfig, RunConfig, TaskConfig, ModelConfig, SFTConfig, RelabelConfig, PPOConfig,
-                  EvaluationConfig):
-    """Every setting of ``vlm-cards train`` (the union of the groups above), flat: ``config.sft_steps``."""
+class TrainConfig:
+    """Every setting of ``vlm-cards train``, one group per stage (``config.ppo.learning_rate``), resolved.
 
-    advanced_settings: ClassVar[frozenset[str]] = frozenset().union(
-        *(getattr(group, "advanced_settings", frozenset()) for group in TRAIN_GROUPS))
-    auto_settings: ClassVar[frozenset[str]] = frozenset().union(
-        *(getattr(group, "auto_settings", frozenset()) for group in TRAIN_GROUPS))
+    Made, it applies every rule that depends on the task or the model once (:meth:`resolve`): what it then
+    holds is what the stages read, what they record and what ``config.json`` holds, no ``auto`` left but the
+    machine's (``device``, ``dtype``) and the answer length, which the demonstrations measure (the run fills
+    it in once they exist). :meth:`from_settings` makes one from flat settings, as the command line gives.
+    """
+
+    common: CommonConfig = field(default_factory=CommonConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        auto_to_rules(self)
-        # resolved once, by the rules VLMPolicy and `vlm-cards sft` use too: records and config.json hold the values used
-        sft_rate, ppo_rate = defaults.learning_rates_for(self.model)
-        if self.sft_learning_rate is None:
-            self.sft_learning_rate = sft_rate
-        if self.learning_rate is None:
-            self.learning_rate = ppo_rate
-        self.validate_common()
-        self.validate_run()
-        self.validate_task()
-        self.validate_model()
-        self.validate_sft()
-        self.validate_relabel()
-        self.validate_ppo()
-        self.validate_evaluation()
-        if is_alfworld(self.env_id):
-            check_alfworld_splits(self.eval_splits)
-        self.lora_r = defaults.lora_rank_for(self.model, self.lora_r)
-        self.sft_lora_r = defaults.lora_rank_for(self.model, self.sft_lora_r)
-        for name, value in self.rules_resolved().items():
-            setattr(self, name, value)
-        validated = max(self.sft_check_episodes if self.stop_targets() else 0,
-                        self.ppo_check_episodes if self.ppo_checks_every() else 0)
-        if validated and (self.eval_seed < VALIDATION_SEED + validated
-                          and VALIDATION_SEED < self.eval_seed + self.eval_episodes):
-            raise ValueError(f"the test episodes (--eval-seed {self.eval_seed}, --eval-episodes {self.eval_episodes}) "
-                             f"overlap the validation seeds of the SFT and PPO checks ({VALIDATION_SEED} onwards): test "
-                             "on other seeds: the held-out results would otherwise be chosen on themselves")
+        self.resolve()
 
-    def rules_resolved(self) -> dict[str, Any]:
-        """The task- and model-dependent settings, each by its rule where it was left to it (``auto``): what this
-        config holds once made, so that ``config.json`` and the stage records hold the values used. The answer
-        length (``max_new_tokens`` 0) is the one rule left to the run: it measures the demonstrations."""
-        return {"vision_warmup_steps": self.warmup_steps_for(self.model), "sft_stop_reach": self.stop_reach(),
-                "ppo_check_every": self.ppo_checks_every(), "eval_batch": self.episodes_at_once()}
+    def resolve(self) -> None:
+        """Applies the rules that read the task and the model (the ones :class:`VLMPolicy` and ``vlm-cards sft``
+        apply too, from :mod:`vlm_policy.defaults`), then checks what spans groups."""
+        env_id, model = self.task.env_id, self.model.model
+        sft, ppo, evaluation = self.sft, self.ppo, self.evaluation
+        sft_rate, ppo_rate = defaults.learning_rates_for(model)
+        if sft.sft_learning_rate is None:
+            sft.sft_learning_rate = sft_rate
+        if ppo.learning_rate is None:
+            ppo.learning_rate = ppo_rate
+        if ppo.learning_rate_end is None:
+            ppo.learning_rate_end = ppo.learning_rate
+        ppo.lora_r = defaults.lora_rank_for(model, ppo.lora_r)
+        sft.sft_lora_r = defaults.lora_rank_for(model, sft.sft_lora_r)
+        sft.vision_warmup_steps = sft.warmup_steps_for(model)
+        if sft.sft_stop_reach == -1:  # off on ALFWorld: each validation episode would load a game
+            sft.sft_stop_reach = 0.0 if is_alfworld(env_id) else DEFAULT_STOP_REACH
+        if ppo.ppo_check_every == -1:
+            ppo.ppo_check_every = ppo_check_every_rule(env_id)
+        evaluation.eval_batch = eval_batch_for(env_id, evaluation.eval_batch)
+        self.model.gradient_checkpointing = "on" if self.model.checkpointing_for(model) else "off"
+        sft.validate_sft()
+        ppo.validate_ppo()
+        if is_alfworld(env_id):
+            check_alfworld_splits(evaluation.eval_splits)
+        validated = max(sft.sft_check_episodes if sft.stop_targets() else 0,
+                        ppo.ppo_check_episodes if ppo.ppo_check_every else 0)
+        if validated and (evaluation.eval_seed < VALIDATION_SEED + validated
+                          and VALIDATION_SEED < evaluation.eval_seed + evaluation.eval_episodes):
+            raise ValueError(f"the test episodes (--eval-seed {evaluation.eval_seed}, --eval-episodes "
+                             f"{evaluation.eval_episodes}) overlap the validation seeds of the SFT and PPO checks "
+                             f"({VALIDATION_SEED} onwards): test on other seeds: the held-out results would otherwise "
+                             "be chosen on themselves")
 
-    def stop_reach(self) -> float:
-        """``--sft-stop-reach`` with its default (-1) resolved: :data:`DEFAULT_STOP_REACH` for the card tasks;
-        off for ALFWorld, whose validation episodes would each load a game and play tens of oracle steps."""
-        if self.sft_stop_reach == -1:
-            return 0.0 if is_alfworld(self.env_id) else DEFAULT_STOP_REACH
-        return self.sft_stop_reach
+    @classmethod
+    def group_names(cls) -> dict[str, type]:
+        """Each group's attribute and class, in ``vlm-cards train --help``'s order."""
+        return {item.name: item.type if isinstance(item.type, type) else globals()[item.type] for item in fields(cls)}
 
-    def episodes_at_once(self) -> int:
-        """``--eval-batch`` resolved (see :func:`eval_batch_for`)."""
-        return eval_batch_for(self.env_id, self.eval_batch)
+    @classmethod
+    def from_settings(cls, **settings: Any) -> TrainConfig:
+        """The config of flat settings (``TrainConfig.from_settings(env_id=..., sft_steps=3)``), the others left
+        to their defaults; an unknown name is a TypeError naming it."""
+        groups = cls.group_names()
+        unknown = sorted(set(settings) - {item.name for group in groups.values() for item in fields(group)})
+        if unknown:
+            raise TypeError(f"vlm-cards train has no settings {', '.join(unknown)}")
+        return cls(**{name: group(**{item.name: settings[item.name] for item in fields(group) if item.name in settings})
+                      for name, group in groups.items()})
 
-    def ppo_checks_every(self) -> int:
-        """PPO updates between two greedy validation checks (0: none), ``--ppo-check-every -1`` resolved."""
-        return ppo_check_every_rule(self.env_id) if self.ppo_check_every == -1 else self.ppo_check_every
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def group(self, cls: type[G]) -> G:
-        """The settings of one group (e.g. ``config.group(SFTConfig)``), taken from this config."""
-        return cls(**{item.name: getattr(self, item.name) for item in fields(cls)})
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config a ``config.json`` holds (groups of settings; flat settings, as earlier versions wrote, too)."""
+        return cls.from_settings(**flat_settings(values, cls.group_names()))
 
     @classmethod
     def from_groups(cls, *groups: Any) -> TrainConfig:
-        values: dict[str, Any] = {}
-        for group in groups:
-            values.update(asdict(group))
-        return cls(**values)
+        """The config of group instances (as the command line parses them), in any order."""
+        by_class = {type(group): group for group in groups}
+        return cls(**{name: by_class[group] for name, group in cls.group_names().items() if group in by_class})
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting by its own name, flat (each name belongs to one group)."""
+        return {name: value for group in self.group_names() for name, value in asdict(getattr(self, group)).items()}
+
+    def with_settings(self, **settings: Any) -> TrainConfig:
+        """This config with ``settings`` changed (resolved again: a setting a rule gave is kept as given)."""
+        return self.from_settings(**{**self.settings(), **settings})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The groups and their settings, as ``config.json`` holds them."""
+        return asdict(self)
+
+
+#: The groups of ``vlm-cards train``, in its help's order; ``vlm-cards sft`` takes the common, model and SFT ones.
+TRAIN_GROUPS = tuple(TrainConfig.group_names().values())
+SFT_GROUPS = (CommonConfig, ModelConfig, SFTConfig)

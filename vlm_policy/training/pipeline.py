@@ -94,7 +94,7 @@ class Pipeline:
 
     def _run_stages(self, resume: bool, overwrite: bool) -> list[EvalResult]:
         start = time.perf_counter()
-        records = StageRecords(self.out, self.config)
+        records = StageRecords(self.out, self.config, answer_rule=self.demos.answer_rule)
         results = self.job.on_main(lambda: self._prepare(records, resume, overwrite))
         # From here on the folder is this run's: what rank 0 prints goes to train.log too.
         with LogTee(self.out / TRAIN_LOG) if self.job.context.is_main else contextlib.nullcontext():
@@ -111,9 +111,10 @@ class Pipeline:
         begin(self.demos)
         demos = on_main(self.demos.make)
         budget = self.demos.answer_budget(demos)
+        on_main(lambda: self._write_config(budget))
         begin(self.sft)
         sft_dir = self.sft.make(demos, budget)
-        if self.config.relabel_rounds:
+        if self.config.relabel.relabel_rounds:
             begin(self.relabel)
             sft_dir = self.relabel.make(demos, sft_dir, budget)
         if "after SFT" not in results:
@@ -127,8 +128,8 @@ class Pipeline:
 
     def _prepare(self, records: StageRecords, resume: bool, overwrite: bool) -> dict[str, EvalResult]:
         """Checks the recorded stages against this config (before anything is written) and writes config.json."""
-        if not is_tiny(self.config.model):
-            check_model_source(self.config.model)  # a missing checkpoint is named before anything is written
+        if not is_tiny(self.config.model.model):
+            check_model_source(self.config.model.model)  # a missing checkpoint is named before anything is written
         for leftover in remove_stale_partials(self.out):
             self.job.say(f"removed {leftover}, the leftover of a write that was killed")
         results = self.evaluation.cached_results()
@@ -139,14 +140,20 @@ class Pipeline:
                              "--resume to continue it, or --overwrite to discard it and start PPO again")
         if redone:
             self.job.say(f"--overwrite: redoing {', '.join(redone)}" if overwrite else
-                         f"--resume: PPO continues to {self.config.ppo_timesteps} env steps; redoing "
+                         f"--resume: PPO continues to {self.config.ppo.ppo_timesteps} env steps; redoing "
                          f"{', '.join(redone[1:])}")
             self.evaluation.save_results(results)
         self.out.mkdir(parents=True, exist_ok=True)
         # Every output in out_dir now matches this config (or is about to be made with it).
-        atomic_write_text(self.out / "config.json", json.dumps(self.config.to_dict(), indent=2))
+        self._write_config(self.config.run.max_new_tokens)
         write_run_record(self.out, run_record(self.config.to_dict(), str(self.job.device)))
         return results
+
+    def _write_config(self, answer_length: int) -> None:
+        """``config.json``: the settings, with the answer length once the demonstrations have measured it."""
+        settings = self.config.to_dict()
+        settings["run"]["max_new_tokens"] = answer_length
+        atomic_write_text(self.out / "config.json", json.dumps(settings, indent=2))
 
     def _evaluate(self, name: str, records: StageRecords, results: dict[str, EvalResult], evaluate) -> EvalResult:
         """One held-out evaluation (``evaluate()``) recorded, saved into ``results.json`` and TensorBoard."""
@@ -178,11 +185,12 @@ class Pipeline:
 
 def check_divides_across_processes(config: TrainConfig, world_size: int) -> None:
     """A data-parallel PPO run must end exactly at ``--ppo-timesteps``: every process makes whole rollouts."""
-    per_rollout = world_size * config.n_envs * config.n_steps
-    if config.ppo_timesteps % per_rollout:
-        low = max(per_rollout, config.ppo_timesteps // per_rollout * per_rollout)
-        raise ValueError(f"--ppo-timesteps {config.ppo_timesteps} is not a whole number of rollouts of all {world_size} "
-                         f"processes ({world_size} x --n-envs {config.n_envs} x --n-steps {config.n_steps} = {per_rollout} "
+    ppo = config.ppo
+    per_rollout = world_size * ppo.n_envs * ppo.n_steps
+    if ppo.ppo_timesteps % per_rollout:
+        low = max(per_rollout, ppo.ppo_timesteps // per_rollout * per_rollout)
+        raise ValueError(f"--ppo-timesteps {ppo.ppo_timesteps} is not a whole number of rollouts of all {world_size} "
+                         f"processes ({world_size} x --n-envs {ppo.n_envs} x --n-steps {ppo.n_steps} = {per_rollout} "
                          f"env steps each); use {low} or {low + per_rollout}")
 
 

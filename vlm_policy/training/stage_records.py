@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, fields
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from vlm_policy.checkpoints import atomic_write_text, remove_path
 from vlm_policy.training.configs import (
-    EvaluationConfig,
-    PPOConfig,
-    RelabelConfig,
-    SFTConfig,
-    TaskConfig,
+    ModelConfig,
     TrainConfig,
     is_alfworld,
     ppo_check_every_rule,
+    step_limit_rule,
     warmup_steps_rule,
 )
 from vlm_policy.training.run_folder import RunRefused
@@ -54,9 +52,17 @@ SETTINGS_ADDED_LATER = {"max_episode_steps": 0, "sft_stop_success": 0.0, "sft_st
                         "ppo_stop_success": 0.0, "constrain_actions": False, "history_length": 0}
 
 
-#: Settings whose rule earlier versions recorded as this word (-1) where this version records the value
-#: the rule gives: such a record matches a run that leaves the setting to its rule.
-SETTINGS_RECORDED_AS_RULES = {"vision_warmup_steps": -1, "ppo_check_every": -1}
+#: Settings whose rule a record holds as this word (-1, ``auto``, 0) where the run names the value the rule gives
+#: (earlier versions recorded the first three so; the answer length is measured only once the demonstrations
+#: exist): such a record matches a run that gives the setting its rule's value.
+SETTINGS_RECORDED_AS_RULES = {"vision_warmup_steps": -1, "ppo_check_every": -1, "gradient_checkpointing": "auto",
+                              "max_new_tokens": 0}
+
+
+def settings_as_before(config: TrainConfig) -> dict[str, Any]:
+    """:data:`SETTINGS_ADDED_LATER` for ``config``'s task: the step limit that leaves a record as it was is the
+    one the task had before the setting existed (its registered limit, or the fallback)."""
+    return {**SETTINGS_ADDED_LATER, "max_episode_steps": step_limit_rule(config.task.env_id, warn=False)}
 
 
 #: Settings that stage records of earlier versions hold and this version no longer has, with the value
@@ -69,7 +75,7 @@ class SettingsChanged(RunRefused):
     """An output directory holds stages made with other settings than this run's."""
 
 
-#: Settings of other groups that a stage's outputs depend on besides its own group's (``STAGE_GROUPS``).
+#: Settings of other groups that a stage's outputs depend on besides its own group's (:data:`STAGE_GROUPS`).
 BORROWED_SETTINGS = {
     "demos": ("seed", "model"),  # the oracle's draws and the model whose image size the frames take
     "sft": ("dtype", "gradient_checkpointing"),
@@ -77,28 +83,27 @@ BORROWED_SETTINGS = {
     "evaluation": ("max_new_tokens", "constrain_actions"),
     "ppo": ("max_new_tokens", "micro_batch_size"),
 }
-#: The group whose every setting a stage depends on.
-STAGE_GROUPS = {"demos": TaskConfig, "sft": SFTConfig, "relabel": RelabelConfig, "evaluation": EvaluationConfig,
-                "ppo": PPOConfig}
+#: The group of :class:`TrainConfig` whose every setting a stage depends on (one added to it joins the record).
+STAGE_GROUPS = {"demos": "task", "sft": "sft", "relabel": "relabel", "evaluation": "evaluation", "ppo": "ppo"}
 
 
 def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
     """Each stage's record: the settings its outputs depend on (its group's and :data:`BORROWED_SETTINGS`),
     upstream stages' records nested."""
-    values = asdict(config)
+    values = config.settings()
 
     # Settings added after run folders were first recorded are left out while they change nothing, so
     # that folders made before them still match; the SFT checks' own settings matter only with the stop on.
-    unset = {name for name, off in SETTINGS_ADDED_LATER.items() if values[name] == off}
-    if not config.stop_targets():  # SFT makes every step, as before the stops existed
+    unset = {name for name, off in settings_as_before(config).items() if values[name] == off}
+    if not config.sft.stop_targets():  # SFT makes every step, as before the stops existed
         unset |= {"sft_check_every", "sft_check_episodes"}
-    if not config.ppo_checks_every():  # PPO hands over its last update's agent, as before the checks existed
+    if not config.ppo.ppo_check_every:  # PPO hands over its last update's agent, as before the checks existed
         unset |= {"ppo_check_every", "ppo_check_episodes", "ppo_keep_best", "ppo_stop_success"}
-    if not is_alfworld(config.env_id):  # ALFWorld's data settings: the card tasks' records stay as they were
-        unset |= {name for group in STAGE_GROUPS.values() for name in getattr(group, "alfworld_settings", ())}
+    if not is_alfworld(config.task.env_id):  # ALFWorld's data settings: the card tasks' records stay as they were
+        unset |= {name for group in STAGE_GROUPS.values() for name in getattr(getattr(config, group), "alfworld_settings", ())}
 
     def settings(stage: str) -> dict[str, Any]:
-        names = [item.name for item in fields(STAGE_GROUPS[stage])] + list(BORROWED_SETTINGS[stage])
+        names = [item.name for item in fields(getattr(config, STAGE_GROUPS[stage]))] + list(BORROWED_SETTINGS[stage])
         return {name: values[name] for name in names if name not in NOT_RESULT_SETTINGS and name not in unset}
 
     demos = settings("demos")
@@ -118,20 +123,21 @@ def stage_settings(config: TrainConfig) -> dict[str, dict[str, Any]]:
             "ppo": ppo, "after PPO": {"ppo": ppo, **evaluation}}
 
 
-def differences(recorded: Any, wanted: Any, prefix: str = "", by_rule: dict[str, Any] | None = None) -> list[str]:
+def differences(recorded: Any, wanted: Any, prefix: str = "", by_rule: dict[str, Any] | None = None,
+                as_before: dict[str, Any] | None = None) -> list[str]:
     """``name: old -> new`` for every setting that differs between two records; ``by_rule``: the values this
-    run's rules give (:data:`SETTINGS_RECORDED_AS_RULES`)."""
+    run's rules give (:data:`SETTINGS_RECORDED_AS_RULES`); ``as_before``: :func:`settings_as_before`."""
     if isinstance(recorded, dict) and isinstance(wanted, dict):
         found: list[str] = []
         for key in sorted(set(recorded) | set(wanted)):
             if key in ("demos", "sft", "ppo") and prefix:
                 continue  # an upstream record: reported at its own stage
-            if key not in wanted and key in SETTINGS_REMOVED and recorded[key] == SETTINGS_REMOVED[key]:
-                continue
+            if key not in wanted and recorded[key] == {**SETTINGS_REMOVED, **(as_before or {})}.get(key, "<none>"):
+                continue  # a removed setting at the value this version runs as, or an added one left out as it was
             if (key in wanted and recorded.get(key) == SETTINGS_RECORDED_AS_RULES.get(key, "<none>")
                     and by_rule is not None and wanted[key] == by_rule.get(key)):
                 continue
-            found += differences(recorded.get(key, "<unset>"), wanted.get(key, "<unset>"), key, by_rule)
+            found += differences(recorded.get(key, "<unset>"), wanted.get(key, "<unset>"), key, by_rule, as_before)
         return found
     return [] if recorded == wanted else [f"{prefix}: {recorded!r} -> {wanted!r}"]
 
@@ -139,12 +145,17 @@ def differences(recorded: Any, wanted: Any, prefix: str = "", by_rule: dict[str,
 class StageRecords:
     """The stage records of one output directory, and the outputs each stage owns."""
 
-    def __init__(self, out: Path, config: TrainConfig) -> None:
+    def __init__(self, out: Path, config: TrainConfig, answer_rule: Callable[[], int] | None = None) -> None:
+        """``answer_rule``: what ``--max-new-tokens auto`` gives with the folder's demonstrations (records hold
+        the rule as 0; a run that spells the measured length out, as a replayed ``config.json`` does, matches)."""
         self.out = out
         self.wanted = stage_settings(config)
+        self.answer_rule = answer_rule
         # What this version's rules give for this task and model (an earlier version's -1 recorded the rule).
-        self.by_rule = {"vision_warmup_steps": warmup_steps_rule(config.model),
-                        "ppo_check_every": ppo_check_every_rule(config.env_id)}
+        self.by_rule = {"vision_warmup_steps": warmup_steps_rule(config.model.model),
+                        "ppo_check_every": ppo_check_every_rule(config.task.env_id),
+                        "gradient_checkpointing": ModelConfig().checkpointing_rule(config.model.model)}
+        self.as_before = settings_as_before(config)
 
     def path(self, stage: str) -> Path:
         return self.out / "stages" / f"{stage.replace(' ', '_')}.json"
@@ -204,12 +215,14 @@ class StageRecords:
         the stages deleted. With ``resume`` a larger ``--ppo-timesteps`` alone continues PPO: its final
         agent and the stages after it are removed (its checkpoints and records stay)."""
         changed: dict[str, list[str]] = {}
+        if self.answer_rule is not None and self.wanted["ppo"]["max_new_tokens"] and self._has_output("demos", results):
+            self.by_rule["max_new_tokens"] = self.answer_rule()
         for stage in STAGES:
             path = self.path(stage)
             if not self._has_output(stage, results):
                 continue  # nothing made: the record of a stage that failed before its output binds nothing
             if path.is_file():
-                found = differences(self.recorded(stage), self.wanted[stage], by_rule=self.by_rule)
+                found = differences(self.recorded(stage), self.wanted[stage], by_rule=self.by_rule, as_before=self.as_before)
             else:
                 found = ["no settings record: made by an older version of this package"]
             if found:

@@ -4,7 +4,7 @@ Each stage takes the :class:`Job` (the config, the run folder, the device and th
 output with one call; :class:`~vlm_policy.training.pipeline.Pipeline` orders them, records their settings
 and skips what is done. They can also be called one by one (``examples/quickstart.py``)::
 
-    job = Job(TrainConfig(env_id="gym_cards/NumberLine-v0"))
+    job = Job(TrainConfig.from_settings(env_id="gym_cards/NumberLine-v0"))
     demos = Demonstrations(job).make()                    # out_dir/demos/demos.jsonl
     budget = Demonstrations(job).answer_budget(demos)
     sft_dir = SupervisedFineTuning(job).make(demos, budget)
@@ -34,9 +34,6 @@ from vlm_policy.optim import cosine_schedule
 from vlm_policy.training.configs import (
     REACH_PROBABILITY,
     VALIDATION_SEED,
-    CommonConfig,
-    ModelConfig,
-    SFTConfig,
     TrainConfig,
     is_alfworld,
 )
@@ -51,10 +48,10 @@ class Job:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.out = Path(config.out_dir)
+        self.out = Path(config.run.out_dir)
         self.context = distributed.current()
-        self.device = distributed.device_for(self.context, str(resolve_device(config.device)))
-        if not config.progress:  # --no-progress silences the libraries' bars too (loading and writing weights)
+        self.device = distributed.device_for(self.context, str(resolve_device(config.common.device)))
+        if not config.common.progress:  # --no-progress silences the libraries' bars too (loading and writing weights)
             from huggingface_hub.utils import disable_progress_bars
             from transformers.utils import logging as transformers_logging
 
@@ -92,13 +89,13 @@ class Job:
     def policy_kwargs(self, model: str) -> dict[str, Any]:
         """VLMPolicy's settings for PPO from ``model`` (``PPO(VLMPolicy, env, policy_kwargs=this)``); the
         evaluations take those of them that bear on greedy answers (:meth:`evaluation_kwargs`)."""
-        c = self.config
-        return {"model": model, "temperature": c.temperature, "cot_weight": c.cot_weight, "lora_r": c.lora_r,
-                "train_vision": c.train_vision, "value_lr_scale": c.value_lr_scale,
-                "value_gradients_to_model": c.value_gradients_to_model, "kl_coef": c.kl_coef,
-                "gradient_checkpointing": c.checkpointing_for(c.model), "micro_batch_size": c.micro_batch,
-                "compute_entropy": c.ent_coef > 0, "dtype": c.dtype, "constrain_actions": c.constrain_actions,
-                "device": self.device, "seed": c.seed, "env_id": registered_id(c.env_id)}
+        c, ppo = self.config, self.config.ppo
+        return {"model": model, "temperature": ppo.temperature, "cot_weight": ppo.cot_weight, "lora_r": ppo.lora_r,
+                "train_vision": ppo.train_vision, "value_lr_scale": ppo.value_lr_scale,
+                "value_gradients_to_model": ppo.value_gradients_to_model, "kl_coef": ppo.kl_coef,
+                "gradient_checkpointing": c.model.gradient_checkpointing == "on", "micro_batch_size": c.model.micro_batch,
+                "compute_entropy": ppo.ent_coef > 0, "dtype": c.model.dtype, "constrain_actions": ppo.constrain_actions,
+                "device": self.device, "seed": c.common.seed, "env_id": registered_id(c.task.env_id)}
 
     def evaluation_kwargs(self, model: str) -> dict[str, Any]:
         """The settings of :meth:`policy_kwargs` that a policy outside PPO (an evaluation) takes."""
@@ -117,7 +114,7 @@ class Job:
         from vlm_policy.training.evaluation import eval_env_factory
 
         c = self.config
-        return eval_env_factory(c.env_id, model, budget, c.prompt_style, env_kwargs, c.constrain_actions, inner)
+        return eval_env_factory(c.task.env_id, model, budget, c.task.prompt_style, env_kwargs, c.ppo.constrain_actions, inner)
 
     def play_validation(self, policy, make_env: Callable[[], Any], episodes: int) -> float:
         """The share of ``episodes`` validation episodes (seeds from :data:`VALIDATION_SEED`) that ``policy``'s
@@ -125,7 +122,7 @@ class Job:
         whose state comes back is lost there and then (``end_loops``): played out, it would loop to its limit."""
         from vlm_policy.training.evaluation import evaluate_vlm
 
-        result, _ = evaluate_vlm(policy, make_env, episodes, VALIDATION_SEED, parallel=self.config.episodes_at_once(),
+        result, _ = evaluate_vlm(policy, make_env, episodes, VALIDATION_SEED, parallel=self.config.evaluation.eval_batch,
                                  name="validation", end_loops=True)
         return result.success_rate
 
@@ -151,18 +148,18 @@ class Demonstrations(Stage):
 
     def describe(self) -> str:
         c = self.job.config
-        return f"the oracle plays {c.demos} steps of {c.env_id} (kept when {self.job.out / 'demos'} has them)"
+        return f"the oracle plays {c.task.demos} steps of {c.task.env_id} (kept when {self.job.out / 'demos'} has them)"
 
     def make(self) -> Path:
         """The demonstrations file (chat-messages JSONL beside its PNG frames)."""
         from vlm_policy.training.demos import DEMOS_FILE, set_size, write_demonstrations
 
         c, folder = self.job.config, self.job.out / "demos"
-        if set_size(folder) == c.demos:
+        if set_size(folder) == c.task.demos:
             return folder / DEMOS_FILE
-        env_kwargs = frame_kwargs(c.env_id, load_processor(c.model), c.env_kwargs())
-        return write_demonstrations(c.env_id, c.demos, folder, seed=c.seed, chain_of_thought=c.prompt_style == "cot",
-                                    env_kwargs=env_kwargs)
+        env_kwargs = frame_kwargs(c.task.env_id, load_processor(c.model.model), c.task.env_kwargs())
+        return write_demonstrations(c.task.env_id, c.task.demos, folder, seed=c.common.seed,
+                                    chain_of_thought=c.task.prompt_style == "cot", env_kwargs=env_kwargs)
 
     def answer_budget(self, demos: Path) -> int:
         """The answer budget: ``--max-new-tokens``, or (auto) one that fits every demonstration answer.
@@ -170,16 +167,26 @@ class Demonstrations(Stage):
         A configured budget shorter than a demonstration answer is an error: SFT would teach answers
         that generation can never finish.
         """
-        from vlm_policy.training.demos import answer_token_budget, longest_answer_tokens, read_answers
-
-        asked = self.job.config.max_new_tokens
-        longest = longest_answer_tokens(read_answers(demos), load_processor(self.job.config.model).tokenizer)
+        asked = self.job.config.run.max_new_tokens
         if asked == 0:
-            return answer_token_budget(longest)
+            return self.answer_rule(demos)
+        longest = self._longest_answer(demos)
         if asked < longest:
             raise ValueError(f"--max-new-tokens {asked} is shorter than the longest demonstration answer ({longest} "
                              f"tokens): use at least {longest}, or auto to size it from the demonstrations")
         return asked
+
+
+    def answer_rule(self, demos: Path | None = None) -> int:
+        """``--max-new-tokens auto``: the longest answer of ``demos`` (default: the run's) with room to spare."""
+        from vlm_policy.training.demos import DEMOS_FILE, answer_token_budget
+
+        return answer_token_budget(self._longest_answer(demos or self.job.out / "demos" / DEMOS_FILE))
+
+    def _longest_answer(self, demos: Path) -> int:
+        from vlm_policy.training.demos import longest_answer_tokens, read_answers
+
+        return longest_answer_tokens(read_answers(demos), load_processor(self.job.config.model.model).tokenizer)
 
 
 class SupervisedFineTuning(Stage):
@@ -189,8 +196,8 @@ class SupervisedFineTuning(Stage):
 
     def describe(self) -> str:
         c = self.job.config
-        stop = f", stopped once a check's reach is {c.stop_reach():.0%}" if c.stop_reach() else ""
-        return f"fine-tunes {c.model} on them for up to {c.sft_steps} steps{stop}"
+        stop = f", stopped once a check's reach is {c.sft.sft_stop_reach:.0%}" if c.sft.sft_stop_reach else ""
+        return f"fine-tunes {c.model.model} on them for up to {c.sft.sft_steps} steps{stop}"
 
     def make(self, demos: Path, budget: int = 0) -> str:
         """The SFT checkpoint's folder (absolute: PPO's agent records it and must load from anywhere)."""
@@ -201,10 +208,9 @@ class SupervisedFineTuning(Stage):
         if (directory / SFT_METADATA_FILE).is_file():
             return str(directory)
         c = self.job.config
-        validate = self.validation(budget or Demonstrations(self.job).answer_budget(demos)) if c.stop_targets() else None
-        sft = c.group(SFTConfig).with_stops_resolved(c.stop_reach())
-        return str(run_sft(read_demonstrations(demos), directory, sft=sft, model=c.group(ModelConfig),
-                           common=c.group(CommonConfig), validation=validate, tensorboard_dir=self.job.out / "tb"))
+        validate = self.validation(budget or Demonstrations(self.job).answer_budget(demos)) if c.sft.stop_targets() else None
+        return str(run_sft(read_demonstrations(demos), directory, sft=c.sft, model=c.model, common=c.common,
+                           validation=validate, tensorboard_dir=self.job.out / "tb"))
 
     def validation(self, budget: int) -> Callable[[Any, list[str]], dict[str, float]]:
         """SFT's stop check: ``check(bundle, names)`` measures the model being trained on the
@@ -226,11 +232,11 @@ class SupervisedFineTuning(Stage):
             from vlm_policy.training.demos import oracle_episode_examples
 
             if not frames:  # the same frames at every check: made once
-                env_kwargs = frame_kwargs(c.env_id, bundle.processor, c.env_kwargs())
-                frames.extend(oracle_episode_examples(c.env_id, c.sft_check_episodes, VALIDATION_SEED,
-                                                      c.prompt_style == "cot", env_kwargs))
-            distribution = TokenSequenceDistribution.for_bundle(bundle, c.temperature, budget, c.micro_batch,
-                                                                resolve_dtype(c.dtype, device))
+                env_kwargs = frame_kwargs(c.task.env_id, bundle.processor, c.task.env_kwargs())
+                frames.extend(oracle_episode_examples(c.task.env_id, c.sft.sft_check_episodes, VALIDATION_SEED,
+                                                      c.task.prompt_style == "cot", env_kwargs))
+            distribution = TokenSequenceDistribution.for_bundle(bundle, c.ppo.temperature, budget, c.model.micro_batch,
+                                                                resolve_dtype(c.model.dtype, device))
             log_probs = distribution.answer_log_probs([f.image for f in frames], [f.prompt for f in frames],
                                                       [f.answer for f in frames], device)
             return float((log_probs >= math.log(REACH_PROBABILITY)).mean())
@@ -253,9 +259,9 @@ class SupervisedFineTuning(Stage):
             with tempfile.TemporaryDirectory(prefix="sft-check-") as folder:
                 snapshot = save_sft_checkpoint(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)),
                                                Path(folder) / "sft", {})
-                make_env = job.eval_env(str(snapshot), budget, c.env_kwargs())
+                make_env = job.eval_env(str(snapshot), budget, c.task.env_kwargs())
                 policy = job.checkpoint_policy(str(snapshot), make_env())
-                return job.play_validation(policy, make_env, c.sft_check_episodes)
+                return job.play_validation(policy, make_env, c.sft.sft_check_episodes)
 
         return check
 
@@ -274,7 +280,8 @@ class Relabelling(Stage):
 
     def describe(self) -> str:
         c = self.job.config
-        return (f"{c.relabel_rounds} round(s): the model plays {c.relabel_episodes} training episodes, the expert "
+        return (f"{c.relabel.relabel_rounds} round(s): the model plays {c.relabel.relabel_episodes} training episodes, "
+                "the expert "
                 "labels every state it reaches, SFT goes on over the demonstrations and the labels")
 
     def make(self, demos: Path, sft_dir: str, budget: int) -> str:
@@ -286,7 +293,7 @@ class Relabelling(Stage):
 
         job, c = self.job, self.job.config
         sets, current = [Path(demos)], sft_dir
-        for number in range(1, c.relabel_rounds + 1):
+        for number in range(1, c.relabel.relabel_rounds + 1):
             folder = job.out / "relabel" / f"round_{number}"
             checkpoint = (folder / "sft").resolve()
             if set_size(folder / "demos") is None:
@@ -294,13 +301,11 @@ class Relabelling(Stage):
             sets.append(folder / "demos")
             if not (checkpoint / SFT_METADATA_FILE).is_file():
                 examples = [example for labelled in sets for example in read_demonstrations(labelled)]
-                validate = self.sft.validation(budget) if c.stop_targets() else None
-                sft = replace(c.group(SFTConfig).with_stops_resolved(c.stop_reach()), vision_warmup_steps=0)
-                # The rules that read the model name read the run's (a checkpoint folder of the tiny model is
-                # still the tiny model: no gradient checkpointing).
-                model = replace(c.group(ModelConfig), model=current,
-                                gradient_checkpointing="on" if c.checkpointing_for(c.model) else "off")
-                run_sft(examples, checkpoint, sft=sft, model=model, common=c.group(CommonConfig), validation=validate,
+                validate = self.sft.validation(budget) if c.sft.stop_targets() else None
+                # The run's model settings are resolved (a checkpoint folder of the tiny model is still the
+                # tiny model: no gradient checkpointing).
+                run_sft(examples, checkpoint, sft=replace(c.sft, vision_warmup_steps=0),
+                        model=replace(c.model, model=current), common=c.common, validation=validate,
                         tensorboard_dir=job.out / "tb", tensorboard_name=f"relabel_{number}")
             current = str(checkpoint)
         return current
@@ -313,14 +318,14 @@ class Relabelling(Stage):
         from vlm_policy.training.relabel import RELABEL_SEED, describe_labels, labelled_agent_play
 
         job, c = self.job, self.job.config
-        policy = job.checkpoint_policy(model, job.eval_env(model, budget, c.env_kwargs())())
-        torch.manual_seed(c.seed + number)  # the answers are sampled: the same round samples the same
-        seed = RELABEL_SEED + (number - 1) * c.relabel_episodes
-        steps = labelled_agent_play(policy, lambda inner: job.eval_env(model, budget, c.env_kwargs(), inner),
-                                    c.relabel_episodes, seed, c.prompt_style == "cot", c.episodes_at_once())
-        job.say(f"relabel round {number}: {describe_labels(steps)} in {c.relabel_episodes} episodes of the model")
-        write_example_set(steps, folder, {"env_id": c.env_id, "seed": seed, "relabel_round": number,
-                                          "chain_of_thought": c.prompt_style == "cot"})
+        policy = job.checkpoint_policy(model, job.eval_env(model, budget, c.task.env_kwargs())())
+        torch.manual_seed(c.common.seed + number)  # the answers are sampled: the same round samples the same
+        seed = RELABEL_SEED + (number - 1) * c.relabel.relabel_episodes
+        steps = labelled_agent_play(policy, lambda inner: job.eval_env(model, budget, c.task.env_kwargs(), inner),
+                                    c.relabel.relabel_episodes, seed, c.task.prompt_style == "cot", c.evaluation.eval_batch)
+        job.say(f"relabel round {number}: {describe_labels(steps)} in {c.relabel.relabel_episodes} episodes of the model")
+        write_example_set(steps, folder, {"env_id": c.task.env_id, "seed": seed, "relabel_round": number,
+                                          "chain_of_thought": c.task.prompt_style == "cot"})
 
 
 class Evaluation(Stage):
@@ -335,20 +340,20 @@ class Evaluation(Stage):
         from vlm_policy.training.evaluation import evaluate_vlm
 
         c = self.job.config
-        if is_alfworld(c.env_id):
+        if is_alfworld(c.task.env_id):
             result, first = self._evaluate_games(policy, model, budget, name, record)
             return result, [first] if first is not None else None
-        make_env = self.job.eval_env(model, budget, c.play_kwargs())
+        make_env = self.job.eval_env(model, budget, c.task.play_kwargs())
         examples = {} if record else None
-        result, _ = evaluate_vlm(policy, make_env, c.eval_episodes, c.eval_seed, parallel=c.episodes_at_once(),
-                                 name=name, progress=c.progress, examples=examples)
+        result, _ = evaluate_vlm(policy, make_env, c.evaluation.eval_episodes, c.evaluation.eval_seed,
+                                 parallel=c.evaluation.eval_batch, name=name, progress=c.common.progress, examples=examples)
         return result, [examples[won] for won in (True, False) if won in examples] if record else None
 
     def checkpoint(self, sft_dir: str, budget: int, name: str = "after SFT") -> EvalResult:
         """The held-out evaluation of an SFT checkpoint, played as the main job plays it."""
         c = self.job.config
-        env_kwargs = c.play_kwargs()
-        if is_alfworld(c.env_id):
+        env_kwargs = c.task.play_kwargs()
+        if is_alfworld(c.task.env_id):
             env_kwargs["game_files"] = next(iter(self.games.values()))
         env = self.job.eval_env(sft_dir, budget, env_kwargs)()
         policy = self.job.checkpoint_policy(sft_dir, env)
@@ -361,8 +366,8 @@ class Evaluation(Stage):
         from alfworld_bridge.evaluation import evaluation_games
 
         c = self.job.config
-        return {split: [str(g) for g in evaluation_games(c.data_root or None, split, c.eval_episodes)]
-                for split in c.eval_splits}
+        return {split: [str(g) for g in evaluation_games(c.task.data_root or None, split, c.evaluation.eval_episodes)]
+                for split in c.evaluation.eval_splits}
 
     def _evaluate_games(self, policy, model: str, budget: int, name: str, record: bool):
         """ALFWorld: every evaluation game once per split; the outcomes go to ``episodes/<name>.jsonl``."""
@@ -371,10 +376,10 @@ class Evaluation(Stage):
         c = self.job.config
         results, first_record, outcomes = [], None, {}
         for split, games in self.games.items():
-            make_env = self.job.eval_env(model, budget, {"game_files": games, **c.play_kwargs()})
+            make_env = self.job.eval_env(model, budget, {"game_files": games, **c.task.play_kwargs()})
             result, episode_record, outcomes[split] = evaluate_vlm_on_games(
-                policy, make_env, len(games), c.eval_seed, name=f"{name} {split}", parallel=c.episodes_at_once(),
-                record_first=record and first_record is None, progress=c.progress,
+                policy, make_env, len(games), c.evaluation.eval_seed, name=f"{name} {split}", parallel=c.evaluation.eval_batch,
+                record_first=record and first_record is None, progress=c.common.progress,
                 subprocesses=True)  # a reset loads a game: the envs step side by side
             results.append(result)
             first_record = first_record or episode_record
@@ -420,7 +425,7 @@ class Evaluation(Stage):
         (:func:`~vlm_policy.subprocess_envs.env_slots`)."""
         from vlm_policy.subprocess_envs import env_slots
 
-        return partial(env_slots, n=min(self.job.config.episodes_at_once(), games))
+        return partial(env_slots, n=min(self.job.config.evaluation.eval_batch, games))
 
     def alfworld_table(self) -> None:
         """Random admissible command and oracle on the same games, then a per-task-type table per split."""
@@ -430,8 +435,8 @@ class Evaluation(Stage):
         for name in AGENT_LABELS:
             if not self.episodes_file(name).is_file():
                 self.write_outcomes(name, {split: play_agents(
-                    [name], files, seed=c.eval_seed, progress=c.progress, env_id=c.env_id, tag=split,
-                    slots=self._reference_slots(len(files)), **c.play_kwargs())[name]
+                    [name], files, seed=c.evaluation.eval_seed, progress=c.common.progress, env_id=c.task.env_id, tag=split,
+                    slots=self._reference_slots(len(files)), **c.task.play_kwargs())[name]
                     for split, files in self.games.items()})
         names = {**{label: name for name, label in AGENT_LABELS.items()}, "after SFT": "after SFT",
                  "after PPO": "after PPO"}
@@ -442,8 +447,8 @@ class Evaluation(Stage):
             rows = {label: [Outcome(**{k: v for k, v in o.items() if k != "split"}) for o in found if o["split"] == split]
                     for label, found in outcomes.items()}
             sections.append(f"### {split}\n\n{per_type_table(rows)}\n")
-        text = (f"{c.env_id} ({c.model}), success % / mean goal-condition %, "
-                f"{c.env_kwargs().get('split')} demonstrations and PPO\n\n" + "\n".join(sections))
+        text = (f"{c.task.env_id} ({c.model.model}), success % / mean goal-condition %, "
+                f"{c.task.env_kwargs().get('split')} demonstrations and PPO\n\n" + "\n".join(sections))
         atomic_write_text(self.job.out / "alfworld_table.md", text)
         self.job.say(text)
 
@@ -462,18 +467,19 @@ class ProximalPolicyOptimization(Stage):
 
     def describe(self) -> str:
         c = self.job.config
-        checks = f", a greedy check every {c.ppo_checks_every()} updates" if c.ppo_checks_every() else ""
-        return f"{c.ppo_timesteps} env steps of PPO in {c.n_envs} envs x {c.n_steps} steps a rollout{checks}"
+        checks = f", a greedy check every {c.ppo.ppo_check_every} updates" if c.ppo.ppo_check_every else ""
+        return f"{c.ppo.ppo_timesteps} env steps of PPO in {c.ppo.n_envs} envs x {c.ppo.n_steps} steps a rollout{checks}"
 
     def arguments(self) -> dict[str, Any]:
         """SB3 ``PPO``'s own arguments as the main job sets them (``PPO(VLMPolicy, env, **this, policy_kwargs=...)``)."""
-        c, context = self.job.config, self.job.context
-        return {"learning_rate": cosine_schedule(c.learning_rate, c.learning_rate_end), "n_steps": c.n_steps,
-                "batch_size": c.batch_size, "n_epochs": c.n_epochs, "gamma": c.gamma, "gae_lambda": c.gae_lambda,
-                "clip_range": c.clip_range, "ent_coef": c.ent_coef, "vf_coef": c.vf_coef,
+        ppo, context = self.job.config.ppo, self.job.context
+        return {"learning_rate": cosine_schedule(ppo.learning_rate, ppo.learning_rate_end), "n_steps": ppo.n_steps,
+                "batch_size": ppo.batch_size, "n_epochs": ppo.n_epochs, "gamma": ppo.gamma, "gae_lambda": ppo.gae_lambda,
+                "clip_range": ppo.clip_range, "ent_coef": ppo.ent_coef, "vf_coef": ppo.vf_coef,
                 # Data-parallel: the early stop is taken on the KL of all processes (distributed.py).
-                "target_kl": (c.target_kl or None) if not context.enabled else None,
-                "max_grad_norm": c.max_grad_norm, "seed": c.seed + context.rank, "device": self.job.device}
+                "target_kl": (ppo.target_kl or None) if not context.enabled else None,
+                "max_grad_norm": ppo.max_grad_norm, "seed": self.job.config.common.seed + context.rank,
+                "device": self.job.device}
 
     def policy_kwargs(self, model: str) -> dict[str, Any]:
         """VLMPolicy's settings for PPO from ``model`` (see :meth:`Job.policy_kwargs`)."""
@@ -483,8 +489,8 @@ class ProximalPolicyOptimization(Stage):
         """PPO's check: the share of ``--ppo-check-episodes`` validation episodes (seeds from
         :data:`VALIDATION_SEED`) that a policy's greedy answers win, played as "after PPO" plays its agent."""
         c = self.job.config
-        make_env = self.job.eval_env(sft_dir, budget, c.env_kwargs())
-        return lambda policy: self.job.play_validation(policy, make_env, c.ppo_check_episodes)
+        make_env = self.job.eval_env(sft_dir, budget, c.task.env_kwargs())
+        return lambda policy: self.job.play_validation(policy, make_env, c.ppo.ppo_check_episodes)
 
     def make(self, sft_dir: str, budget: int, resume: bool):
         """The trained PPO model (SB3's), from ``--resume``'s newest whole checkpoint where asked."""
@@ -514,19 +520,19 @@ class ProximalPolicyOptimization(Stage):
         final = out / "ppo" / "final.zip"
         # Each process plays its own envs: rank r's episodes are seeded apart from every other rank's.
         subprocesses = None
-        if is_alfworld(c.env_id) and c.n_envs > 1:  # a reset loads a game (~1 s): the envs step side by side
+        if is_alfworld(c.task.env_id) and c.ppo.n_envs > 1:  # a reset loads a game (~1 s): the envs step side by side
             from stable_baselines3.common.vec_env import SubprocVecEnv
 
             from vlm_policy.subprocess_envs import preload_in_subprocesses
 
             preload_in_subprocesses()
             subprocesses = SubprocVecEnv
-        env = make_vlm_vec_env(c.env_id, n_envs=c.n_envs, model=sft_dir, seed=c.seed + 1 + 100_000 * context.rank,
-                               max_new_tokens=budget, prompt_style=c.prompt_style, env_kwargs=c.env_kwargs(),
-                               vec_env_cls=subprocesses, constrain_actions=c.constrain_actions)
+        env = make_vlm_vec_env(c.task.env_id, n_envs=c.ppo.n_envs, model=sft_dir, seed=c.common.seed + 1 + 100_000 * context.rank,
+                               max_new_tokens=budget, prompt_style=c.task.prompt_style, env_kwargs=c.task.env_kwargs(),
+                               vec_env_cls=subprocesses, constrain_actions=c.ppo.constrain_actions)
         # Agents are read without unpickling (load_agent); training state comes from the config.
-        schedule = cosine_schedule(c.learning_rate, c.learning_rate_end)
-        training = {"learning_rate": schedule, "clip_range": c.clip_range}
+        schedule = cosine_schedule(c.ppo.learning_rate, c.ppo.learning_rate_end)
+        training = {"learning_rate": schedule, "clip_range": c.ppo.clip_range}
         if context.enabled:  # the early stop is agreed across processes through this buffer (distributed.py)
             training["rollout_buffer_class"] = distributed.AgreedStopRolloutBuffer
         self.agent_reused = job.on_main(lambda: _final_is_whole(final))
@@ -552,25 +558,25 @@ class ProximalPolicyOptimization(Stage):
 
             model.set_logger(Logger(folder=None, output_formats=[]))
         # --ppo-timesteps counts the env steps of every process; each makes its share.
-        remaining = c.ppo_timesteps // context.world_size - model.num_timesteps
+        remaining = c.ppo.ppo_timesteps // context.world_size - model.num_timesteps
         callbacks = [VLMRolloutLogger(out / "curve.jsonl" if main else None, pool_processes=True),
-                     HyperparameterLogger(c.to_dict())]
+                     HyperparameterLogger(c.settings())]
         if main:
-            callbacks.insert(0, UpdateCheckpointCallback(out / "ppo" / "checkpoints", keep=c.keep_checkpoints,
+            callbacks.insert(0, UpdateCheckpointCallback(out / "ppo" / "checkpoints", keep=c.ppo.keep_checkpoints,
                                                          steps_scale=context.world_size))
-        checks_every = c.ppo_checks_every()
+        checks_every = c.ppo.ppo_check_every
         if checks_every:
-            after_check = ([KeepBestAgent(out / BEST_AGENT_DIR)] if main and c.ppo_keep_best else []) + (
-                [StopOnValidationSuccess(c.ppo_stop_success)] if c.ppo_stop_success else [])
+            after_check = ([KeepBestAgent(out / BEST_AGENT_DIR)] if main and c.ppo.ppo_keep_best else []) + (
+                [StopOnValidationSuccess(c.ppo.ppo_stop_success)] if c.ppo.ppo_stop_success else [])
             callbacks.append(GreedyValidationCallback(
                 self.validation(sft_dir, budget), out / VALIDATION_RECORD if main else None,
                 every=checks_every, steps_scale=context.world_size,
                 callback_after_check=CallbackList(after_check) if after_check else None))
         if remaining > 0:
-            with distributed.data_parallel(model, c.target_kl):
+            with distributed.data_parallel(model, c.ppo.target_kl):
                 model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=checkpoint is None,
-                            tb_log_name="ppo", progress_bar=c.progress and main)
-        if checks_every and c.ppo_keep_best:
+                            tb_log_name="ppo", progress_bar=c.common.progress and main)
+        if checks_every and c.ppo.ppo_keep_best:
             self._hand_over_best(model)
         if context.enabled:
             distributed.check_same_weights(model.policy, "PPO weights")
@@ -628,24 +634,26 @@ class Report(Stage):
         from vlm_policy.training.plots import plot_episode_strip, plot_learning_curve
 
         job, c, out = self.job, self.job.config, self.job.out
-        held_out = (f"the first {c.eval_episodes} games of {' and '.join(c.eval_splits)}" if is_alfworld(c.env_id)
-                    else f"{c.eval_episodes} held-out episodes (seeds from {c.eval_seed})")
-        job.say(f"\n{c.env_id}: {held_out}, greedy answers, {seconds:.0f} s in all")
+        evaluation = c.evaluation
+        held_out = (f"the first {evaluation.eval_episodes} games of {' and '.join(evaluation.eval_splits)}"
+                    if is_alfworld(c.task.env_id)
+                    else f"{evaluation.eval_episodes} held-out episodes (seeds from {evaluation.eval_seed})")
+        job.say(f"\n{c.task.env_id}: {held_out}, greedy answers, {seconds:.0f} s in all")
         job.say(format_table(TABLE_HEADER, [r.row() for r in rows]))
-        job.say(f"PPO made {ppo_steps} env steps (--ppo-timesteps {c.ppo_timesteps}; it stops early at a check that "
+        job.say(f"PPO made {ppo_steps} env steps (--ppo-timesteps {c.ppo.ppo_timesteps}; it stops early at a check that "
                 "wins every episode)")
         # Only a run that kept a best agent has one here: other PPO settings redo the stage, folder and all.
         kept = kept_best(out / BEST_AGENT_DIR)
         plot_learning_curve(out / "curve.jsonl", out / "learning_curve.png", sft_success=rows[0].success_rate,
-                            title=c.env_id, ppo_success=rows[1].success_rate,
+                            title=c.task.env_id, ppo_success=rows[1].success_rate,
                             validation=read_validation(out / VALIDATION_RECORD),
                             chosen_steps=kept["timesteps"] if kept else None)
         written = [out / "learning_curve.png"]
         if record:
-            plot_episode_strip(record, out / "episode_strip.png", title=f"{c.env_id} after PPO")
+            plot_episode_strip(record, out / "episode_strip.png", title=f"{c.task.env_id} after PPO")
             written.append(out / "episode_strip.png")
         job.say(f"wrote {' and '.join(map(str, written))}")
-        if is_alfworld(c.env_id):
+        if is_alfworld(c.task.env_id):
             self.evaluation.alfworld_table()
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +78,15 @@ def seed_dir(out_dir: str | Path, seed: int) -> Path:
 def train_argv(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> list[str]:
     """``vlm-cards train`` arguments that reproduce ``config`` exactly (every setting spelled out)."""
     argv = ["train"]
-    for item in fields(config):
-        value = getattr(config, item.name)
-        argv += ["--" + item.name.replace("_", "-"), *(map(str, value) if isinstance(value, list) else [str(value)])]
+    for name, value in config.settings().items():
+        argv += ["--" + name.replace("_", "-"), *(map(str, value) if isinstance(value, list) else [str(value)])]
     return argv + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
 
 
 def run_sweep(config: TrainConfig, options: SweepOptions, resume: bool = False, overwrite: bool = False) -> list[SeedOutcome]:
-    """Runs ``config`` once per seed (``config.seed`` and ``config.out_dir`` are replaced), then
-    writes the table and the plot into ``config.out_dir``. Returns one outcome per seed."""
-    root = Path(config.out_dir)
+    """Runs ``config`` once per seed (``config.common.seed`` and ``config.run.out_dir`` are replaced), then
+    writes the table and the plot into ``config.run.out_dir``. Returns one outcome per seed."""
+    root = Path(config.run.out_dir)
     root.mkdir(parents=True, exist_ok=True)
     parallel = min(options.parallel, len(options.seeds))
     threads = max(1, (os.cpu_count() or 1) // parallel)
@@ -96,22 +95,23 @@ def run_sweep(config: TrainConfig, options: SweepOptions, resume: bool = False, 
                                                                os.environ.get("PYTHONPATH", "")]))
 
     def one(seed: int) -> SeedOutcome:
-        seed_config = replace(config, seed=seed, out_dir=str(seed_dir(root, seed)), progress=parallel == 1 and config.progress)
-        Path(seed_config.out_dir).mkdir(parents=True, exist_ok=True)
+        seed_config = config.with_settings(seed=seed, out_dir=str(seed_dir(root, seed)),
+                                           progress=parallel == 1 and config.common.progress)
+        Path(seed_config.run.out_dir).mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "vlm_policy", *train_argv(seed_config, resume, overwrite)]
         start = time.perf_counter()
         if parallel == 1:
-            print(f"\n=== seed {seed}: {seed_config.out_dir}", flush=True)
+            print(f"\n=== seed {seed}: {seed_config.run.out_dir}", flush=True)
             code = subprocess.call(command, env=environment)
         else:
-            log = Path(seed_config.out_dir) / "train.log"
+            log = Path(seed_config.run.out_dir) / "train.log"
             with open(log, "a") as stream:  # appended: a sweep run again keeps the log of the run that trained
                 stream.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
                 stream.flush()
                 code = subprocess.call(command, env=environment, stdout=stream, stderr=subprocess.STDOUT)
             print(f"seed {seed}: {'done' if code == 0 else f'failed (exit {code}), see {log}'} "
                   f"in {time.perf_counter() - start:.0f} s", flush=True)
-        outcome = read_outcome(seed, seed_config.out_dir)
+        outcome = read_outcome(seed, seed_config.run.out_dir)
         outcome.seconds = time.perf_counter() - start
         if code != 0:
             outcome.error = f"exit status {code}"
@@ -167,7 +167,9 @@ def summary(outcomes: Sequence[SeedOutcome]) -> dict[str, Any]:
 def format_report(config: TrainConfig, outcomes: Sequence[SeedOutcome]) -> str:
     """The markdown table: one row per seed, then mean ± sd."""
     stats = summary(outcomes)
-    lines = [f"{config.env_id}, {config.eval_episodes} held-out episodes (seeds from {config.eval_seed}), greedy answers",
+    evaluation = config.evaluation
+    lines = [f"{config.task.env_id}, {evaluation.eval_episodes} held-out episodes (seeds from {evaluation.eval_seed}), "
+             "greedy answers",
              "", "| seed | after SFT | after PPO | gain (points) | SFT steps | time |", "|---|---|---|---|---|---|"]
     for o in outcomes:
         if o.error:
@@ -187,13 +189,13 @@ def format_report(config: TrainConfig, outcomes: Sequence[SeedOutcome]) -> str:
 def write_report(config: TrainConfig, outcomes: Sequence[SeedOutcome]) -> Path:
     from vlm_policy.checkpoints import atomic_write_text
 
-    root = Path(config.out_dir)
+    root = Path(config.run.out_dir)
     table = format_report(config, outcomes)
     atomic_write_text(root / SWEEP_TABLE, table)
     payload = {"config": config.to_dict(), "summary": summary(outcomes),
                "seeds": [{**o.__dict__, "gain": o.gain} for o in outcomes]}
     atomic_write_text(root / SWEEP_JSON, json.dumps(payload, indent=2))
-    plot_sweep(outcomes, root / SWEEP_PLOT, title=config.env_id)
+    plot_sweep(outcomes, root / SWEEP_PLOT, title=config.task.env_id)
     print("\n" + table + f"wrote {root / SWEEP_TABLE}, {root / SWEEP_JSON} and {root / SWEEP_PLOT}")
     return root / SWEEP_TABLE
 
