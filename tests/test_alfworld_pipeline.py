@@ -217,6 +217,10 @@ def test_the_history_length_reaches_every_alfworld_env_of_a_run_and_its_records(
     from vlm_policy.training.stage_records import stage_settings
 
     config = TrainConfig.from_settings(env_id="alfworld/ALFWorld-v0", history_length=2)
+    # Legal-action decoding is ALFWorld's default, and only its: a card task and an explicit choice keep theirs.
+    assert config.ppo.constrain_actions and not TrainConfig().ppo.constrain_actions
+    assert not TrainConfig.from_settings(env_id="alfworld/ALFWorld-v0", constrain_actions=False).ppo.constrain_actions
+    assert TrainConfig.from_settings(constrain_actions=True).ppo.constrain_actions
     assert config.task.env_kwargs()["history_length"] == 2 and config.task.play_kwargs()["history_length"] == 2
     assert stage_settings(config)["demos"]["history_length"] == 2
     assert "history_length" not in stage_settings(TrainConfig.from_settings(env_id="alfworld/ALFWorld-v0"))["demos"]

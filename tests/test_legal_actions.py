@@ -136,10 +136,12 @@ def test_constrained_sampling_is_the_scored_distribution_and_names_legal_actions
 
 
 def test_a_random_tiny_policy_plays_only_admissible_commands_on_alfworld():
+    # On by default on ALFWorld: the env carries the admissible commands, and the policy then decodes among them.
     env = make_vlm_vec_env("alfworld/ALFWorld-v0", n_envs=2, model="tiny", seed=0, max_new_tokens=32,
-                           env_kwargs={"data_root": str(SAMPLE), "split": "train"}, constrain_actions=True)
+                           env_kwargs={"data_root": str(SAMPLE), "split": "train"})
     policy = VLMPolicy(env.observation_space, env.action_space, lambda _: 1e-4, model="tiny", temperature=1.0,
-                       constrain_actions=True, device="cpu")
+                       device="cpu")
+    assert policy.constrain_actions
     _opening_made_likely(policy)
     obs = env.reset()
     named = admissible = 0
@@ -159,6 +161,8 @@ def test_a_random_tiny_policy_plays_only_admissible_commands_on_alfworld():
 
 def test_a_constraining_policy_needs_the_legal_actions_in_its_observations():
     env = make_vlm_vec_env("gym_cards/NumberLine-v0", n_envs=1, model="tiny", max_new_tokens=8)
+    assert "legal_actions" not in env.observation_space.spaces  # off by default on the card tasks
+    assert not VLMPolicy(env.observation_space, env.action_space, lambda _: 1e-4, model="tiny").constrain_actions
     with pytest.raises(ValueError, match=r"make_vlm_vec_env\(\.\.\., constrain_actions=True\)"):
         VLMPolicy(env.observation_space, env.action_space, lambda _: 1e-4, model="tiny", constrain_actions=True)
     constrained = make_vlm_vec_env("gym_cards/NumberLine-v0", n_envs=1, model="tiny", max_new_tokens=8,

@@ -299,7 +299,7 @@ def make_vlm_vec_env(
     max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
     vec_env_cls: Any = None,
     monitor_dir: str | None = None,
-    constrain_actions: bool = False,
+    constrain_actions: bool | None = None,
     max_legal_bytes: int | None = None,
 ):
     """A vectorised env for ``PPO(VLMPolicy, env)``: each copy wrapped in Monitor and TokenActionWrapper.
@@ -307,10 +307,15 @@ def make_vlm_vec_env(
     ``model`` names the model whose tokenizer decodes the actions (the same string as the policy's
     ``model``); the frames are rendered at the model's image size unless ``env_kwargs`` sets
     ``image_size``. Episode ``i`` of env ``k`` is reproducible from ``seed``. With ``constrain_actions`` the
-    observations also carry each step's legal actions (see :func:`wrapper_for`).
+    observations also carry each step's legal actions (see :func:`wrapper_for`); None: on ALFWorld
+    (:func:`vlm_policy.defaults.constrain_actions_for`).
     """
     from stable_baselines3.common.env_util import make_vec_env
 
+    if constrain_actions is None:
+        from vlm_policy.defaults import constrain_actions_for
+
+        constrain_actions = isinstance(env_id, str) and constrain_actions_for(env_id)
     wrap, processor = wrapper_for(model, max_new_tokens, prompt_style, max_prompt_bytes, constrain_actions,
                                   max_legal_bytes)
     if isinstance(env_id, str):

@@ -104,6 +104,7 @@ class VLMPolicy(ActorCriticPolicy):
     :param constrain_actions: legal-action decoding (:mod:`vlm_policy.legal_actions`): inside an answer's action
         value only tokens that continue or close one of the observation's legal actions are sampled, and the
         update scores with the same masks (the env must carry them: ``make_vlm_vec_env(constrain_actions=True)``).
+        None: on when the observations carry the legal actions (``make_vlm_vec_env`` does so on ALFWorld).
     :param dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"float32"``, ``"bfloat16"``: the compute dtype;
         optimised weights are float32 whatever it is.
     :param load_in_4bit: load the base weights in 4 bits with bitsandbytes (CUDA only).
@@ -138,7 +139,7 @@ class VLMPolicy(ActorCriticPolicy):
         merge_for_rollouts: bool | None = None,
         rollout_compile: bool = False,
         compute_entropy: bool = True,
-        constrain_actions: bool = False,
+        constrain_actions: bool | None = None,
         dtype: str = "auto",
         load_in_4bit: bool = False,
         device: str = "auto",
@@ -148,6 +149,8 @@ class VLMPolicy(ActorCriticPolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         **unused: Any,
     ) -> None:
+        if constrain_actions is None:  # on where the env carries the legal actions (make_vlm_vec_env's own rule)
+            constrain_actions = isinstance(observation_space, spaces.Dict) and LEGAL_ACTIONS_KEY in observation_space.spaces
         _check_spaces(observation_space, action_space, constrain_actions)
         given = {"temperature": temperature, "lora_r": lora_r, "train_vision": train_vision,
                  "value_lr_scale": value_lr_scale, "value_gradients_to_model": value_gradients_to_model,

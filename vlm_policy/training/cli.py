@@ -74,7 +74,7 @@ class SFTPaths:
 
 @dataclass
 class EvalOptions:
-    auto_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "batch"})
+    auto_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "batch", "constrain_actions"})
 
     model: str = field(default="", metadata={"help": "SFT checkpoint directory, 'tiny', or a PPO agent .zip"})
     env: str = field(default="gym_cards/NumberLine-v0", metadata={"help": "task"})
@@ -91,6 +91,8 @@ class EvalOptions:
     split: str = field(default="", metadata={
         "help": "ALFWorld: the split whose first --episodes games are played once each, task types in turn "
                 "(empty: valid_seen)"})
+    constrain_actions: bool | None = field(default=None, metadata={
+        "help": "legal-action decoding for a checkpoint (auto: on for ALFWorld); an agent .zip uses its own"})
     allow_other_env: bool = field(default=False, metadata={
         "help": "play an agent .zip on another task than the one it was trained on (refused otherwise)"})
 
@@ -303,6 +305,8 @@ def _take_auto(action: argparse.Action) -> None:
 
     auto_or_value.__name__ = getattr(read, "__name__", "value")  # argparse names the type in its errors
     action.type, action.default = auto_or_value, "auto"
+    if auto_or_value.__name__ == "string_to_bool":  # on / off with a rule: --x alone turns it on, --x false off
+        action.nargs, action.const = "?", True
 
 
 def cli_reference() -> str:
@@ -415,7 +419,7 @@ def _policy_for(options: EvalOptions, env_kwargs: dict | None = None):
         return policy, make
     source = options.model
     budget = options.max_new_tokens or _answer_budget(options, source, env_kwargs)
-    make = eval_env_factory(options.env, source, budget, options.prompt_style, env_kwargs)
+    make = eval_env_factory(options.env, source, budget, options.prompt_style, env_kwargs, options.constrain_actions)
     return standalone_policy(source, make(), device=options.device), make
 
 

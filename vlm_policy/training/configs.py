@@ -271,7 +271,7 @@ class PPOConfig:
         "ppo_check_episodes", "ppo_keep_best", "keep_checkpoints"})
     #: Defaults that are rules, written ``auto`` (see the module's docstring).
     auto_settings: ClassVar[frozenset[str]] = frozenset({
-        "learning_rate", "learning_rate_end", "lora_r", "ppo_check_every"})
+        "learning_rate", "learning_rate_end", "lora_r", "ppo_check_every", "constrain_actions"})
 
     ppo_timesteps: int = field(default=8192, metadata=_help(
         "env steps of PPO at the most: --ppo-stop-success usually ends it earlier (paper: 15,000)"))
@@ -303,8 +303,8 @@ class PPOConfig:
         "weight of the KL penalty towards the SFT checkpoint (0: none, as in the paper)"))
     value_gradients_to_model: bool = field(default=defaults.VALUE_GRADIENTS_TO_MODEL, metadata=_help(
         "let the value loss train the VLM too (the paper's shared trunk)"))
-    constrain_actions: bool = field(default=False, metadata=_help(
-        "legal-action decoding: an answer's action value names one of the state's legal actions"))
+    constrain_actions: bool | None = field(default=None, metadata=_help(
+        "legal-action decoding: an answer's action value names one of the state's legal actions (auto: on for ALFWorld)"))
     ppo_check_every: int = field(default=-1, metadata=_help(
         "PPO updates between greedy validation checks (0: none; auto: 2, none on ALFWorld)"))
     ppo_check_episodes: int = field(default=64, metadata=_help("validation episodes per PPO check"))
@@ -519,6 +519,8 @@ class TrainConfig:
         sft.vision_warmup_steps = sft.warmup_steps_for(model)
         if sft.sft_stop_reach == -1:  # off on ALFWorld: each validation episode would load a game
             sft.sft_stop_reach = 0.0 if is_alfworld(env_id) else DEFAULT_STOP_REACH
+        if ppo.constrain_actions is None:
+            ppo.constrain_actions = defaults.constrain_actions_for(env_id)
         if ppo.ppo_check_every == -1:
             ppo.ppo_check_every = ppo_check_every_rule(env_id)
         evaluation.eval_batch = eval_batch_for(env_id, evaluation.eval_batch)
@@ -560,8 +562,8 @@ class TrainConfig:
     @classmethod
     def from_groups(cls, *groups: Any) -> TrainConfig:
         """The config of group instances (as the command line parses them), in any order."""
-        by_class = {type(group): group for group in groups}
-        return cls(**{name: by_class[group] for name, group in cls.group_names().items() if group in by_class})
+        return cls(**{name: given for name, group in cls.group_names().items()
+                      for given in groups if isinstance(given, group)})
 
     def settings(self) -> dict[str, Any]:
         """Every setting by its own name, flat (each name belongs to one group)."""

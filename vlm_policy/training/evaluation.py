@@ -14,6 +14,7 @@ import torch
 
 from gym_vlm_cards.evaluate import EpisodeEnd, EvalResult, play_episodes, summarise
 from gym_vlm_cards.registration import importable_id
+from vlm_policy.defaults import constrain_actions_for
 from vlm_policy.env_bridge import TokenActionWrapper, frame_kwargs, wrapper_for
 
 #: How many of an evaluation's first episodes are recorded to find a won and a lost one for the episode strip
@@ -56,11 +57,14 @@ def standalone_policy(model: str, env: TokenActionWrapper, device: str = "auto",
 
 
 def eval_env_factory(env_id: str, model: str, max_new_tokens: int, prompt_style: str = "cot",
-                     env_kwargs: dict[str, Any] | None = None, constrain_actions: bool = False,
+                     env_kwargs: dict[str, Any] | None = None, constrain_actions: bool | None = None,
                      inner: Callable[[gym.Env], gym.Env] | None = None) -> Callable[[], TokenActionWrapper]:
     """A function making one evaluation env for ``model``: frames at its image size, its tokenizer; with
     ``constrain_actions`` its observations carry the legal actions (for a policy that decodes only those);
-    ``inner`` wraps the task's env under the model's wrapper (DAgger's expert labels)."""
+    ``inner`` wraps the task's env under the model's wrapper (DAgger's expert labels). ``constrain_actions``
+    None: the task's default (:func:`vlm_policy.defaults.constrain_actions_for`)."""
+    if constrain_actions is None:
+        constrain_actions = constrain_actions_for(env_id)
     wrap, processor = wrapper_for(model, max_new_tokens, prompt_style, constrain_actions=constrain_actions)
     kwargs = frame_kwargs(env_id, processor, env_kwargs)
     env_id = importable_id(env_id)  # so that a subprocess making the env registers it first
