@@ -178,6 +178,14 @@ class StageRecords:
             return stage in results
         return any(path.exists() for path in self.outputs(stage))
 
+    def _measure_answer_rule(self, results: dict) -> bool:
+        """Puts what ``--max-new-tokens auto`` gives with the folder's demonstrations into :attr:`by_rule` (only
+        where a record holds the rule and this run a length: it reads the demonstrations and a tokenizer)."""
+        if self.answer_rule is None or "max_new_tokens" in self.by_rule or not self._has_output("demos", results):
+            return False
+        self.by_rule["max_new_tokens"] = self.answer_rule()
+        return True
+
     def recorded(self, stage: str) -> dict[str, Any]:
         """A stage's record; a one-line error naming the file when it is not one this package wrote."""
         path = self.path(stage)
@@ -215,14 +223,15 @@ class StageRecords:
         the stages deleted. With ``resume`` a larger ``--ppo-timesteps`` alone continues PPO: its final
         agent and the stages after it are removed (its checkpoints and records stay)."""
         changed: dict[str, list[str]] = {}
-        if self.answer_rule is not None and self.wanted["ppo"]["max_new_tokens"] and self._has_output("demos", results):
-            self.by_rule["max_new_tokens"] = self.answer_rule()
         for stage in STAGES:
             path = self.path(stage)
             if not self._has_output(stage, results):
                 continue  # nothing made: the record of a stage that failed before its output binds nothing
             if path.is_file():
                 found = differences(self.recorded(stage), self.wanted[stage], by_rule=self.by_rule, as_before=self.as_before)
+                if any(line.startswith("max_new_tokens: 0 ->") for line in found) and self._measure_answer_rule(results):
+                    found = differences(self.recorded(stage), self.wanted[stage], by_rule=self.by_rule,
+                                        as_before=self.as_before)
             else:
                 found = ["no settings record: made by an older version of this package"]
             if found:
