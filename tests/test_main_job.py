@@ -259,7 +259,7 @@ def test_pipeline_runs_end_to_end(finished_run):
     headers = [line.split("== ")[1].split(":")[0] for line in log.splitlines() if " == " in line]
     assert headers == ["demos", "sft", "after SFT", "ppo", "after PPO"]
     assert "held-out episodes (seeds from" in log and " after PPO | 3 " in log
-    assert "PPO made 16 env steps (--ppo-timesteps 16" in log
+    assert "PPO made 16 env steps (--ppo-timesteps 16: the whole budget)" in log
     from transformers.utils import logging as transformers_logging
 
     assert not transformers_logging.is_progress_bar_enabled()  # --no-progress silences the libraries' bars too

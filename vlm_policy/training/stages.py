@@ -640,8 +640,9 @@ class Report(Stage):
                     else f"{evaluation.eval_episodes} held-out episodes (seeds from {evaluation.eval_seed})")
         job.say(f"\n{c.task.env_id}: {held_out}, greedy answers, {seconds:.0f} s in all")
         job.say(format_table(TABLE_HEADER, [r.row() for r in rows]))
-        job.say(f"PPO made {ppo_steps} env steps (--ppo-timesteps {c.ppo.ppo_timesteps}; it stops early at a check that "
-                "wins every episode)")
+        ended = ("stopped early: a check won every validation episode" if ppo_steps < c.ppo.ppo_timesteps
+                 else "the whole budget")
+        job.say(f"PPO made {ppo_steps} env steps (--ppo-timesteps {c.ppo.ppo_timesteps}: {ended})")
         # Only a run that kept a best agent has one here: other PPO settings redo the stage, folder and all.
         kept = kept_best(out / BEST_AGENT_DIR)
         plot_learning_curve(out / "curve.jsonl", out / "learning_curve.png", sft_success=rows[0].success_rate,
