@@ -7,6 +7,7 @@ rule here decides both (docs/defaults.md has the table).
 
 from __future__ import annotations
 
+from gym_vlm_cards.registration import registered_id
 from vlm_policy.loading import is_tiny
 
 #: Sampling temperature of PPO's rollouts (the paper: 0.2).
@@ -48,7 +49,7 @@ def constrain_actions_for(env_id: str | None) -> bool:
     ``auto``): on ALFWorld, whose admissible commands change with every state (without it the tiny model named
     no admissible command in 96.6% of its answers after SFT and DAgger: docs/alfworld.md); off for the card tasks,
     whose few fixed actions SFT teaches."""
-    return bool(env_id) and env_id.rpartition(":")[2].startswith("alfworld/")
+    return bool(env_id) and registered_id(env_id).startswith("alfworld/")
 
 
 def lora_rank_for(model: str, lora_r: int | None = None) -> int:

@@ -172,9 +172,6 @@ COMMANDS = {
     "demos": ((DemosOptions,), "write oracle demonstrations as chat-messages JSONL + PNGs"),
     "baseline": ((BaselineOptions,), "CNN + PPO and CNN + MaskablePPO on the discrete action space"),
 }
-#: The sections a ``--config`` file of a command may group its settings in (a run's ``config.json`` does).
-GROUP_NAMES = {"train": tuple(TrainConfig.group_names()), "sweep": tuple(TrainConfig.group_names()),
-               "sft": ("common", "model", "sft")}
 #: Settings a command's groups hold that it does not take: `sft` has no validation episodes to stop on.
 NOT_TAKEN = {"sft": SFTConfig.validation_settings}
 
@@ -358,7 +355,9 @@ def parse(argv: Sequence[str] | None = None) -> tuple[str, list]:
         if args.config:
             # The file's values become the defaults, then the command line is read again over them.
             known = {name for group in groups for name in taken(args.command, group)}
-            values = read_config_file(args.config, known, GROUP_NAMES.get(args.command, ()))
+            # A run's config.json groups its settings in sections named as TrainConfig's attributes.
+            sections = [name for name, group in TrainConfig.group_names().items() if group in groups]
+            values = read_config_file(args.config, known, sections)
             parser.subcommands[args.command].set_defaults(**values)
             args = parser.parse_args(argv)
         return args.command, _into_groups(args.command, groups, args)

@@ -49,18 +49,19 @@ def step_limit_for(env_id: str, max_episode_steps: int = 0) -> dict[str, int]:
         return {"max_episode_steps": max_episode_steps}
     if registered_step_limit(env_id) is not None:
         return {}
-    warnings.warn(f"{env_id} is registered without max_episode_steps: its episodes end after {FALLBACK_STEP_LIMIT} "
-                  "steps here (set --max-episode-steps, or register the task with one)", stacklevel=3)
-    return {"max_episode_steps": FALLBACK_STEP_LIMIT}
+    return {"max_episode_steps": step_limit_rule(env_id)}
 
 
 def step_limit_rule(env_id: str, warn: bool = True) -> int:
     """``--max-episode-steps auto``: the task's registered limit, else :data:`FALLBACK_STEP_LIMIT` (with a warning
     when ``warn``)."""
     registered = registered_step_limit(env_id)
-    if registered is None and warn:
-        step_limit_for(env_id)  # says so
-    return FALLBACK_STEP_LIMIT if registered is None else registered
+    if registered is not None:
+        return registered
+    if warn:
+        warnings.warn(f"{env_id} is registered without max_episode_steps: its episodes end after {FALLBACK_STEP_LIMIT} "
+                      "steps here (set --max-episode-steps, or register the task with one)", stacklevel=3)
+    return FALLBACK_STEP_LIMIT
 
 
 def env_kwargs_for(env_id: str, data_root: str = "", split: str = "") -> dict[str, Any]:
@@ -524,7 +525,8 @@ class TrainConfig:
         if ppo.ppo_check_every == -1:
             ppo.ppo_check_every = ppo_check_every_rule(env_id)
         evaluation.eval_batch = eval_batch_for(env_id, evaluation.eval_batch)
-        self.model.gradient_checkpointing = "on" if self.model.checkpointing_for(model) else "off"
+        if self.model.gradient_checkpointing == "auto":
+            self.model.gradient_checkpointing = ModelConfig.checkpointing_rule(model)
         sft.validate_sft()
         ppo.validate_ppo()
         if is_alfworld(env_id):

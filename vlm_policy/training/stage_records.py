@@ -154,7 +154,7 @@ class StageRecords:
         # What this version's rules give for this task and model (an earlier version's -1 recorded the rule).
         self.by_rule = {"vision_warmup_steps": warmup_steps_rule(config.model.model),
                         "ppo_check_every": ppo_check_every_rule(config.task.env_id),
-                        "gradient_checkpointing": ModelConfig().checkpointing_rule(config.model.model)}
+                        "gradient_checkpointing": ModelConfig.checkpointing_rule(config.model.model)}
         self.as_before = settings_as_before(config)
 
     def path(self, stage: str) -> Path:

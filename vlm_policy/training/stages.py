@@ -281,8 +281,7 @@ class Relabelling(Stage):
     def describe(self) -> str:
         c = self.job.config
         return (f"{c.relabel.relabel_rounds} round(s): the model plays {c.relabel.relabel_episodes} training episodes, "
-                "the expert "
-                "labels every state it reaches, SFT goes on over the demonstrations and the labels")
+                "the expert labels every state it reaches, SFT goes on over the demonstrations and the labels")
 
     def make(self, demos: Path, sft_dir: str, budget: int) -> str:
         """The folder of the last round's SFT checkpoint (each round is kept, and skipped when whole)."""
