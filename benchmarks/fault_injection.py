@@ -31,24 +31,24 @@ import tempfile
 import time
 from pathlib import Path
 
-# A run small enough to finish in seconds: 16 demonstrations, 2 warm-up and 2 SFT steps, PPO over
-# 16 env steps (2 envs x 4 steps: 2 updates of 1 epoch), 2 evaluation episodes per agent.
-RUN = ["--demos", "16", "--vision-warmup-steps", "2", "--sft-steps", "2", "--sft-batch-size", "4",
+# A run small enough to finish in seconds: 8 demonstrations, 2 warm-up and 2 SFT steps, PPO over
+# 16 env steps (2 envs x 4 steps: 2 updates of 1 epoch), 2 evaluation episodes of 2 steps per agent.
+RUN = ["--demos", "8", "--vision-warmup-steps", "2", "--sft-steps", "2", "--sft-batch-size", "4",
        "--ppo-timesteps", "16", "--n-envs", "2", "--n-steps", "4", "--batch-size", "8", "--n-epochs", "1",
-       "--eval-episodes", "2", "--max-new-tokens", "24", "--ppo-check-episodes", "2", "--max-episode-steps", "4",
+       "--eval-episodes", "2", "--max-new-tokens", "24", "--ppo-check-episodes", "2", "--max-episode-steps", "2",
        "--no-progress", "--device", "cpu",
        "--ppo-stop-success", "0"]  # every env step is made (2 validation episodes can be won by chance)
 PPO_TIMESTEPS, PPO_UPDATES = 16, 2
 
 # stage -> (object to patch, attribute, how many calls the stage makes at most)
 KILL_POINTS = {
-    "demos": ("PIL.Image.Image", "save", 16),
+    "demos": ("PIL.Image.Image", "save", 8),
     "warm-up": ("vlm_policy.training.sft", "image_token_features", 3),
     "sft": ("vlm_policy.training.sft", "answer_loss", 2),
     "ppo rollout": ("stable_baselines3.common.vec_env.dummy_vec_env.DummyVecEnv", "step_wait", 8),
     # SB3 writes 3 zip entries with writestr per save: 2 checkpoints and the final agent.
     "checkpoint save": ("zipfile.ZipFile", "writestr", 9),
-    "evaluation": ("vlm_policy.training.evaluation", "answer_tokens", 8),
+    "evaluation": ("vlm_policy.training.evaluation", "answer_tokens", 6),
 }
 
 
@@ -82,9 +82,45 @@ def _child(out: str, kill: str | None) -> None:
     sys.exit(main(["train", "--out-dir", out, "--resume", *RUN]))
 
 
+#: The child runs import the pipeline's stack once, in multiprocessing's fork server, and fork from it: a run
+#: then starts in a fraction of a second instead of spending about 6 s of CPU on imports.
+CHILD_PRELOAD = ["torch", "transformers", "stable_baselines3", "peft", "matplotlib.pyplot", "vlm_policy.training.cli",
+                 "vlm_policy.training.pipeline", "vlm_policy.models.tiny", "transformers.processing_utils"]
+#: ``__name__`` of this file when :func:`_run` executes it in a child (``runpy``: the child needs no import
+#: name for this script, which tests load from its path).
+CHILD_RUN_NAME = "__fault_injection_child__"
+
+
 def _run(out: Path, kill: str | None = None) -> int:
-    command = [sys.executable, __file__, "--child", str(out)] + (["--kill", kill] if kill else [])
-    return subprocess.run(command, capture_output=True, text=True).returncode
+    """One run of the pipeline into ``out`` in a child process; its exit status (``-SIGKILL`` when killed)."""
+    import multiprocessing
+    import runpy
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        command = [sys.executable, __file__, "--child", str(out)] + (["--kill", kill] if kill else [])
+        return subprocess.run(command, capture_output=True, text=True).returncode
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(CHILD_PRELOAD)  # no effect where this process's server already runs
+    child = context.Process(target=runpy.run_path, args=(__file__,),
+                            kwargs={"run_name": CHILD_RUN_NAME, "init_globals": {"CHILD_ARGS": (str(out), kill)}})
+    child.start()
+    child.join()
+    return child.exitcode
+
+
+def _quiet_child(out: str, kill: str | None) -> None:
+    """:func:`_child` with the run's printing (and any traceback) discarded, as a subprocess's captured output was."""
+    import threading
+
+    from tqdm import tqdm
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    # tqdm's default lock is a multiprocessing semaphore, registered with the parent's resource tracker, which
+    # warns of it as leaked when the child is killed; one process needs only a thread lock.
+    tqdm.set_lock(threading.RLock())
+    _child(out, kill)
 
 
 def _digest(path: Path) -> str:
@@ -161,3 +197,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+if __name__ == CHILD_RUN_NAME:
+    _quiet_child(*globals()["CHILD_ARGS"])

@@ -165,7 +165,7 @@ def test_train_runs_demos_sft_ppo_and_writes_the_per_task_type_table(toy_data, g
         warnings.simplefilter("ignore")
         code = main(["train", "--env", ENV_ID, "--data-root", str(toy_data), "--split", "valid_train", "--out-dir",
                      str(out), "--demos", "12", "--sft-steps", "2", "--vision-warmup-steps", "0", "--sft-batch-size", "4",
-                     "--ppo-timesteps", "16", "--n-envs", "2", "--n-steps", "8", "--batch-size", "8", "--n-epochs", "1",
+                     "--ppo-timesteps", "8", "--n-envs", "2", "--n-steps", "4", "--batch-size", "8", "--n-epochs", "1",
                      "--eval-episodes", "1", "--max-episode-steps", "4", "--progress", "false",
                      # ALFWorld's learning aids, all at once: legal-action decoding, a memory, one DAgger round.
                      "--constrain-actions", "true", "--history-length", "2", "--relabel-rounds", "1",

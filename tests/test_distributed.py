@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.helpers import preloaded_process_context
 from vlm_policy import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +27,9 @@ def _free_port() -> int:
 def _run_two(worker, tmp_path, *args):
     """Runs ``worker(rank, out_dir, *args)`` in 2 gloo processes; returns each rank's JSON result."""
     port = _free_port()
+    start_method = preloaded_process_context().get_start_method()  # forked from a server that imported torch
     mp.start_processes(_bootstrap, args=(2, port, worker, str(tmp_path), args), nprocs=2, join=True,
-                       start_method="spawn")
+                       start_method=start_method)
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -249,18 +251,18 @@ def test_torchrun_runs_the_main_job_on_two_processes_and_only_rank_0_writes(tmp_
     out = tmp_path / "run"
     # --standalone: torchrun picks a free port itself (no race with another process for a chosen one).
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "vlm_policy", "train", "--env", "gym_cards/NumberLine-v0", "--model", "tiny", "--out-dir", str(out),
-               "--demos", "24", "--sft-steps", "3", "--vision-warmup-steps", "2", "--sft-batch-size", "4",
-               "--ppo-timesteps", "64", "--n-envs", "2", "--n-steps", "8", "--batch-size", "8", "--n-epochs", "2",
-               "--eval-episodes", "3", "--max-new-tokens", "24", "--ppo-check-episodes", "2", "--max-episode-steps", "4",
-               "--progress", "false", "--ppo-stop-success", "0"]  # 2 validation episodes can be won by chance
+               "--demos", "8", "--sft-steps", "2", "--vision-warmup-steps", "1", "--sft-batch-size", "4",
+               "--ppo-timesteps", "32", "--n-envs", "2", "--n-steps", "4", "--batch-size", "8", "--n-epochs", "1",
+               "--eval-episodes", "1", "--max-new-tokens", "24", "--ppo-check-episodes", "1", "--max-episode-steps", "2",
+               "--progress", "false", "--ppo-stop-success", "0"]  # 1 validation episode can be won by chance
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     finished = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert finished.stdout.count("held-out episodes") == 1  # one table, from rank 0
     curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
-    assert [p["timesteps"] for p in curve] == [32, 64]  # each point once, in env steps of both processes
-    assert sorted(p.name for p in (out / "ppo" / "checkpoints").iterdir()) == ["rl_model_32_steps.zip",
-                                                                              "rl_model_64_steps.zip"]
+    assert [p["timesteps"] for p in curve] == [16, 32]  # each point once, in env steps of both processes
+    assert sorted(p.name for p in (out / "ppo" / "checkpoints").iterdir()) == ["rl_model_16_steps.zip",
+                                                                              "rl_model_32_steps.zip"]
     assert json.loads((out / "results.json").read_text()).keys() == {"after SFT", "after PPO"}
     # One TensorBoard file per run of it (sft, ppo_1), from rank 0 alone; rank 1 writes none.
     for run in ("sft", "ppo_1"):
@@ -268,16 +270,16 @@ def test_torchrun_runs_the_main_job_on_two_processes_and_only_rank_0_writes(tmp_
     assert json.loads((out / "sft" / "training.json").read_text())["processes"] == 2
     # Rank 0 alone plays PPO's greedy checks (the SFT model, the last update) and keeps the best agent.
     checks = [json.loads(line) for line in (out / "ppo" / "validation.jsonl").read_text().splitlines()]
-    assert [c["timesteps"] for c in checks] == [0, 64] and (out / "ppo" / "best" / "agent.zip").is_file()
-    # --resume: without its final agent and newest checkpoint the run continues from 32 env steps to 64.
+    assert [c["timesteps"] for c in checks] == [0, 32] and (out / "ppo" / "best" / "agent.zip").is_file()
+    # --resume: without its final agent and newest checkpoint the run continues from 16 env steps to 32.
     (out / "ppo" / "final.zip").unlink()
-    (out / "ppo" / "checkpoints" / "rl_model_64_steps.zip").unlink()
+    (out / "ppo" / "checkpoints" / "rl_model_32_steps.zip").unlink()
     resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, env=environment, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.count("resuming PPO from") == 1 and "rl_model_32_steps.zip" in resumed.stdout
+    assert resumed.stdout.count("resuming PPO from") == 1 and "rl_model_16_steps.zip" in resumed.stdout
     curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
-    assert curve[-1]["timesteps"] == 64 and (out / "ppo" / "final.zip").is_file()
+    assert curve[-1]["timesteps"] == 32 and (out / "ppo" / "final.zip").is_file()
 
 
 def test_the_agreed_early_stop_takes_sb3_s_own_decisions_in_one_process():

@@ -229,7 +229,7 @@ def test_the_sft_stop_checks_leave_the_model_as_it_was(tmp_path):
 
 def _micro_config(out_dir: Path, **overrides) -> TrainConfig:
     values = dict(out_dir=str(out_dir), demos=24, sft_steps=3, vision_warmup_steps=2, sft_batch_size=4, ppo_timesteps=16, n_envs=2, n_steps=4,
-                  batch_size=8, n_epochs=1, eval_episodes=3, max_new_tokens=24, ppo_check_episodes=2, max_episode_steps=4,
+                  batch_size=8, n_epochs=1, eval_episodes=3, max_new_tokens=24, ppo_check_episodes=2, max_episode_steps=2,
                   progress=False,
                   ppo_stop_success=0.0)  # 2 validation episodes are won by chance: PPO makes every step here
     values.update(overrides)
@@ -403,7 +403,7 @@ def test_eval_command_prints_the_model_random_and_oracle_rows(finished_run, caps
     # No --max-new-tokens: the agent's own 24 for the .zip (any other length is refused by the env
     # wrapper), enough for the oracle's answers for the SFT checkpoint.
     for model in (str(run / "sft"), str(run / "ppo" / "final.zip")):
-        assert cli.main(["eval", "--model", model, "--env", "gym_cards/NumberLine-v0", "--episodes", "4", "--seed", "7"]) == 0
+        assert cli.main(["eval", "--model", model, "--env", "gym_cards/NumberLine-v0", "--episodes", "2", "--seed", "7"]) == 0
         out = capsys.readouterr().out
         names = [line.split("|")[0].strip() for line in out.splitlines()[3:]]
         assert names[1:] == ["random", "oracle"] and names[0].endswith(("sft", "final.zip"))

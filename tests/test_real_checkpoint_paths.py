@@ -4,12 +4,12 @@ whose memory follows the micro-batch and whose gradient is the unsplit one, and 
 recomputed with the update's own forward."""
 
 import json
-import multiprocessing
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import preloaded_process_context
 from tests.policy_helpers import batch_obs, make_policy
 from vlm_policy.models.random_models import save_random_llava, save_random_qwen2_vl
 from vlm_policy.models.tiny import TinyConfig
@@ -127,8 +127,8 @@ def _update_in_fresh_process(path: str, micro_batch_size, queue) -> None:
 def test_micro_batches_cut_update_memory_and_keep_the_gradient(tmp_path):
     path = str(save_random_llava(tmp_path / "llava", config=MEMORY_TEST_MODEL))
 
-    context = multiprocessing.get_context("spawn")
-    # Each in a fresh process, so one's allocations cannot hide the other's; side by side (one thread
+    context = preloaded_process_context()
+    # Each in a process of its own, so one's allocations cannot hide the other's; side by side (one thread
     # each, peak memory is per process), which halves the test's time on two cores.
     started = {}
     for micro in (None, 2):

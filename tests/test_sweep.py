@@ -45,7 +45,7 @@ def test_bad_sweep_options_are_refused_when_parsed(argv, message, capsys):
 
 @pytest.mark.slow
 def test_a_two_seed_sweep_in_parallel_runs_both_and_writes_the_table_and_plot(tmp_path):
-    config = _micro_config(tmp_path / "sweep")
+    config = _micro_config(tmp_path / "sweep", demos=8, eval_episodes=2, ppo_check_episodes=1)
     outcomes = run_sweep(config, SweepOptions(seeds=[4, 5], parallel=2))
     assert [o.seed for o in outcomes] == [4, 5] and not any(o.error for o in outcomes)
     for seed in (4, 5):
