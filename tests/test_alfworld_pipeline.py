@@ -226,3 +226,16 @@ def test_the_history_length_reaches_every_alfworld_env_of_a_run_and_its_records(
     assert "history_length" not in stage_settings(TrainConfig.from_settings(env_id="alfworld/ALFWorld-v0"))["demos"]
     with pytest.raises(ValueError, match="--history-length is ALFWorld's"):
         TrainConfig.from_settings(history_length=2)
+
+
+def test_eval_and_play_give_an_alfworld_agent_the_memory_it_was_trained_with(capsys):
+    from vlm_policy.training.cli import parse
+
+    for command in ("eval", "play"):
+        options = parse([command, "--env", ENV_ID, "--history-length", "2", "--model", "tiny"])[1][0]
+        assert options.alfworld_kwargs(["g"]) == {"game_files": ["g"], "history_length": 2}
+    assert parse(["eval", "--env", ENV_ID])[1][0].alfworld_kwargs(["g"]) == {"game_files": ["g"]}
+    for argv in (["eval", "--history-length", "2"], ["eval", "--env", ENV_ID, "--history-length", "-1"]):
+        with pytest.raises(SystemExit):
+            parse(argv)
+        assert "--history-length is ALFWorld's and >= 0" in capsys.readouterr().err

@@ -93,6 +93,8 @@ class EvalOptions:
                 "(empty: valid_seen)"})
     constrain_actions: bool | None = field(default=None, metadata={
         "help": "legal-action decoding for a checkpoint (auto: on for ALFWorld); an agent .zip uses its own"})
+    history_length: int = field(default=0, metadata={
+        "help": "ALFWorld: the last k steps in the prompt; give the training run's (its config.json) (0: none)"})
     allow_other_env: bool = field(default=False, metadata={
         "help": "play an agent .zip on another task than the one it was trained on (refused otherwise)"})
 
@@ -106,7 +108,13 @@ class EvalOptions:
             raise ValueError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
         check_eval_batch(self.batch, "--batch")
         env_kwargs_for(self.env, self.data_root, self.split)  # --data-root / --split only for ALFWorld
+        if self.history_length < 0 or (self.history_length and not is_alfworld(self.env)):
+            raise ValueError(f"--history-length is ALFWorld's and >= 0, got {self.history_length} for {self.env}")
         self.env_kwargs = step_limit_for(self.env)
+
+    def alfworld_kwargs(self, games: list[str]) -> dict:
+        """The env settings of an ALFWorld evaluation of ``games``: those games, the prompt's memory."""
+        return {"game_files": games, **({"history_length": self.history_length} if self.history_length else {})}
 
     def episodes_at_once(self) -> int:
         """``--batch`` resolved (see :func:`eval_batch_for`), as ``vlm-cards train`` resolves ``--eval-batch``."""
@@ -450,8 +458,8 @@ def _play(groups: list) -> int:
     if is_alfworld(options.env):
         from alfworld_bridge.evaluation import evaluation_games
 
-        env_kwargs = {"game_files": [str(g) for g in evaluation_games(options.data_root or None,
-                                                                       options.split or "valid_seen", options.episodes)]}
+        env_kwargs = options.alfworld_kwargs([str(g) for g in evaluation_games(
+            options.data_root or None, options.split or "valid_seen", options.episodes)])
     policy, make = _policy_for(options, env_kwargs)
     play_and_show(policy, make, options.episodes, options.seed, options.record or None)
     return 0
@@ -467,7 +475,7 @@ def _eval_alfworld(options: EvalOptions) -> int:
     played = play_agents(list(AGENT_LABELS), games, seed=options.seed, progress=True, env_id=options.env)
     rows = {AGENT_LABELS[name]: outcomes for name, outcomes in played.items()}
     if options.model:
-        policy, make = _policy_for(options, {"game_files": games})
+        policy, make = _policy_for(options, options.alfworld_kwargs(games))
         rows[options.model] = evaluate_vlm_on_games(policy, make, len(games), options.seed, name=options.model,
                                                     progress=True, parallel=options.episodes_at_once())[2]
     print(f"{options.env} {split}: {len(games)} games, each once, greedy answers; success % / goal-condition %")
