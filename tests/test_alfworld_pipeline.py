@@ -150,7 +150,7 @@ def test_demos_and_eval_commands_play_alfworld_games(toy_data, game_cache, tmp_p
     examples = read_demonstrations(tmp_path / "demos")
     assert len(examples) == 8 and all("go to" in e.prompt or "take" in e.prompt for e in examples)
     assert cli.main(["eval", "--env", ENV_ID, "--data-root", str(toy_data), "--split", "valid_unseen",
-                     "--episodes", "6"]) == 0
+                     "--episodes", "6", "--batch", "2"]) == 0  # two env subprocesses
     table = capsys.readouterr().out
     assert "| oracle | 100.0 / 100.0 | 100.0 / 100.0 |" in table and "All (6)" in table
     assert "| random admissible command |" in table

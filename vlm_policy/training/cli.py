@@ -467,17 +467,23 @@ def _play(groups: list) -> int:
 
 def _eval_alfworld(options: EvalOptions) -> int:
     """ALFWorld: the first --episodes games of the split, each once; a per-task-type table."""
+    from functools import partial
+
     from alfworld_bridge.evaluation import AGENT_LABELS, evaluation_games, per_type_table, play_agents
+    from vlm_policy.subprocess_envs import env_slots
     from vlm_policy.training.evaluation import evaluate_vlm_on_games
 
     split = options.split or "valid_seen"
     games = [str(g) for g in evaluation_games(options.data_root or None, split, options.episodes)]
-    played = play_agents(list(AGENT_LABELS), games, seed=options.seed, progress=True, env_id=options.env)
+    # As the main job's evaluations: --batch envs step side by side in subprocesses (a reset loads a game).
+    parallel = min(options.episodes_at_once(), len(games))
+    played = play_agents(list(AGENT_LABELS), games, seed=options.seed, progress=True, env_id=options.env,
+                         slots=partial(env_slots, n=parallel))
     rows = {AGENT_LABELS[name]: outcomes for name, outcomes in played.items()}
     if options.model:
         policy, make = _policy_for(options, options.alfworld_kwargs(games))
         rows[options.model] = evaluate_vlm_on_games(policy, make, len(games), options.seed, name=options.model,
-                                                    progress=True, parallel=options.episodes_at_once())[2]
+                                                    progress=True, parallel=parallel, subprocesses=True)[2]
     print(f"{options.env} {split}: {len(games)} games, each once, greedy answers; success % / goal-condition %")
     print(per_type_table(rows))
     return 0
