@@ -50,6 +50,7 @@ from vlm_policy.training.configs import (
     eval_batch_for,
     flat_settings,
     is_alfworld,
+    memory_kwargs,
     step_limit_for,
 )
 from vlm_policy.training.sweep import SweepOptions
@@ -108,13 +109,12 @@ class EvalOptions:
             raise ValueError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
         check_eval_batch(self.batch, "--batch")
         env_kwargs_for(self.env, self.data_root, self.split)  # --data-root / --split only for ALFWorld
-        if self.history_length < 0 or (self.history_length and not is_alfworld(self.env)):
-            raise ValueError(f"--history-length is ALFWorld's and >= 0, got {self.history_length} for {self.env}")
+        memory_kwargs(self.env, self.history_length)
         self.env_kwargs = step_limit_for(self.env)
 
     def alfworld_kwargs(self, games: list[str]) -> dict:
         """The env settings of an ALFWorld evaluation of ``games``: those games, the prompt's memory."""
-        return {"game_files": games, **({"history_length": self.history_length} if self.history_length else {})}
+        return {"game_files": games, **memory_kwargs(self.env, self.history_length)}
 
     def episodes_at_once(self) -> int:
         """``--batch`` resolved (see :func:`eval_batch_for`), as ``vlm-cards train`` resolves ``--eval-batch``."""

@@ -77,6 +77,15 @@ def env_kwargs_for(env_id: str, data_root: str = "", split: str = "") -> dict[st
     return kwargs
 
 
+def memory_kwargs(env_id: str, history_length: int) -> dict[str, int]:
+    """The env setting of the prompt's memory of the last ``history_length`` steps (``{}`` for none); an error
+    for a negative length or a task other than ALFWorld."""
+    if history_length < 0 or (history_length and not is_alfworld(env_id)):
+        raise ValueError(f"--history-length is ALFWorld's and >= 0 (a card task shows its whole state in every "
+                         f"frame), got {history_length} for {env_id}")
+    return {"history_length": history_length} if history_length else {}
+
+
 def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
 
@@ -373,9 +382,8 @@ class TaskConfig:
 
     def validate_task(self) -> None:
         self.env_id = resolve_env_id(self.env_id)
-        _check(self, positive=("demos",), non_negative=("max_episode_steps", "history_length"))
-        if self.history_length and not is_alfworld(self.env_id):
-            raise ValueError(f"--history-length is ALFWorld's; {self.env_id} shows its whole state in every frame")
+        _check(self, positive=("demos",), non_negative=("max_episode_steps",))
+        memory_kwargs(self.env_id, self.history_length)
         self.max_episode_steps = self.max_episode_steps or step_limit_rule(self.env_id)
         env_kwargs_for(self.env_id, self.data_root, self.split)  # --data-root / --split only for ALFWorld
         if self.split and is_alfworld(self.env_id):
@@ -391,7 +399,7 @@ class TaskConfig:
         """What every env of the run takes, whichever games it plays: the step limit, and the prompt's memory of
         earlier steps when there is one (evaluations see the prompts training saw)."""
         return {"max_episode_steps": self.max_episode_steps,
-                **({"history_length": self.history_length} if self.history_length else {})}
+                **memory_kwargs(self.env_id, self.history_length)}
 
 
 def check_alfworld_splits(splits: list[str]) -> None:
