@@ -158,7 +158,7 @@ def test_demos_and_eval_commands_play_alfworld_games(toy_data, game_cache, tmp_p
 
 @pytest.mark.slow
 def test_train_runs_demos_sft_ppo_and_writes_the_per_task_type_table(toy_data, game_cache, tmp_path):
-    from vlm_policy.training.cli import main
+    from vlm_policy.training.cli import main, parse
 
     out = tmp_path / "run"
     with warnings.catch_warnings():
@@ -189,6 +189,14 @@ def test_train_runs_demos_sft_ppo_and_writes_the_per_task_type_table(toy_data, g
     labels = (out / "relabel" / "round_1" / "demos" / "demos.jsonl").read_text().splitlines()
     assert len(labels) >= 1 and all('"action"' in json.loads(line)["messages"][1]["content"][0]["text"] for line in labels)
     assert json.loads((out / "stages" / "ppo.json").read_text())["constrain_actions"] is True
+    # The agent records how its observations were made: eval and play build the same env from it.
+    agent = str(out / "ppo" / "final.zip")
+    for command in ("eval", "play"):
+        options = parse([command, "--env", ENV_ID, "--model", agent])[1][0]
+        assert options.history_length == 2 and options.prompt_style == "cot"
+        assert options.alfworld_kwargs(["g"])["history_length"] == 2
+    told = parse(["eval", "--env", ENV_ID, "--model", agent, "--history-length", "0", "--prompt-style", "action_only"])
+    assert (told[1][0].history_length, told[1][0].prompt_style) == (0, "action_only")  # what is given wins
 
 
 def test_the_alfworld_gpu_example_parses_with_the_papers_settings():
@@ -235,6 +243,7 @@ def test_eval_and_play_give_an_alfworld_agent_the_memory_it_was_trained_with(cap
         options = parse([command, "--env", ENV_ID, "--history-length", "2", "--model", "tiny"])[1][0]
         assert options.alfworld_kwargs(["g"]) == {"game_files": ["g"], "history_length": 2}
     assert parse(["eval", "--env", ENV_ID])[1][0].alfworld_kwargs(["g"]) == {"game_files": ["g"]}
+    assert parse(["eval", "--env", ENV_ID, "--history-length", "auto"])[1][0].history_length == 0  # a checkpoint: none
     for argv in (["eval", "--history-length", "2"], ["eval", "--env", ENV_ID, "--history-length", "-1"]):
         with pytest.raises(SystemExit):
             parse(argv)

@@ -113,6 +113,9 @@ class VLMPolicy(ActorCriticPolicy):
     :param seed: seed of the tiny model's random initialisation.
     :param env_id: the task the policy is trained on; passed in ``policy_kwargs`` it is saved with the
         agent, and :func:`vlm_policy.agents.load_agent` then refuses to load it with another task's env.
+    :param env_settings: how the observations it is trained on are made (``{"prompt_style": "cot",
+        "history_length": 2}``); passed in ``policy_kwargs`` it is saved with the agent, and ``vlm-cards eval`` /
+        ``play`` build their env the same way unless told otherwise. The policy itself does not read it.
     :param optimizer_class: as in SB3 (default :class:`ScaledLRAdamW`, eps 1e-5).
     :param optimizer_kwargs: as in SB3.
     """
@@ -145,6 +148,7 @@ class VLMPolicy(ActorCriticPolicy):
         device: str = "auto",
         seed: int = 0,
         env_id: str | None = None,
+        env_settings: dict[str, Any] | None = None,
         optimizer_class: type[torch.optim.Optimizer] = ScaledLRAdamW,
         optimizer_kwargs: dict[str, Any] | None = None,
         **unused: Any,
@@ -206,6 +210,7 @@ class VLMPolicy(ActorCriticPolicy):
         self.load_device = resolve_device(device)
         self.seed = int(seed)
         self.env_id = env_id
+        self.env_settings = dict(env_settings or {})
         self.max_new_tokens = int(len(action_space.nvec))
         #: Set by a data-parallel run (vlm_policy.distributed) while it trains: the NaN guard then agrees
         #: across processes, and each minibatch's log-probabilities are kept for the agreed early stop.

@@ -75,7 +75,7 @@ class SFTPaths:
 
 @dataclass
 class EvalOptions:
-    auto_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "batch", "constrain_actions"})
+    auto_settings: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "batch", "constrain_actions", "history_length"})
 
     model: str = field(default="", metadata={"help": "SFT checkpoint directory, 'tiny', or a PPO agent .zip"})
     env: str = field(default="gym_cards/NumberLine-v0", metadata={"help": "task"})
@@ -83,7 +83,8 @@ class EvalOptions:
     seed: int = field(default=100_000, metadata={"help": "first episode's seed"})
     max_new_tokens: int = field(default=0, metadata={
         "help": "longest answer for a checkpoint (auto: enough for the task oracle's answers); an agent .zip uses its own"})
-    prompt_style: Literal["cot", "action_only"] = field(default="cot", metadata={"help": "prompt with or without thoughts"})
+    prompt_style: Literal["auto", "cot", "action_only"] = field(default="auto", metadata={
+        "help": "prompt with or without thoughts (auto: an agent .zip's own, else cot)"})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu' or 'cuda'"})
     batch: int = field(default=-1, metadata={
         "help": "episodes played at once, one batched generate per step (lower it if a large model runs out of memory; "
@@ -94,8 +95,8 @@ class EvalOptions:
                 "(empty: valid_seen)"})
     constrain_actions: bool | None = field(default=None, metadata={
         "help": "legal-action decoding for a checkpoint (auto: on for ALFWorld); an agent .zip uses its own"})
-    history_length: int = field(default=0, metadata={
-        "help": "ALFWorld: the last k steps in the prompt; give the training run's (its config.json) (0: none)"})
+    history_length: int | None = field(default=None, metadata={
+        "help": "ALFWorld: the last k steps in the prompt (auto: an agent .zip's own, else 0: none)"})
     allow_other_env: bool = field(default=False, metadata={
         "help": "play an agent .zip on another task than the one it was trained on (refused otherwise)"})
 
@@ -109,8 +110,22 @@ class EvalOptions:
             raise ValueError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
         check_eval_batch(self.batch, "--batch")
         env_kwargs_for(self.env, self.data_root, self.split)  # --data-root / --split only for ALFWorld
+        self._take_agent_settings()
         memory_kwargs(self.env, self.history_length)
         self.env_kwargs = step_limit_for(self.env)
+
+    def _take_agent_settings(self) -> None:
+        """Fills the prompt style and the memory left to ``auto`` with those an agent .zip was trained with (its
+        ``env_settings``), so that it plays as it learned; a checkpoint has none recorded (cot, no memory)."""
+        recorded: dict = {}
+        if self.model.endswith(".zip") and os.path.isfile(self.model):
+            from vlm_policy.agents import read_agent_data
+
+            recorded = (read_agent_data(self.model).get("policy_kwargs") or {}).get("env_settings") or {}
+        if self.prompt_style == "auto":
+            self.prompt_style = recorded.get("prompt_style", "cot")
+        if self.history_length is None:  # the memory is ALFWorld's: not carried to another task (--allow-other-env)
+            self.history_length = int(recorded.get("history_length", 0)) if is_alfworld(self.env) else 0
 
     def alfworld_kwargs(self, games: list[str]) -> dict:
         """The env settings of an ALFWorld evaluation of ``games``: those games, the prompt's memory."""

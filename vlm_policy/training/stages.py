@@ -95,7 +95,8 @@ class Job:
                 "value_gradients_to_model": ppo.value_gradients_to_model, "kl_coef": ppo.kl_coef,
                 "gradient_checkpointing": c.model.gradient_checkpointing == "on", "micro_batch_size": c.model.micro_batch,
                 "compute_entropy": ppo.ent_coef > 0, "dtype": c.model.dtype, "constrain_actions": ppo.constrain_actions,
-                "device": self.device, "seed": c.common.seed, "env_id": registered_id(c.task.env_id)}
+                "device": self.device, "seed": c.common.seed, "env_id": registered_id(c.task.env_id),
+                "env_settings": {"prompt_style": c.task.prompt_style, "history_length": c.task.history_length}}
 
     def evaluation_kwargs(self, model: str) -> dict[str, Any]:
         """The settings of :meth:`policy_kwargs` that a policy outside PPO (an evaluation) takes."""
