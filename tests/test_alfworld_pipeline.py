@@ -193,7 +193,7 @@ def test_train_runs_demos_sft_ppo_and_writes_the_per_task_type_table(toy_data, g
     agent = str(out / "ppo" / "final.zip")
     for command in ("eval", "play"):
         options = parse([command, "--env", ENV_ID, "--model", agent])[1][0]
-        assert options.history_length == 2 and options.prompt_style == "cot"
+        assert options.history_length == 2 and options.prompt_style == "cot" and options.constrain_actions is True
         assert options.alfworld_kwargs(["g"])["history_length"] == 2
     told = parse(["eval", "--env", ENV_ID, "--model", agent, "--history-length", "0", "--prompt-style", "action_only"])
     assert (told[1][0].history_length, told[1][0].prompt_style) == (0, "action_only")  # what is given wins

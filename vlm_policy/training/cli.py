@@ -115,13 +115,16 @@ class EvalOptions:
         self.env_kwargs = step_limit_for(self.env)
 
     def _take_agent_settings(self) -> None:
-        """Fills the prompt style and the memory left to ``auto`` with those an agent .zip was trained with (its
-        ``env_settings``), so that it plays as it learned; a checkpoint has none recorded (cot, no memory)."""
+        """Takes what an agent .zip records of its training, so that it plays as it learned: its legal-action
+        decoding (always its own), and the prompt style and memory left to ``auto`` (its ``env_settings``); a
+        checkpoint records none (cot, no memory)."""
         recorded: dict = {}
         if self.model.endswith(".zip") and os.path.isfile(self.model):
             from vlm_policy.agents import read_agent_data
 
-            recorded = (read_agent_data(self.model).get("policy_kwargs") or {}).get("env_settings") or {}
+            policy_settings = read_agent_data(self.model).get("policy_kwargs") or {}
+            self.constrain_actions = bool(policy_settings.get("constrain_actions", False))
+            recorded = policy_settings.get("env_settings") or {}
         if self.prompt_style == "auto":
             self.prompt_style = recorded.get("prompt_style", "cot")
         if self.history_length is None:  # the memory is ALFWorld's: not carried to another task (--allow-other-env)
@@ -433,8 +436,7 @@ def _policy_for(options: EvalOptions, env_kwargs: dict | None = None):
 
         data = read_agent_data(options.model)
         source, budget = agent_base(options.model, data), agent_answer_length(data)
-        constrained = bool((data.get("policy_kwargs") or {}).get("constrain_actions", False))
-        make = eval_env_factory(options.env, source, budget, options.prompt_style, env_kwargs, constrained)
+        make = eval_env_factory(options.env, source, budget, options.prompt_style, env_kwargs, options.constrain_actions)
         policy = load_agent(options.model, make(), device=options.device,
                             allow_other_env=options.allow_other_env).policy
         policy.set_training_mode(False)
